@@ -1,0 +1,21 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# Both create .venv on first use with the CPU build of PyTorch pinned.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+.PHONY: setup test demo
+setup: $(VENV)/.installed
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+demo: setup
+	$(VENV)/bin/cgnet info --num-classes 19 --size 360x480 512x1024 1024x2048

@@ -1,0 +1,236 @@
+"""Checkpoints: our own format, and the original release's files.
+
+Our format is a dict saved with `torch.save`::
+
+    {"format": "cgnet", "format_version": 1,
+     "model": state_dict,
+     "meta": {"arch": {...}, "preprocess": {...}, "classes": [...], "palette": [[r, g, b], ...],
+              "ignore_index": int, "dataset": str, "config": {...} | None},
+     ...training state (optimizer, scheduler, scaler, rng, epoch) when saved by `cgnet train`}
+
+Everything under "meta" is JSON-able, so `torch.load(..., weights_only=True)` reads it.
+
+The original release saved ``{"epoch": ..., "model": state_dict}`` or a bare state dict, with
+``module.`` prefixes when trained under DataParallel, without ``num_batches_tracked`` buffers when
+saved by PyTorch 0.4.0, and with the classifier under ``classifier.1`` when it used dropout.
+`load_checkpoint` maps all of these onto our module names.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model import CGNet
+
+FORMAT = "cgnet"
+FORMAT_VERSION = 1
+ORIGINAL_DROPOUT = 0.1
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "atomic_save",
+           "convert_original_state_dict"]
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a CGNet checkpoint; the message says why."""
+
+
+# original release name -> our name, applied in order, first match wins
+_ORIGINAL_RULES = [
+    (r"level1_(\d+)\.", r"stem.\1."),
+    (r"b1\.", "bn_act1."),
+    (r"bn_prelu_2\.", "bn_act2."),
+    (r"bn_prelu_3\.", "bn_act3."),
+    (r"level([23])_0\.conv1x1\.", r"down\1.conv."),
+    (r"level([23])_0\.F_loc\.conv\.", r"down\1.loc."),
+    (r"level([23])_0\.F_sur\.conv\.", r"down\1.sur."),
+    (r"level([23])_0\.bn\.", r"down\1.bn_act.bn."),
+    (r"level([23])_0\.act\.", r"down\1.bn_act.act."),
+    (r"level([23])_0\.reduce\.conv\.", r"down\1.fuse."),
+    (r"level([23])_0\.F_glo\.fc\.0\.", r"down\1.glo.fc1."),
+    (r"level([23])_0\.F_glo\.fc\.2\.", r"down\1.glo.fc2."),
+    (r"level([23])\.(\d+)\.conv1x1\.", r"stage\1.\2.reduce."),
+    (r"level([23])\.(\d+)\.F_loc\.conv\.", r"stage\1.\2.loc."),
+    (r"level([23])\.(\d+)\.F_sur\.conv\.", r"stage\1.\2.sur."),
+    (r"level([23])\.(\d+)\.bn_prelu\.", r"stage\1.\2.bn_act."),
+    (r"level([23])\.(\d+)\.F_glo\.fc\.0\.", r"stage\1.\2.glo.fc1."),
+    (r"level([23])\.(\d+)\.F_glo\.fc\.2\.", r"stage\1.\2.glo.fc2."),
+    (r"classifier\.[01]\.conv\.", "classifier."),
+]
+_ORIGINAL_RULES = [(re.compile(pat), rep) for pat, rep in _ORIGINAL_RULES]
+
+
+def _strip_module(state: dict) -> dict:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def is_original_state_dict(state: dict) -> bool:
+    return any(k.startswith("level1_0.") for k in _strip_module(state))
+
+
+def convert_original_state_dict(state: dict) -> tuple[dict, dict]:
+    """Original release keys -> ours. Returns (state_dict, arch) with arch inferred from tensors."""
+    state = _strip_module(state)
+    out, unknown = {}, []
+    for key, value in state.items():
+        for pat, rep in _ORIGINAL_RULES:
+            hit = pat.match(key)
+            if hit:
+                out[hit.expand(rep) + key[hit.end():]] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"keys that the original CGNet does not have: {_clip(unknown)}")
+    arch = infer_arch(out)
+    if "classifier.1.conv.weight" in state:
+        arch["dropout"] = ORIGINAL_DROPOUT
+    return out, arch
+
+
+def infer_arch(state: dict) -> dict:
+    """num_classes, m and n from a state dict with our key names."""
+    if "classifier.weight" not in state:
+        raise CheckpointError("no classifier weight in the state dict: not a CGNet checkpoint")
+    stage2 = {int(k.split(".")[1]) for k in state if k.startswith("stage2.")}
+    stage3 = {int(k.split(".")[1]) for k in state if k.startswith("stage3.")}
+    return {"num_classes": int(state["classifier.weight"].shape[0]),
+            "m": len(stage2) + 1, "n": len(stage3) + 1, "dropout": 0.0}
+
+
+def _clip(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make_meta(model: CGNet, *, preprocess: dict | None = None, classes: list[str] | None = None,
+              palette: list[list[int]] | None = None, ignore_index: int | None = None,
+              dataset: str | None = None, config: dict | None = None) -> dict:
+    if classes is not None and len(classes) != model.num_classes:
+        raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} classes")
+    if palette is not None and len(palette) != model.num_classes:
+        raise ValueError(f"{len(palette)} palette colours for a model with {model.num_classes} classes")
+    return {"arch": model.config, "preprocess": preprocess, "classes": classes,
+            "palette": [list(map(int, c)) for c in palette] if palette is not None else None,
+            "ignore_index": ignore_index, "dataset": dataset, "config": config}
+
+
+def save_checkpoint(path: str | os.PathLike, model: CGNet, meta: dict | None = None,
+                    **extra: Any) -> Path:
+    """Save `model` in our format. `meta` defaults to `make_meta(model)`; `extra` holds training state."""
+    model = getattr(model, "module", model)  # DDP / DataParallel
+    meta = dict(meta) if meta is not None else make_meta(model)
+    meta["arch"] = model.config
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, "model": state,
+                        "meta": meta, **extra}, path)
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> Any:
+    """torch.load(weights_only=True) with errors that say what is wrong with the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if zipfile.is_zipfile(path) or "central directory" in msg or isinstance(e, EOFError):
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({msg})") from None
+    except Exception as e:  # UnpicklingError and friends: not a file torch.save wrote
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({msg})") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
+    """Read any supported checkpoint. Returns (state_dict with our names, meta, the whole file)."""
+    obj = read_checkpoint_file(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a CGNet checkpoint")
+    try:
+        if obj.get("format") == FORMAT:
+            if obj.get("format_version", 0) > FORMAT_VERSION:
+                raise CheckpointError(f"format version {obj['format_version']} is newer than this "
+                                      f"cgnet understands ({FORMAT_VERSION}); upgrade cgnet")
+            state, meta = obj["model"], dict(obj["meta"])
+            arch = infer_arch(state)
+            arch["dropout"] = meta.get("arch", {}).get("dropout", 0.0)
+            meta["arch"] = arch
+            return state, meta, obj
+        state = obj["model"] if isinstance(obj.get("model"), dict) else obj
+        if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError("neither our format, nor a state dict, nor {'model': state_dict}")
+        if is_original_state_dict(state):
+            state, arch = convert_original_state_dict(state)
+            source = "original"
+        else:
+            state = _strip_module(state)
+            arch = infer_arch(state)
+            source = "state_dict"
+        meta = {"arch": arch, "preprocess": None, "classes": None, "palette": None,
+                "ignore_index": None, "dataset": None, "config": None, "source": source}
+        return state, meta, obj
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def load_state_into(model: CGNet, state: dict, where: str = "checkpoint") -> None:
+    """Strict load with messages naming each unknown/missing key and each shape mismatch."""
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    # PyTorch 0.4.0 files have no num_batches_tracked; every other key must be there
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if unknown:
+        raise CheckpointError(f"{where}: unknown keys {_clip(unknown)}")
+    if missing:
+        raise CheckpointError(f"{where}: missing keys {_clip(missing)}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{where}: tensor '{k}' has shape {tuple(v.shape)} in the "
+                                  f"checkpoint but the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=False)
+
+
+def load_model(path: str | os.PathLike, *, num_classes: int | None = None,
+               device: str | torch.device = "cpu") -> CGNet:
+    """Build a CGNet from a checkpoint (ours or the original release's), in eval mode.
+
+    The checkpoint's metadata (preprocessing, class names, palette, ...) is at `model.meta`.
+    `num_classes`, when given, must agree with the checkpoint's classifier.
+    """
+    state, meta, _ = load_checkpoint(path)
+    arch = meta["arch"]
+    if num_classes is not None and num_classes != arch["num_classes"]:
+        raise CheckpointError(f"{path}: the checkpoint's classifier has {arch['num_classes']} "
+                              f"classes but {num_classes} were asked for (--num-classes)")
+    model = CGNet(arch["num_classes"], m=arch["m"], n=arch["n"], dropout=arch["dropout"])
+    load_state_into(model, state, where=str(path))
+    model.meta = meta
+    return model.to(device).eval()

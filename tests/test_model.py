@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from cgnet import CGNet
+from conftest import DATA
+from reference_weights import ARCH, seeded_model
+
+
+@pytest.mark.parametrize("classes, m, n, expected", [
+    (19, 3, 21, 496_306), (11, 3, 21, 494_258), (19, 3, 15, 423_682)])
+def test_parameter_count_matches_paper_release(classes, m, n, expected):
+    model = CGNet(classes, m=m, n=n)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("m, n", [(1, 21), (3, 1), (0, 0)])
+def test_too_few_blocks_is_a_clear_error(m, n):
+    with pytest.raises(ValueError, match="m >= 2 and n >= 2"):
+        CGNet(19, m=m, n=n)
+
+
+@pytest.mark.parametrize("h, w", [(97, 131), (8, 8), (64, 33)])
+def test_forward_backward_arbitrary_size(h, w):
+    model = CGNet(5, m=2, n=3, dropout=0.1).train()
+    x = torch.randn(2, 3, h, w)
+    out = model(x)
+    assert out.shape == (2, 5, h, w)
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.stem[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_eval_mode_is_deterministic_and_batch_independent():
+    model = CGNet(11, m=2, n=4, dropout=0.1).eval()
+    x = torch.randn(3, 3, 45, 61)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        single = model(x[1:2])
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a[1:2], single, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_is_only_active_in_training():
+    model = CGNet(4, m=2, n=2, dropout=0.5)
+    x = torch.randn(1, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(2)
+    assert not torch.equal(a, model(x))
+
+
+def test_config_rebuilds_the_same_architecture():
+    model = CGNet(7, m=4, n=5, dropout=0.1)
+    again = CGNet(**model.config)
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == \
+        [(k, v.shape) for k, v in again.state_dict().items()]
+
+
+def test_stored_reference_logits():
+    # tests/data/reference_small.pt was written by tests/make_reference.py: an input and the
+    # logits of a small CGNet with seeded weights, computed when the architecture was checked.
+    ref = torch.load(DATA / "reference_small.pt", weights_only=True)
+    assert ref["arch"] == ARCH
+    model = seeded_model()
+    with torch.no_grad():
+        out = model(ref["input"])
+    torch.testing.assert_close(out, ref["logits"], rtol=1e-4, atol=1e-5)
