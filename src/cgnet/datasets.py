@@ -1,0 +1,81 @@
+"""What each dataset is: class names, colours, ignore id and list-file names.
+
+A custom dataset is a `DatasetInfo` built from the user's class names and ignore index; its list
+files are given explicitly (see README, "Custom datasets").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SPLITS = ("train", "val", "trainval", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int
+    # split -> list file, relative to the data root
+    lists: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.palette) != len(self.classes):
+            raise ValueError(f"{self.name}: {len(self.classes)} classes but {len(self.palette)} colours")
+        if 0 <= self.ignore_index < len(self.classes):
+            raise ValueError(f"{self.name}: ignore index {self.ignore_index} is a class id "
+                             f"(classes are 0..{len(self.classes) - 1})")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def list_file(self, split: str) -> str:
+        if split not in self.lists:
+            raise ValueError(f"{self.name} has no {split!r} split; it has {sorted(self.lists)}")
+        return self.lists[split]
+
+
+CAMVID = DatasetInfo(
+    name="camvid",
+    classes=("Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
+             "Pedestrian", "Bicyclist"),
+    palette=((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+             (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)),
+    ignore_index=11,
+    lists={s: f"camvid_{s}_list.txt" for s in SPLITS},
+)
+
+CITYSCAPES = DatasetInfo(
+    name="cityscapes",
+    classes=("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+             "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
+             "bus", "train", "motorcycle", "bicycle"),
+    palette=((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+             (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+             (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+             (0, 80, 100), (0, 0, 230), (119, 11, 32)),
+    ignore_index=255,
+    lists={s: f"cityscapes_{s}_list.txt" for s in SPLITS},
+)
+
+# Cityscapes label id of each train id 0..18 (the official labels.py table)
+CITYSCAPES_TRAIN_TO_LABEL_ID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+DATASETS = {d.name: d for d in (CAMVID, CITYSCAPES)}
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "
+                         "(or give --classes and --ignore-index for a custom one)") from None
+
+
+def custom_dataset(classes: list[str], ignore_index: int, lists: dict[str, str],
+                   palette: list[tuple[int, int, int]] | None = None, name: str = "custom") -> DatasetInfo:
+    """A dataset of the user's: colours default to a fixed, well-spread palette."""
+    if palette is None:
+        palette = [((37 * i) % 256, (97 * i + 80) % 256, (151 * i + 160) % 256) for i in range(len(classes))]
+    return DatasetInfo(name, tuple(classes), tuple(tuple(c) for c in palette), ignore_index, dict(lists))
