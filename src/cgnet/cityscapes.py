@@ -7,7 +7,6 @@ The official release ships `*_labelIds.png` (ids 0..33); training and evaluation
 from __future__ import annotations
 
 import os
-import secrets
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .datasets import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
+from .fileio import write_atomic
 
 IGNORE = 255
 # (annotation folder, suffix of its label id files)
@@ -98,20 +98,6 @@ def _is_up_to_date(source: Path, target: Path) -> bool:
         return False
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # a temp file in the same folder, so os.replace is a rename and readers never see half a file
-    # (not mkstemp: its files are 0600, the outputs should get the usual umask permissions)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _convert_one(label_path: Path) -> None:
     labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
     if labels is None:
@@ -123,7 +109,7 @@ def _convert_one(label_path: Path) -> None:
     ok, png = cv2.imencode(".png", LABEL_TO_TRAIN_ID[labels])
     if not ok:
         raise ValueError(f"{label_path}: could not encode the train id image")
-    _write_atomic(_train_ids_path(label_path), png.tobytes())
+    write_atomic(_train_ids_path(label_path), png.tobytes())
 
 
 def convert_train_ids(root: str | os.PathLike, *, workers: int = 2, force: bool = False,
@@ -198,6 +184,6 @@ def write_lists(root: str | os.PathLike) -> dict[str, Path]:
     written: dict[str, Path] = {}
     for split, split_lines in lines.items():
         path = root / CITYSCAPES.list_file(split)
-        _write_atomic(path, ("\n".join(split_lines) + "\n").encode())
+        write_atomic(path, ("\n".join(split_lines) + "\n").encode())
         written[split] = path
     return written

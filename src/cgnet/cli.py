@@ -24,8 +24,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (a checkpoint, or an architecture with random weights)")
     g.add_argument("--checkpoint", help="our checkpoint or one of the original release's")
     g.add_argument("--num-classes", type=int, help="classes (19 for Cityscapes, 11 for CamVid)")
-    g.add_argument("--m", type=int, default=3, help="blocks in stage 2 (default 3)")
-    g.add_argument("--n", type=int, default=21, help="blocks in stage 3 (default 21)")
+    g.add_argument("--blocks", type=int, nargs=2, default=[3, 21], metavar=("M", "N"),
+                   help="blocks in stages 2 and 3 (default 3 21)")
 
 
 def build_model(args: argparse.Namespace):
@@ -33,7 +33,8 @@ def build_model(args: argparse.Namespace):
     from .model import CGNet
     if args.checkpoint:
         return load_model(args.checkpoint, num_classes=args.num_classes)
-    return CGNet(args.num_classes if args.num_classes is not None else 19, m=args.m, n=args.n).eval()
+    m, n = args.blocks
+    return CGNet(args.num_classes if args.num_classes is not None else 19, m=m, n=n).eval()
 
 
 def cmd_info(args: argparse.Namespace) -> int:

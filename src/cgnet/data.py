@@ -8,7 +8,8 @@ Augmentation (training only) follows the original release: scale by 0.5 + k/10 w
 0..15 (bilinear image, nearest label), normalise, pad bottom/right to the crop size with 0 (the
 image, after normalisation) and the ignore id (the label), random crop, horizontal flip with
 probability 1/2. The random draws of a sample depend only on (seed, epoch, index), never on the
-worker that loads it, so runs are reproducible with any number of workers and can be resumed.
+worker that loads it, so runs can be resumed exactly and give the same crops with any number of
+workers (bilinear resizing can differ in the last bit between thread counts).
 The same torch code runs on the CPU in loader workers and on a GPU over an in-memory dataset.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .datasets import DatasetInfo
+from .fileio import write_atomic
 from .preprocess import normalize_
 
 cv2.setNumThreads(1)  # loader workers parallelise across images; OpenCV threads would oversubscribe
@@ -257,10 +259,7 @@ def dataset_stats(ds: SegDataset, *, cache_dir: str | os.PathLike | None = None,
              "pixel_counts": counts.tolist(),
              "class_weights": (1.0 / np.log(1.10 + share)).tolist()}
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats, indent=1))
-        os.replace(tmp, cache)
+        write_atomic(cache, json.dumps(stats, indent=1))
     return stats
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from . import data as D
-from .datasets import DatasetInfo, custom_dataset, get_dataset
+from .datasets import DatasetInfo, get_dataset
 from .metrics import ConfusionMatrix, scores_table
 from .preprocess import check_spec, make_spec
 

@@ -17,14 +17,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import data as D
-from .checkpoint import atomic_save, load_checkpoint, load_state_into, make_meta, save_checkpoint
+from .checkpoint import load_checkpoint, load_state_into, make_meta, save_checkpoint
 from .datasets import get_dataset
 from .evaluate import evaluate, make_eval_loader
-from .metrics import scores_table
 from .model import CGNet
 from .preprocess import make_spec
 
@@ -67,8 +65,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--poly-power", type=float)
-    p.add_argument("--m", type=int)
-    p.add_argument("--n", type=int)
+    # one option for both: torchrun rejects a bare --m among the script's arguments as ambiguous
+    p.add_argument("--blocks", type=int, nargs=2, metavar=("M", "N"), help="blocks in stages 2 and 3 (default 3 21)")
     p.add_argument("--dropout", type=float)
     p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="weight the loss by 1/ln(1.10 + class share) (default on)")
@@ -108,6 +106,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = value
+    if getattr(args, "blocks", None):
+        cfg["m"], cfg["n"] = args.blocks
     crop = cfg["crop"]
     cfg["crop"] = [crop[0], crop[0]] if len(crop) == 1 else list(crop)
     if len(cfg["crop"]) != 2:
@@ -119,6 +119,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
         cfg["amp"] = "bf16" if on_cuda else "off"
     if cfg["amp"] == "fp16" and not on_cuda:
         raise ValueError("--amp fp16 needs CUDA; use --amp bf16 or off on the CPU")
+    if cfg["sync_bn"] and not on_cuda:
+        raise ValueError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
     if cfg["workers"] is None:
         cfg["workers"] = min(8, os.cpu_count() or 1) if on_cuda else 1
     if cfg["loader"] == "auto":

@@ -1,0 +1,169 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cgnet import data as D
+from cgnet.datasets import CAMVID, CITYSCAPES, custom_dataset
+from cgnet.preprocess import make_spec, original_spec
+from conftest import shared_path
+from fixtures import make_camvid_like
+
+SPEC = make_spec("standard", mean=[0.4, 0.4, 0.4], std=[0.25, 0.25, 0.25])
+
+
+@pytest.fixture()
+def camvid(tmp_path):
+    return make_camvid_like(tmp_path / "CamVid")
+
+
+def test_real_camvid_split_sizes():
+    root = shared_path("datasets", "CamVid")
+    sizes = {s: len(D.SegDataset(root, CAMVID.list_file(s), CAMVID, SPEC)) for s in
+             ("train", "val", "test", "trainval")}
+    assert sizes == {"train": 367, "val": 101, "test": 233, "trainval": 468}
+
+
+def test_real_camvid_sample_loads_at_full_resolution():
+    ds = D.SegDataset(shared_path("datasets", "CamVid"), "camvid_val_list.txt", CAMVID, SPEC)
+    image, label, index = ds[0]
+    assert image.shape == (3, 360, 480) and label.shape == (360, 480) and index == 0
+    assert set(label.unique().tolist()) <= set(range(12))
+
+
+def test_list_errors_name_file_and_line(tmp_path, camvid):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("train/0001TP_000000.png trainannot/0001TP_000000.png\ntrain/nope.png trainannot/nope.png\n")
+    with pytest.raises(FileNotFoundError, match=r"bad\.txt:2: image .*nope\.png does not exist"):
+        D.read_list(bad, camvid)
+    bad.write_text("a b c\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:1: expected"):
+        D.read_list(bad, camvid)
+    bad.write_text("train/0001TP_000000.png\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:1: expected '<image> <label>'"):
+        D.read_list(bad, camvid)
+    assert D.read_list(bad, camvid, labels=False)[0].label is None
+    bad.write_text("\n\n")
+    with pytest.raises(ValueError, match="the list is empty"):
+        D.read_list(bad, camvid)
+
+
+def test_grayscale_and_rgba_become_rgb(tmp_path):
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    rgb = D.read_image(tmp_path / "g.png")
+    assert rgb.shape == (3, 4, 3) and (rgb[..., 0] == gray).all() and (rgb[..., 2] == gray).all()
+    bgra = np.zeros((2, 2, 4), np.uint8)
+    bgra[..., 0], bgra[..., 2], bgra[..., 3] = 10, 200, 255
+    cv2.imwrite(str(tmp_path / "a.png"), bgra)
+    assert D.read_image(tmp_path / "a.png")[0, 0].tolist() == [200, 0, 10]
+
+
+def test_corrupt_image_and_bad_labels(tmp_path, camvid):
+    ds = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
+    ds.samples[0].image.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"camvid_train_list\.txt:1: cannot read image"):
+        ds[0]
+    label_path = ds.samples[1].label
+    lab = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
+    lab[0, 0], lab[0, 1] = 12, 40
+    cv2.imwrite(str(label_path), lab)
+    with pytest.raises(ValueError, match=r"camvid_train_list\.txt:2: label .* has ids \[12, 40\]"):
+        ds[1]
+    cv2.imwrite(str(ds.samples[2].label), np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match=r":3: image .* is 48x40 but label .* is 10x10"):
+        ds[2]
+    cv2.imwrite(str(ds.samples[3].label), np.zeros((40, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match="single-channel 8-bit"):
+        ds[3]
+
+
+def test_augmentation_pads_with_zero_and_ignore_and_keeps_pairs_aligned():
+    h, w = 20, 30
+    image = torch.arange(h * w, dtype=torch.float32).reshape(1, h, w).expand(3, h, w) % 256
+    image = image.to(torch.uint8)
+    label = (torch.arange(h * w).reshape(h, w) % 7).to(torch.uint8)
+    spec = make_spec("standard", mean=[0, 0, 0], std=[1, 1, 1])
+    # scale 1, crop bigger than the image: padded bottom/right
+    params = {"size": (h, w), "top": 0, "left": 0, "flip": False}
+    img, lab = D.augment(image, label, params, (24, 32), spec, ignore_index=11)
+    assert img.shape == (3, 24, 32) and lab.shape == (24, 32)
+    assert (img[:, h:, :] == 0).all() and (img[:, :, w:] == 0).all()
+    assert (lab[h:, :] == 11).all() and (lab[:, w:] == 11).all()
+    torch.testing.assert_close(img[:, :h, :w], image.float() / 255)
+    # flip moves image and label together
+    params = {"size": (h, w), "top": 2, "left": 3, "flip": True}
+    img, lab = D.augment(image, label, params, (10, 12), spec, ignore_index=11)
+    torch.testing.assert_close(img, (image[:, 2:12, 3:15].float() / 255).flip(-1))
+    assert torch.equal(lab, label[2:12, 3:15].flip(-1).long())
+
+
+def test_scales_and_nearest_labels():
+    assert D.SCALES[0] == 0.5 and D.SCALES[-1] == 2.0 and len(D.SCALES) == 16
+    label = torch.tensor([[0, 1], [2, 3]], dtype=torch.uint8)
+    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    params = {"size": (4, 4), "top": 0, "left": 0, "flip": False}
+    _, lab = D.augment(image, label, params, (4, 4), SPEC, 11)
+    assert lab.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+
+
+def test_random_draws_depend_on_seed_epoch_index_only(camvid):
+    ds = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC, train=True, crop=(32, 32), seed=5)
+    a = [ds[i] for i in range(len(ds))]
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    b = list(loader)
+    for (ia, la, _), (ib, lb, _) in zip(a, b):
+        # the same draws; bilinear resizing may round differently with another thread count
+        torch.testing.assert_close(ia, ib, rtol=0, atol=1e-5)
+        assert torch.equal(la, lb)
+    ds.set_epoch(1)
+    assert any(not torch.equal(x[0], ds[i][0]) for i, x in enumerate(a))
+    draws = {tuple(sorted(D.draw_params(D.sample_rng(0, 0, i), 360, 480, (360, 360)).items())) for i in range(64)}
+    assert len(draws) > 50
+
+
+def test_memory_trainset_matches_dataset(camvid):
+    ds = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC, train=True, crop=(32, 32), seed=3)
+    ds.set_epoch(2)
+    mem = D.MemoryTrainSet(ds, torch.device("cpu"), progress=False)
+    images, labels = mem.batch([4, 1], epoch=2)
+    assert torch.equal(images[0], ds[4][0]) and torch.equal(labels[1], ds[1][1])
+
+
+def test_stats_by_hand_and_cache_keyed_by_list(tmp_path, camvid):
+    ds = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
+    stats = D.dataset_stats(ds, cache_dir=tmp_path / "run", workers=0, progress=False)
+    imgs = [D.read_image(s.image).reshape(-1, 3) / 255.0 for s in ds.samples]
+    np.testing.assert_allclose(stats["mean_rgb"], np.mean([i.mean(0) for i in imgs], 0), rtol=1e-9)
+    np.testing.assert_allclose(stats["std_rgb"], np.mean([i.std(0) for i in imgs], 0), rtol=1e-9)
+    labels = np.concatenate([cv2.imread(str(s.label), cv2.IMREAD_UNCHANGED).ravel() for s in ds.samples])
+    counts = np.array([(labels == c).sum() for c in range(11)])
+    assert stats["pixel_counts"] == counts.tolist()
+    p = counts / counts.sum()
+    np.testing.assert_allclose(stats["class_weights"], 1 / np.log(1.10 + p), rtol=1e-12)
+    cache = list((tmp_path / "run").glob("stats_*.json"))
+    assert len(cache) == 1 and json.loads(cache[0].read_text())["images"] == 8
+    # a changed list is a different key: recomputed, not read from the old cache
+    lst = camvid / "camvid_train_list.txt"
+    lst.write_text("".join(lst.read_text().splitlines(keepends=True)[:4]))
+    ds2 = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
+    assert D.dataset_stats(ds2, cache_dir=tmp_path / "run", workers=0, progress=False)["images"] == 4
+    assert len(list((tmp_path / "run").glob("stats_*.json"))) == 2
+
+
+def test_denormalize_inverts_both_preprocessing_modes():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    for spec in (SPEC, original_spec([100.0, 110.0, 120.0])):
+        from cgnet.preprocess import to_tensor
+        assert (D.denormalize(to_tensor(rgb, spec), spec) == rgb).all()
+
+
+def test_dataset_descriptions():
+    assert CAMVID.num_classes == 11 and CAMVID.ignore_index == 11
+    assert CITYSCAPES.num_classes == 19 and CITYSCAPES.ignore_index == 255
+    custom = custom_dataset(["bg", "fg"], 255, {"train": "t.txt"})
+    assert custom.num_classes == 2 and len(custom.palette) == 2
+    with pytest.raises(ValueError, match="ignore index 1 is a class id"):
+        custom_dataset(["bg", "fg"], 1, {})

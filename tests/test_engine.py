@@ -1,0 +1,240 @@
+"""Training, evaluation and submission, end to end on small generated datasets."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cgnet import CGNet, load_model, make_meta, save_checkpoint
+from cgnet.cli import main
+from cgnet.datasets import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
+from cgnet.metrics import ConfusionMatrix
+from cgnet.preprocess import make_spec, to_tensor
+from cgnet.train import fit_schedule_to_budget
+from cityscapes_fixture import make_cityscapes_tree
+from fixtures import make_camvid_like
+
+TINY = ["--dataset", "camvid", "--train-split", "train", "--val-split", "val", "--blocks", "2", "2",
+        "--crop", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress",
+        "--val-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def camvid(tmp_path_factory):
+    return make_camvid_like(tmp_path_factory.mktemp("data") / "CamVid")
+
+
+def train(camvid, out, *extra):
+    assert main(["train", "--data-root", str(camvid), "--out", str(out), *TINY, *extra]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    state = torch.load(out / "last.pt", weights_only=True)
+    return log, state
+
+
+def same_weights(a, b):
+    return all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_train_writes_run_folder_and_checkpoints_are_usable(camvid, tmp_path, capsys):
+    log, state = train(camvid, tmp_path / "run", "--epochs", "2")
+    assert [r["epoch"] for r in log] == [1, 2] and all("val_miou" in r for r in log)
+    for f in ("config.json", "log.jsonl", "curve.png", "last.pt", "best.pt"):
+        assert (tmp_path / "run" / f).is_file(), f
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["epochs"] == 2 and cfg["crop"] == [32, 32] and cfg["lr"] == 1e-3
+    assert state["meta"]["config"]["batch_size"] == 4 and state["meta"]["dataset"] == "camvid"
+    assert state["train_state"]["iteration"] == 4  # 8 images, batch 4, 2 epochs
+    # poly schedule: the lr of the last iteration, lr * (1 - 3/4)^0.9
+    assert log[-1]["lr"] == pytest.approx(1e-3 * 0.25 ** 0.9)
+    assert cv2.imread(str(tmp_path / "run" / "curve.png")).shape[1] > 600
+    model = load_model(tmp_path / "run" / "best.pt")
+    assert model.meta["classes"][0] == "Sky" and model.meta["preprocess"]["mode"] == "standard"
+
+
+def test_same_seed_same_run_other_seed_other_run(camvid, tmp_path):
+    log_a, a = train(camvid, tmp_path / "a", "--epochs", "2", "--seed", "7")
+    log_b, b = train(camvid, tmp_path / "b", "--epochs", "2", "--seed", "7")
+    log_c, c = train(camvid, tmp_path / "c", "--epochs", "2", "--seed", "8")
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    assert same_weights(a, b)
+    assert not same_weights(a, c)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(camvid, tmp_path):
+    args = ("--epochs", "4", "--dropout", "0.1", "--seed", "3")
+    log_full, full = train(camvid, tmp_path / "full", *args)
+    train(camvid, tmp_path / "part", *args, "--max-iters", "4")  # stops after epoch 2 of 4
+    log_res, res = train(camvid, tmp_path / "part", *args, "--resume")
+    assert [r["loss"] for r in log_res] == [r["loss"] for r in log_full]
+    assert same_weights(full, res)
+    assert all(torch.equal(full["optimizer"]["state"][k]["exp_avg"], res["optimizer"]["state"][k]["exp_avg"])
+               for k in full["optimizer"]["state"])
+
+
+def test_resume_with_another_schedule_is_refused(camvid, tmp_path, capsys):
+    train(camvid, tmp_path / "r", "--epochs", "2")
+    assert main(["train", "--data-root", str(camvid), "--out", str(tmp_path / "r"), *TINY,
+                 "--epochs", "5", "--resume"]) == 2
+    assert "keep --epochs/--batch-size as they were" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_with_a_clear_message(camvid, tmp_path, capsys):
+    out = tmp_path / "nan"
+    assert main(["train", "--data-root", str(camvid), "--out", str(out), *TINY, "--epochs", "3",
+                 "--lr", "1e25"]) == 2
+    err = capsys.readouterr().err
+    assert "the loss became nan" in err.lower() or "the loss became inf" in err.lower()
+    assert "stopped without saving" in err
+    if (out / "last.pt").exists():  # whatever was saved before is finite
+        state = torch.load(out / "last.pt", weights_only=True)
+        assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
+
+
+def test_sync_bn_on_cpu_is_refused(camvid, tmp_path, capsys):
+    assert main(["train", "--data-root", str(camvid), "--out", str(tmp_path / "s"), *TINY, "--sync-bn"]) == 2
+    assert "--sync-bn needs CUDA" in capsys.readouterr().err
+
+
+def test_time_budget_cuts_the_schedule():
+    cfg = {"time_budget": 1.0, "epochs": 100, "max_iters": None}
+    state = {"epoch": 2, "history": [{"elapsed_s": 10.0}, {"elapsed_s": 20.0}]}
+    fit_schedule_to_budget(cfg, state, n_batches=5, rank=1)
+    assert cfg["epochs"] == 6 and state["max_iters"] == 30 and state["planned_epochs"] == 6
+
+
+def test_torchrun_two_cpu_processes(camvid, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CGNET_NO_REEXEC": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "cgnet", "train", "--data-root", str(camvid), "--out", str(out), *TINY, "--epochs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (out / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2  # rank 0 alone writes
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["train_state"]["iteration"] == 4  # global batch 4 = 2 per process
+    assert done.stdout.count("epoch 2:") == 1
+
+
+def test_eval_table_matches_an_independent_count(camvid, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(camvid, out, "--epochs", "1")
+    capsys.readouterr()
+    scores_file, save = tmp_path / "scores.json", tmp_path / "pred"
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data-root", str(camvid), "--split", "val",
+                 "--json", str(scores_file), "--save-dir", str(save), "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "Bicyclist" in printed
+    scores = json.loads(scores_file.read_text())
+    # the same predictions, counted with numpy
+    model = load_model(out / "last.pt")
+    spec = model.meta["preprocess"]
+    conf = np.zeros((11, 11), np.int64)
+    for line in (camvid / "camvid_val_list.txt").read_text().splitlines():
+        img_path, lab_path = (camvid / p for p in line.split())
+        rgb = cv2.cvtColor(cv2.imread(str(img_path)), cv2.COLOR_BGR2RGB)
+        with torch.no_grad():
+            pred = model(to_tensor(rgb, spec)[None]).argmax(1)[0].numpy()
+        gt = cv2.imread(str(lab_path), cv2.IMREAD_UNCHANGED)
+        keep = gt != 11
+        np.add.at(conf, (gt[keep], pred[keep]), 1)
+        assert (cv2.imread(str(save / "trainids" / img_path.name), cv2.IMREAD_UNCHANGED) == pred).all()
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    iou = tp[union > 0] / union[union > 0]
+    assert scores["miou"] == pytest.approx(iou.mean(), abs=1e-12)
+    assert len(list((save / "overlay").glob("*.jpg"))) == 3 and len(list((save / "color").glob("*.png"))) == 3
+
+
+def test_multiscale_flip_eval_runs(camvid, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(camvid, out, "--epochs", "1")
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data-root", str(camvid), "--split", "test",
+                 "--scales", "0.5,1,1.5", "--flip", "--workers", "0"]) == 0
+    assert "scales 0.5,1.0,1.5 + flip" in capsys.readouterr().out
+
+
+def test_confusion_matrix_by_hand():
+    cm = ConfusionMatrix(3, ignore_index=255)
+    gt = torch.tensor([0, 0, 1, 1, 2, 255, 255])
+    pred = torch.tensor([0, 1, 1, 1, 0, 2, 2])
+    cm.update(pred, gt)
+    s = cm.scores()
+    # class 0: tp 1, fp 1 (the 2 predicted as 0), fn 1 -> 1/3; class 1: tp 2, fp 1 -> 2/3; class 2: 0/1
+    assert s["iou"] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert s["miou"] == pytest.approx(1 / 3)
+    assert s["miou_original"] == pytest.approx(0.5)  # the release drops classes without a true positive
+    assert s["pixel_acc"] == pytest.approx(3 / 5)
+    cm2 = ConfusionMatrix(3, ignore_index=255)
+    cm2.update(torch.tensor([0]), torch.tensor([0]))
+    assert np.isnan(cm2.scores()["iou"][1]) and cm2.scores()["miou"] == 1.0  # absent classes don't count
+    with pytest.raises(ValueError, match=r"ground-truth ids \[7\]"):
+        cm2.update(torch.tensor([0]), torch.tensor([7]))
+
+
+def test_miou_equals_official_cityscapes_evaluator(tmp_path, monkeypatch):
+    ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    if not hasattr(np, "in1d"):  # the evaluator still calls np.in1d, which NumPy 2.4 removed
+        monkeypatch.setattr(np, "in1d", np.isin, raising=False)
+    from cgnet.cityscapes import label_ids_to_train_ids, train_ids_to_label_ids
+    rng = np.random.default_rng(1)
+    gts, preds = [], []
+    cm = ConfusionMatrix(19, 255)
+    for i in range(4):
+        gt = rng.integers(0, 34, (24, 40)).astype(np.uint8)  # label ids, void ones included
+        gt[:, :8] = 26  # plenty of cars
+        pred_train = label_ids_to_train_ids(gt).copy()
+        flip = rng.random(gt.shape) < 0.3
+        pred_train[flip] = rng.integers(0, 19, flip.sum())
+        pred_train[pred_train == 255] = rng.integers(0, 19, (pred_train == 255).sum())
+        pred_train[pred_train == 16] = 15  # one class (train) never predicted
+        gpath = tmp_path / "gtFine" / "val" / "x" / f"x_000000_{i:06d}_gtFine_labelIds.png"
+        ppath = tmp_path / "pred" / f"x_000000_{i:06d}_leftImg8bit.png"
+        for p, arr in ((gpath, gt), (ppath, train_ids_to_label_ids(pred_train))):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(p), arr)
+        gts.append(str(gpath))
+        preds.append(str(ppath))
+        cm.update(torch.from_numpy(pred_train.astype(np.int64)), torch.from_numpy(label_ids_to_train_ids(gt).astype(np.int64)))
+    args = ev.args
+    args.JSONOutput, args.evalInstLevelScore, args.quiet = False, False, True
+    args.evalPixelAccuracy = True
+    result = ev.evaluateImgLists(preds, gts, args)
+    ours = cm.scores()
+    assert ours["miou"] == pytest.approx(result["averageScoreClasses"], abs=1e-9)
+    official = [result["classScores"][name] for name in CITYSCAPES.classes]
+    for a, b in zip(ours["iou"], official):
+        assert (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b, abs=1e-9)
+
+
+def test_cityscapes_submission(tmp_path, capsys):
+    root = make_cityscapes_tree(tmp_path / "cs")
+    from cgnet.cityscapes import convert_train_ids, write_lists
+    convert_train_ids(root, workers=1, progress=False)
+    write_lists(root)
+    model = CGNet(19, m=2, n=2)
+    meta = make_meta(model, preprocess=make_spec("standard"), classes=list(CITYSCAPES.classes),
+                     palette=[list(c) for c in CITYSCAPES.palette], ignore_index=255, dataset="cityscapes")
+    ckpt = save_checkpoint(tmp_path / "cs.pt", model, meta)
+    out = tmp_path / "sub"
+    assert main(["test", "--checkpoint", str(ckpt), "--data-root", str(root), "--out", str(out),
+                 "--workers", "0"]) == 0
+    files = sorted(p.name for p in (out / "results").glob("*.png"))
+    assert files == ["berlin_000000_000000_leftImg8bit.png", "berlin_000000_000001_leftImg8bit.png"]
+    ids = cv2.imread(str(out / "results" / files[0]), cv2.IMREAD_UNCHANGED)
+    assert ids.shape == (16, 32) and set(np.unique(ids)) <= set(CITYSCAPES_TRAIN_TO_LABEL_ID)
+    with zipfile.ZipFile(out / "submission.zip") as z:
+        assert sorted(z.namelist()) == files
+
+
+def test_eval_errors_are_clear(camvid, tmp_path, capsys):
+    ckpt = save_checkpoint(tmp_path / "bare.pt", CGNet(11, m=2, n=2))
+    assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(camvid), "--dataset", "camvid"]) == 2
+    assert "--preprocess original --mean" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(camvid), "--dataset", "cityscapes"]) == 2
+    assert "11 classes but cityscapes has 19" in capsys.readouterr().err
