@@ -13,10 +13,12 @@ RUN=${RUN:-/tmp/cgnet-camvid-gpu}
 mkdir -p "$OUT"
 (nvidia-smi -L || true; python3 -c "import torch, cv2; print('torch', torch.__version__, 'cv2', cv2.__version__)") \
   2>&1 | tee "$OUT/env.txt"
-timeout "${BENCH_TIMEOUT:-100}" python3 benchmarks/train_throughput.py --device "$DEVICE" --batch 8 32 \
-  --iters "${BENCH_ITERS:-40}" --warmup 10 --modes fp32 fp32+channels_last bf16+channels_last fp32+channels_last+cudagraph bf16+channels_last+cudagraph \
-  2>&1 | tee "$OUT/throughput.txt"
-timeout 40 python3 benchmarks/gpu_latency.py --runs 30 2>&1 | tee "$OUT/latency.txt"
+if [ -z "${SKIP_BENCH:-}" ]; then
+  timeout "${BENCH_TIMEOUT:-100}" python3 benchmarks/train_throughput.py --device "$DEVICE" --batch 8 32 \
+    --iters "${BENCH_ITERS:-40}" --warmup 10 --modes fp32 fp32+channels_last bf16+channels_last fp32+channels_last+cudagraph bf16+channels_last+cudagraph \
+    2>&1 | tee "$OUT/throughput.txt"
+  timeout 40 python3 benchmarks/gpu_latency.py --runs 30 2>&1 | tee "$OUT/latency.txt"
+fi
 train() {
   timeout "${TRAIN_LIMIT:-$(python3 -c "print(int($BUDGET * 60 + 90))")}" python3 -m cgnet train --preset camvid --data-root "$DATA" --out "$RUN" --device "$DEVICE" \
     --time-budget "$BUDGET" --val-every 50 --no-progress ${EXTRA:-} "$@" 2>&1 | tee -a "$OUT/train_log.txt"

@@ -70,3 +70,16 @@ def test_stored_reference_logits():
     with torch.no_grad():
         out = model(ref["input"])
     torch.testing.assert_close(out, ref["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_depthwise_convs_stay_fp32_under_cpu_bf16_autocast():
+    # the CPU bf16 depthwise weight gradient went non-finite in training (see model.depthwise)
+    model = CGNet(4, m=2, n=2)
+    seen = []
+    model.stage2[0].sur.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    model.stage2[0].reduce.conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(1, 3, 32, 32))
+    assert seen == [torch.bfloat16, torch.float32]  # 1x1 conv in bf16, depthwise in fp32
+    out.float().sum().backward()
+    assert model.stage2[0].sur.weight.grad.dtype == torch.float32

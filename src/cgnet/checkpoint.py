@@ -208,13 +208,30 @@ def load_state_into(model: CGNet, state: dict, where: str = "checkpoint") -> Non
     model.load_state_dict(state, strict=False)
 
 
+# weights shipped inside the package, by name
+SHIPPED = {"camvid": "camvid.pt"}
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """A checkpoint path, or the name of shipped weights ('camvid')."""
+    if str(path) in SHIPPED and not Path(path).exists():
+        shipped = Path(__file__).resolve().parent / "weights" / SHIPPED[str(path)]
+        if not shipped.is_file():
+            raise CheckpointError(f"the shipped {path} weights are missing from this installation "
+                                  f"({shipped}); reinstall cgnet or give a checkpoint path")
+        return shipped
+    return Path(path)
+
+
 def load_model(path: str | os.PathLike, *, num_classes: int | None = None,
                device: str | torch.device = "cpu") -> CGNet:
-    """Build a CGNet from a checkpoint (ours or the original release's), in eval mode.
+    """Build a CGNet from a checkpoint (ours or the original release's) or from shipped weights
+    by name (`load_model("camvid")`), in eval mode.
 
     The checkpoint's metadata (preprocessing, class names, palette, ...) is at `model.meta`.
     `num_classes`, when given, must agree with the checkpoint's classifier.
     """
+    path = resolve_weights(path)
     state, meta, _ = load_checkpoint(path)
     arch = meta["arch"]
     if num_classes is not None and num_classes != arch["num_classes"]:

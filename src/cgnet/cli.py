@@ -62,6 +62,11 @@ def cmd_test(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .evaluate import cmd_demo as run
+    return run(args)
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_run
     for x in ("epoch", "elapsed_s"):
@@ -157,6 +162,14 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("test", help="Cityscapes: server submission; CamVid: score the test split")
     add_eval_args(p, test=True)
     p.set_defaults(func=cmd_test)
+    p = sub.add_parser("demo", help="the main job: shipped CamVid weights on the test set, table and pictures")
+    p.add_argument("--checkpoint", help="default: the shipped camvid weights")
+    p.add_argument("--data-root", help="default: $CGNET_DATA, ./data/CamVid, ../shared/datasets/CamVid")
+    p.add_argument("--out", default="demo", help="output folder (default ./demo)")
+    p.add_argument("--frames", type=int, default=6, help="frames drawn in the grid and overlays")
+    p.add_argument("--device")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("plot", help="draw a run's training curves (against epochs and wall-clock time)")
     p.add_argument("run", help="run folder of cgnet train")
     p.set_defaults(func=cmd_plot)
@@ -197,7 +210,7 @@ def make_parser() -> argparse.ArgumentParser:
 # activations back in each iteration; these settings keep them (1.2-2x faster training/inference)
 ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_TOP_PAD_": "1073741824",
                  "MALLOC_MMAP_THRESHOLD_": "17179869184"}
-HEAVY_COMMANDS = {"train", "eval", "test"}
+HEAVY_COMMANDS = {"train", "eval", "test", "demo"}
 
 
 def reexec_with_allocator_env(argv: list[str]) -> None:

@@ -6,6 +6,7 @@ files are given explicitly (see README, "Custom datasets").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SPLITS = ("train", "val", "trainval", "test")
 
@@ -71,6 +72,32 @@ def get_dataset(name: str) -> DatasetInfo:
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "
                          "(or give --classes and --ignore-index for a custom one)") from None
+
+
+def read_class_names(text: str) -> list[str]:
+    """Class names from 'a,b,c' or from a file with one name per line."""
+    path = Path(text)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"no class names in {text!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names repeat: {names}")
+    return names
+
+
+def resolve_dataset(name: str | None, classes: list[str] | None = None, ignore_index: int | None = None,
+                    palette=None) -> DatasetInfo:
+    """A known dataset by name, or a custom one when class names are given."""
+    if classes:
+        if ignore_index is None:
+            raise ValueError("a custom dataset needs --ignore-index (the label id that marks unlabelled pixels)")
+        return custom_dataset(classes, ignore_index, {}, palette=palette, name=name or "custom")
+    if name is None:
+        raise ValueError("give --dataset camvid or cityscapes, or --classes and --ignore-index for your own")
+    return get_dataset(name)
 
 
 def custom_dataset(classes: list[str], ignore_index: int, lists: dict[str, str],

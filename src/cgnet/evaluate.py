@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from . import data as D
-from .datasets import DatasetInfo, get_dataset
+from .datasets import DATASETS, DatasetInfo, resolve_dataset
 from .metrics import ConfusionMatrix, scores_table
 from .preprocess import check_spec, make_spec
 
@@ -139,9 +139,10 @@ def setup_eval(args: argparse.Namespace, split: str):
     name = args.dataset or meta.get("dataset")
     if name is None:
         raise ValueError("the checkpoint does not say its dataset: give --dataset camvid or cityscapes")
-    info = get_dataset(name)
-    if meta.get("classes") and meta["dataset"] not in (None, name):
-        raise ValueError(f"the checkpoint was trained on {meta['dataset']}, not {name}")
+    if name in DATASETS:
+        info = resolve_dataset(name)
+    else:  # a custom dataset: its description travels in the checkpoint
+        info = resolve_dataset(name, meta.get("classes"), meta.get("ignore_index"), meta.get("palette"))
     if model.num_classes != info.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes but {name} has {info.num_classes}")
     if args.preprocess or meta.get("preprocess") is None:
@@ -200,4 +201,39 @@ def cmd_test(args: argparse.Namespace) -> int:
         for f in sorted((out / "results").glob("*.png")):
             z.write(f, f.name)
     print(f"{len(ds)} label-id PNGs in {out / 'results'}; upload {archive} to the Cityscapes server")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: shipped (or given) weights scored on the CamVid test split, with a per-class
+    table, overlays of a few frames and an image | ground truth | prediction grid in one folder."""
+    from .checkpoint import load_model
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.checkpoint or "camvid", device=device)
+    info = resolve_dataset(model.meta.get("dataset") or "camvid")
+    root = Path(args.data_root) if args.data_root else default_data_root(info.name)
+    spec = check_spec(model.meta["preprocess"])
+    ds = D.SegDataset(root, root / info.list_file("test"), info, spec, train=False)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"scoring {args.checkpoint or 'the shipped camvid weights'} on {len(ds)} test frames from {root}")
+    scores = evaluate(model, make_eval_loader(ds, workers=args.workers), info, device)
+    table = scores_table(scores, info.classes)
+    print(table)
+    (out / "per_class_iou.txt").write_text(table + "\n")
+    (out / "scores.json").write_text(json.dumps({"dataset": info.name, "split": "test", "data_root": str(root),
+                                                 **scores}, indent=1))
+    picks = np.linspace(0, len(ds) - 1, args.frames).round().astype(int).tolist()
+    rows = []
+    with torch.no_grad():
+        for i in picks:
+            image, label, _ = ds[i]
+            pred = predict_logits(model, image[None].to(device)).argmax(1)[0].cpu().numpy().astype(np.uint8)
+            save_prediction(pred, ds.samples[i].image, info, out / "frames")
+            rgb = D.read_image(ds.samples[i].image)
+            rows.append(np.concatenate([rgb, D.colorize(label.numpy().astype(np.uint8), info.palette),
+                                        D.colorize(pred, info.palette)], 1))
+    cv2.imwrite(str(out / "grid.png"), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+    print(f"\nwrote {out}/per_class_iou.txt, scores.json, grid.png (image | ground truth | prediction) "
+          f"and {len(picks)} frames' overlays in {out}/frames/overlay")
     return 0
