@@ -18,4 +18,4 @@ test: setup
 	$(VENV)/bin/python -m pytest
 
 demo: setup
-	$(VENV)/bin/cgnet info --num-classes 19 --size 360x480 512x1024 1024x2048
+	$(VENV)/bin/cgnet demo --out demo
