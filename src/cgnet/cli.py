@@ -67,6 +67,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import cmd_export as run
+    return run(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import cmd_predict as run
+    return run(args)
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_run
     for x in ("epoch", "elapsed_s"):
@@ -170,6 +180,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_demo)
+    from .export import add_export_args
+    p = sub.add_parser("export", help="ONNX / OpenVINO / TorchScript file, verified against PyTorch")
+    add_export_args(p)
+    p.set_defaults(func=cmd_export)
+    from .predict import add_predict_args
+    p = sub.add_parser("predict", help="segment images, folders, globs and videos; writes masks, colour masks "
+                                       "and overlays")
+    add_predict_args(p)
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("plot", help="draw a run's training curves (against epochs and wall-clock time)")
     p.add_argument("run", help="run folder of cgnet train")
     p.set_defaults(func=cmd_plot)
@@ -210,7 +229,7 @@ def make_parser() -> argparse.ArgumentParser:
 # activations back in each iteration; these settings keep them (1.2-2x faster training/inference)
 ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_TOP_PAD_": "1073741824",
                  "MALLOC_MMAP_THRESHOLD_": "17179869184"}
-HEAVY_COMMANDS = {"train", "eval", "test", "demo"}
+HEAVY_COMMANDS = {"train", "eval", "test", "demo", "predict"}
 
 
 def reexec_with_allocator_env(argv: list[str]) -> None:
@@ -231,6 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         reexec_with_allocator_env(sys.argv[1:])
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except (CheckpointError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:  # MissingBackend too
         print(f"cgnet {args.command}: error: {e}", file=sys.stderr)
         return 2

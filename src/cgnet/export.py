@@ -1,0 +1,259 @@
+"""`cgnet export`: ONNX, OpenVINO and TorchScript files for CPU and mobile runtimes.
+
+Every export is inference-only and simplified first: BatchNorm folded into the convolution
+before it (including the joint BN of each CG block, split across its two depthwise
+convolutions), and PReLU written as max(x, a*x), which runtimes execute faster than PReLU and
+which equals it for every slope a <= 1: for x >= 0, x >= a*x; for x < 0, a*x >= x (negative
+slopes included, where a*x > 0 > x). Trained CGNets have negative slopes, so the check is a <= 1,
+not 0 <= a <= 1; PReLU is kept if any slope exceeds 1. Height and
+width are dynamic. The file carries the checkpoint's metadata (classes, palette, preprocessing)
+and is verified against eager PyTorch on real images before it is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .model import CGBlock, CGDownBlock, CGNet, ConvBNAct
+from .runtime import Predictor, make_predictor, require, torch_runner
+
+# argmax agreement (fraction of pixels) an export must reach against eager fp32 PyTorch
+AGREEMENT = {"fp32": 0.999, "bf16": 0.99, "int8": 0.97}
+MAX_ABS_FP32 = 1e-2
+
+
+class MaxPReLU(nn.Module):
+    """PReLU with per-channel slopes a <= 1, as max(x, a*x)."""
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        self.register_buffer("slope", prelu.weight.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(x, x * self.slope)
+
+
+def prelu_max_is_exact(model: nn.Module) -> bool:
+    return all(bool((m.weight <= 1).all()) for m in model.modules() if isinstance(m, nn.PReLU))
+
+
+@torch.no_grad()
+def _fold_joint_bn(block: CGBlock | CGDownBlock) -> None:
+    """BN(cat[loc(y), sur(y)]) is a per-channel affine map: move it into the two depthwise convs."""
+    bn = block.bn_act.bn
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    half = block.loc.out_channels
+    for conv, sl in ((block.loc, slice(0, half)), (block.sur, slice(half, 2 * half))):
+        conv.weight.mul_(scale[sl].view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(shift[sl].clone())
+    block.bn_act.bn = nn.Identity()
+
+
+def simplify_for_inference(model: CGNet, prelu_as_max: bool | None = None) -> nn.Module:
+    """A folded copy of `model` in eval mode (see module docstring). prelu_as_max=None: when valid."""
+    model = copy.deepcopy(model).float().eval()
+    for mod in list(model.modules()):
+        if isinstance(mod, ConvBNAct):
+            mod.conv = fuse_conv_bn_eval(mod.conv, mod.bn)
+            mod.bn = nn.Identity()
+        elif isinstance(mod, (CGBlock, CGDownBlock)):
+            _fold_joint_bn(mod)
+    if prelu_as_max is None:
+        prelu_as_max = prelu_max_is_exact(model)
+    elif prelu_as_max and not prelu_max_is_exact(model):
+        raise ValueError("a PReLU slope exceeds 1: max(x, a*x) would differ from PReLU")
+    if prelu_as_max:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.PReLU):
+                    setattr(parent, name, MaxPReLU(child))
+    return model
+
+
+# ---- writers -------------------------------------------------------------------------------
+
+def export_onnx(model: nn.Module, path: Path, meta: dict, opset: int = 17) -> Path:
+    onnx = require("onnx")
+    x = torch.randn(1, 3, 96, 128)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                    "logits": {0: "batch", 2: "height", 3: "width"}},
+                      opset_version=opset, dynamo=False)
+    proto = onnx.load(str(tmp))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "cgnet", json.dumps(meta)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def export_openvino(model: nn.Module, path: Path, meta: dict) -> Path:
+    ov = require("openvino")
+    onnx_path = export_onnx(model, path.with_suffix(".onnx.tmp"), meta)
+    try:
+        ov_model = ov.convert_model(str(onnx_path))
+    finally:
+        onnx_path.unlink(missing_ok=True)
+    ov_model.set_rt_info(json.dumps(meta), ["cgnet"])
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    return path
+
+
+def export_torchscript(model: nn.Module, path: Path, meta: dict) -> Path:
+    traced = torch.jit.trace(model, torch.randn(1, 3, 96, 128), check_trace=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.jit.save(traced, str(tmp), _extra_files={"cgnet_meta.json": json.dumps(meta)})
+    os.replace(tmp, path)
+    return path
+
+
+def quantize_onnx_int8(fp32_path: Path, path: Path, calibration: list[np.ndarray]) -> Path:
+    """Static post-training quantisation (QDQ, per channel) calibrated on normalised crops."""
+    q = require("onnxruntime.quantization")
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration)
+
+        def get_next(self):
+            x = next(self.items, None)
+            return None if x is None else {"image": x}
+
+    q.quantize_static(str(fp32_path), str(path), Reader(), quant_format=q.QuantFormat.QDQ,
+                      per_channel=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+    onnx = require("onnx")  # quantize_static drops nothing we need, but keep the metadata explicit
+    proto = onnx.load(str(path))
+    if not any(p.key == "cgnet" for p in proto.metadata_props):
+        src = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "cgnet", src["cgnet"]
+        onnx.save(proto, str(path))
+    return path
+
+
+# ---- verification --------------------------------------------------------------------------
+
+def verify(predictor: Predictor, reference: CGNet, images: list[np.ndarray], precision: str) -> dict:
+    """Max |logit difference| and argmax agreement of an export against eager fp32 PyTorch."""
+    ref = Predictor(torch_runner(reference, "fp32", "cpu", channels_last=False), reference.meta, "torch")
+    max_abs, agree, total = 0.0, 0, 0
+    for image in images:
+        a, b = ref.logits(image), predictor.logits(image)
+        max_abs = max(max_abs, float(np.abs(a - b).max()))
+        agree += int((a.argmax(0) == b.argmax(0)).sum())
+        total += a.shape[1] * a.shape[2]
+    report = {"images": len(images), "max_abs_diff": max_abs, "argmax_agreement": agree / total}
+    ok = report["argmax_agreement"] >= AGREEMENT[precision] and (precision != "fp32" or max_abs <= MAX_ABS_FP32)
+    report["ok"] = ok
+    return report
+
+
+def verification_images(data_root: str | None, count: int = 8) -> list[np.ndarray]:
+    """Real images for verification and calibration: the dataset's val list (or a folder)."""
+    from .data import read_image, read_list
+    from .evaluate import default_data_root
+    root = Path(data_root) if data_root else default_data_root("camvid")
+    if (root / "camvid_val_list.txt").is_file():
+        paths = [s.image for s in read_list(root / "camvid_val_list.txt", root)]
+    else:
+        paths = sorted(p for p in root.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        raise FileNotFoundError(f"no images in {root} to verify the export on")
+    picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
+    return [read_image(paths[i]) for i in picks]
+
+
+def calibration_inputs(model: CGNet, data_root: str | None, count: int = 200, crop: int = 360) -> list[np.ndarray]:
+    """Normalised training crops (the training augmentation) for int8 calibration."""
+    from . import data as D
+    from .datasets import CAMVID
+    from .evaluate import default_data_root
+    root = Path(data_root) if data_root else default_data_root("camvid")
+    ds = D.SegDataset(root, CAMVID.list_file("train"), CAMVID, model.meta["preprocess"], train=True,
+                      crop=(crop, crop), seed=1234)
+    return [ds[i % len(ds)][0][None].numpy() for i in range(count)]
+
+
+def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_root: str | None = None,
+           prelu_as_max: bool | None = None, verify_count: int = 8, log=print) -> Path:
+    """Simplify, write, verify; the file is removed again if verification fails."""
+    if fmt not in ("onnx", "openvino", "torchscript"):
+        raise ValueError(f"unknown format {fmt!r}: onnx, openvino or torchscript")
+    if precision == "bf16" and fmt != "openvino":
+        raise ValueError("bf16 export is an OpenVINO inference precision: use --format openvino")
+    if precision == "int8" and fmt != "onnx":
+        raise ValueError("int8 export is ONNX Runtime static quantisation: use --format onnx")
+    if model.meta.get("preprocess") is None:
+        raise ValueError("the checkpoint stores no preprocessing; exports need it (train with cgnet, "
+                         "or save the original weights with cgnet.save_checkpoint and a preprocessing spec)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    simple = simplify_for_inference(model, prelu_as_max)
+    uses_max = any(isinstance(m, MaxPReLU) for m in simple.modules())
+    meta = dict(model.meta, export_format=fmt, export_precision=precision, prelu_as_max=uses_max)
+    log(f"folded BatchNorm into convolutions; PReLU as max(x, a*x): {'yes' if uses_max else 'no (a slope exceeds 1)'}")
+    if fmt == "onnx" and precision == "int8":
+        fp32 = export_onnx(simple, out.with_name(out.stem + ".fp32.onnx"), meta)
+        quantize_onnx_int8(fp32, out, calibration_inputs(model, data_root))
+        fp32.unlink()
+    elif fmt == "onnx":
+        export_onnx(simple, out, meta)
+    elif fmt == "openvino":
+        export_openvino(simple, out.with_suffix(".xml"), meta)
+        out = out.with_suffix(".xml")
+    else:
+        export_torchscript(simple, out, meta)
+    predictor = make_predictor(out, precision=precision)
+    report = verify(predictor, model, verification_images(data_root, verify_count), precision)
+    log(f"verified on {report['images']} real images against eager fp32: max |logit diff| "
+        f"{report['max_abs_diff']:.3g}, argmax agreement {100 * report['argmax_agreement']:.3f}% "
+        f"(needs >= {100 * AGREEMENT[precision]:.1f}%" + (f", diff <= {MAX_ABS_FP32}" if precision == "fp32" else "") + ")")
+    if not report["ok"]:
+        out.unlink(missing_ok=True)
+        if out.suffix == ".xml":
+            out.with_suffix(".bin").unlink(missing_ok=True)
+        raise ValueError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance; not kept")
+    return out
+
+
+def cached_export(model: CGNet, source: str, fmt: str, precision: str, cache_dir=None) -> Path:
+    """Export once per (checkpoint content, format, precision) into a cache folder."""
+    from .checkpoint import resolve_weights
+    digest = hashlib.sha256(resolve_weights(source).read_bytes()).hexdigest()[:16]
+    cache = Path(cache_dir or os.environ.get("CGNET_CACHE", Path.home() / ".cache" / "cgnet"))
+    path = cache / f"{digest}_{precision}.{'onnx' if fmt == 'onnx' else 'xml'}"
+    if not path.exists():
+        export(model, path, fmt, precision, log=lambda *a: None)
+    return path
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="default: the shipped camvid weights")
+    p.add_argument("--format", required=True, choices=["onnx", "openvino", "torchscript"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="bf16: OpenVINO inference precision; int8: ONNX Runtime static quantisation")
+    p.add_argument("--out", help="output file (default: cgnet_<dataset>_<precision>.<ext>)")
+    p.add_argument("--data-root", help="images to verify (and calibrate int8) on; default: CamVid's default location")
+    p.add_argument("--prelu-as-max", action=argparse.BooleanOptionalAction, default=None,
+                   help="write PReLU as max(x, a*x) (default: when every slope is <= 1, where it is exact)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    model = load_model(args.checkpoint or "camvid")
+    ext = {"onnx": "onnx", "openvino": "xml", "torchscript": "ts"}[args.format]
+    out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}.{ext}")
+    path = export(model, out, args.format, args.precision, data_root=args.data_root, prelu_as_max=args.prelu_as_max)
+    print(f"wrote {path}" + (f" and {path.with_suffix('.bin')}" if path.suffix == ".xml" else ""))
+    return 0

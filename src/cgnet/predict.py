@@ -1,0 +1,253 @@
+"""`cgnet predict`: segment images, folders, glob patterns and videos with any backend.
+
+For each image it writes OUT/masks/<name>.png (class ids), OUT/color/<name>.png (palette colours)
+and OUT/overlay/<name>.jpg (image blended with the colours); for each video OUT/<name>_overlay.mp4."""
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+DEFAULT_FPS = 25.0
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTS
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTS
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image(p))
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
+    """Image files and video files named by `inputs` (files, folders, glob patterns), in order,
+    each once. Raises FileNotFoundError for an input that names nothing."""
+    images: list[Path] = []
+    videos: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, explicit: bool) -> None:
+        key = path.resolve()
+        if key in seen:
+            return
+        if is_image(path):
+            images.append(path)
+        elif is_video(path):
+            videos.append(path)
+        elif explicit:
+            raise ValueError(f"{path}: not a supported image ({' '.join(IMAGE_EXTS)}) "
+                             f"or video ({' '.join(VIDEO_EXTS)})")
+        else:
+            return  # a glob or folder also matching other files: leave those alone
+        seen.add(key)
+
+    for text in inputs:
+        if any(c in text for c in "*?["):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{text}: no files match this pattern")
+            for m in map(Path, matches):
+                if m.is_dir():
+                    for p in _folder_images(m):
+                        add(p, explicit=False)
+                elif m.is_file():
+                    add(m, explicit=False)
+            continue
+        path = Path(text)
+        if path.is_dir():
+            found = _folder_images(path)
+            if not found:
+                raise FileNotFoundError(f"{text}: no images ({' '.join(IMAGE_EXTS)}) in this folder")
+            for p in found:
+                add(p, explicit=False)
+        elif path.is_file():
+            add(path, explicit=True)
+        else:
+            raise FileNotFoundError(f"{text}: no such file or folder")
+    if not images and not videos:
+        raise FileNotFoundError(f"no images or videos found in {' '.join(inputs)} (images: "
+                                f"{' '.join(IMAGE_EXTS)}; videos: {' '.join(VIDEO_EXTS)})")
+    return images, videos
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """One file name (without suffix) per path: its stem, or <parent>_<stem> where stems collide,
+    with a counter added if even that is not unique."""
+    counts = Counter(p.stem for p in paths)
+    used: set[str] = set()
+    names = []
+    for p in paths:
+        name = p.stem if counts[p.stem] == 1 else f"{p.parent.resolve().name or 'root'}_{p.stem}"
+        base, k = name, 2
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
+    """(1 - alpha) * image + alpha * colours, rounded, uint8."""
+    import cv2
+    return cv2.addWeighted(image, 1.0 - alpha, color, alpha, 0.0)
+
+
+def palette_of(meta: dict) -> np.ndarray:
+    """The model's palette; a fixed pseudo-random one when the checkpoint stores none."""
+    palette = meta.get("palette")
+    if palette is not None:
+        return np.asarray(palette, dtype=np.uint8)
+    return np.random.default_rng(0).integers(0, 256, size=(256, 3), dtype=np.uint8)
+
+
+def _write(path: Path, image: np.ndarray) -> None:
+    import cv2
+    if not cv2.imwrite(str(path), image):
+        raise ValueError(f"cannot write {path}")
+
+
+def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0.5, overlay: bool = True,
+                   progress: bool = True) -> list[str]:
+    """Masks, colour masks and (optionally) overlays for `images`; returns the names used."""
+    import cv2
+    from tqdm import tqdm
+
+    from .data import colorize, read_image
+    names = output_names(images)
+    subs = ("masks", "color") + (("overlay",) if overlay else ())
+    if images:
+        for sub in subs:
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    palette = palette_of(predictor.meta)
+    for path, name in tqdm(list(zip(images, names)), desc="images", unit="img", disable=not progress,
+                           dynamic_ncols=True):
+        image = read_image(path)
+        pred = predictor.predict(image)
+        color = colorize(pred, palette)
+        _write(out / "masks" / f"{name}.png", pred)
+        _write(out / "color" / f"{name}.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
+        if overlay:
+            _write(out / "overlay" / f"{name}.jpg", cv2.cvtColor(blend(image, color, alpha), cv2.COLOR_RGB2BGR))
+    return names
+
+
+def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, progress: bool = True) -> int:
+    """Overlay video of `path` (mp4v, same fps and size) at `out_file`; returns the frames written."""
+    import cv2
+    from tqdm import tqdm
+
+    from .data import colorize
+    cap = cv2.VideoCapture(str(path))
+    writer = None
+    try:
+        if not cap.isOpened():
+            raise ValueError(f"cannot read video {path} (corrupt, or a format this OpenCV build cannot decode)")
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise ValueError(f"cannot read video {path} (no frame could be decoded)")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        if not fps or not math.isfinite(fps) or fps <= 0:
+            fps = DEFAULT_FPS
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        height, width = frame.shape[:2]
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(str(out_file), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            raise RuntimeError(f"cannot write {out_file}: this OpenCV build has no mp4v encoder")
+        palette = palette_of(predictor.meta)
+        frames = 0
+        with tqdm(total=count if count > 0 else None, desc=path.name, unit="frame", disable=not progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            while ok and frame is not None:
+                if frame.ndim == 2:
+                    frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+                if frame.shape[:2] != (height, width):
+                    frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                color = colorize(predictor.predict(rgb), palette)
+                writer.write(cv2.cvtColor(blend(rgb, color, alpha), cv2.COLOR_RGB2BGR))
+                frames += 1
+                bar.update(1)
+                ok, frame = cap.read()
+        return frames
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+
+
+# ---- command line --------------------------------------------------------------------------
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"alpha must be a number, got {text!r}")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"alpha must be between 0 and 1, got {text!r}")
+    return value
+
+
+def add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (their images), glob patterns (quote them; ** recurses) "
+                        "and videos (" + " ".join(VIDEO_EXTS) + ")")
+    p.add_argument("--checkpoint", help="checkpoint, or an exported .onnx / .xml file (default: the shipped "
+                                        "camvid weights)")
+    p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="what runs the model (default auto: openvino when installed, else torch)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="int8 needs --backend openvino or onnxruntime (default fp32)")
+    p.add_argument("--device", help="torch backend only: cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--alpha", type=_alpha, default=0.5, help="weight of the colours in overlays (default 0.5)")
+    p.add_argument("--no-overlay", dest="overlay", action="store_false",
+                   help="write masks and colour masks only (videos always get their overlay video)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+
+
+def resolve_backend(backend: str, precision: str, checkpoint: str | None) -> str:
+    """The backend make_predictor will use, checked before the model is loaded: a missing optional
+    backend or an impossible precision fails here with a one-line message."""
+    from .runtime import available_backends, require
+    if checkpoint and Path(checkpoint).suffix in (".onnx", ".xml"):
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"{checkpoint}: no such file")
+        require("onnxruntime" if Path(checkpoint).suffix == ".onnx" else "openvino")
+        return backend
+    if backend == "auto":
+        backend = "openvino" if "openvino" in available_backends() else "torch"
+    if backend != "torch":
+        require(backend)
+    elif precision == "int8":
+        raise ValueError("--precision int8 needs --backend openvino or onnxruntime (torch runs fp32 or bf16)")
+    return backend
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .runtime import make_predictor
+    images, videos = collect_inputs(args.inputs)
+    backend = resolve_backend(args.backend, args.precision, args.checkpoint)
+    predictor = make_predictor(args.checkpoint, backend=backend, precision=args.precision, device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress)
+    frames = 0
+    for video, name in zip(videos, output_names(videos)):
+        frames += predict_video(predictor, video, out / f"{name}_overlay.mp4", alpha=args.alpha,
+                                progress=args.progress)
+    parts = [f"{len(images)} image{'s' * (len(images) != 1)}"]
+    if videos:
+        parts.append(f"{frames} frame{'s' * (frames != 1)} from {len(videos)} video{'s' * (len(videos) != 1)}")
+    print(f"segmented {' and '.join(parts)} with {predictor.backend} ({predictor.precision}) -> {out}")
+    return 0

@@ -1,0 +1,141 @@
+"""`cgnet predict` on small generated images and a tiny video, with a tiny checkpoint."""
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cgnet import CGNet, load_model, make_meta, save_checkpoint
+from cgnet.cli import main
+from cgnet.datasets import CAMVID
+from cgnet.preprocess import make_spec, to_tensor
+from cgnet.runtime import make_predictor
+
+H, W = 40, 56
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CGNet(11, m=2, n=2).eval()
+    meta = make_meta(model, preprocess=make_spec("standard"), classes=list(CAMVID.classes),
+                     palette=[list(c) for c in CAMVID.palette], ignore_index=11, dataset="camvid")
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, meta)
+
+
+def write_image(path, seed, size=(H, W)):
+    """A random RGB image with some structure; returns it as RGB."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    img[: size[0] // 2] //= 3
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return img
+
+
+def run(*argv):
+    return main(["predict", "--backend", "torch", "--device", "cpu", "--no-progress", *map(str, argv)])
+
+
+def test_folder_file_and_glob(ckpt, tmp_path, capsys):
+    write_image(tmp_path / "folder" / "a.png", 1)
+    write_image(tmp_path / "folder" / "b.png", 2)
+    (tmp_path / "folder" / "notes.txt").write_text("not an image")
+    write_image(tmp_path / "single.png", 3)
+    write_image(tmp_path / "glob" / "g1.png", 4)
+    write_image(tmp_path / "glob" / "g2.bmp", 5)
+    out = tmp_path / "out"
+    # the folder's a.png is named again, directly and through the glob: processed once
+    assert run(tmp_path / "folder", tmp_path / "single.png", str(tmp_path / "glob" / "g*"),
+               tmp_path / "folder" / "a.png", str(tmp_path / "**" / "a.png"),
+               "--checkpoint", ckpt, "--out", out) == 0
+    stems = ["a", "b", "g1", "g2", "single"]
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == stems
+    assert sorted(p.name for p in (out / "color").iterdir()) == [f"{s}.png" for s in stems]
+    assert sorted(p.name for p in (out / "overlay").iterdir()) == [f"{s}.jpg" for s in stems]
+    assert "5 images" in capsys.readouterr().out
+
+    predictor = make_predictor(ckpt, backend="torch", device="cpu")
+    model = load_model(ckpt)
+    palette = np.asarray(CAMVID.palette, dtype=np.uint8)
+    for src in [tmp_path / "folder" / "a.png", tmp_path / "glob" / "g2.bmp", tmp_path / "single.png"]:
+        image = cv2.cvtColor(cv2.imread(str(src)), cv2.COLOR_BGR2RGB)
+        mask = cv2.imread(str(out / "masks" / f"{src.stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.dtype == np.uint8 and mask.shape == (H, W)
+        np.testing.assert_array_equal(mask, predictor.predict(image))
+        with torch.no_grad():
+            direct = model(to_tensor(image, model.meta["preprocess"])[None]).argmax(1)[0].numpy()
+        np.testing.assert_array_equal(mask, direct)
+        color = cv2.cvtColor(cv2.imread(str(out / "color" / f"{src.stem}.png")), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(color, palette[mask])
+        overlay = cv2.imread(str(out / "overlay" / f"{src.stem}.jpg"))
+        assert overlay.shape == (H, W, 3)
+
+
+def test_duplicate_stems_do_not_overwrite_and_no_overlay(ckpt, tmp_path):
+    a = write_image(tmp_path / "left" / "frame.png", 1)
+    b = write_image(tmp_path / "right" / "frame.png", 2)
+    out = tmp_path / "out"
+    assert run(tmp_path / "left", tmp_path / "right", "--checkpoint", ckpt, "--out", out, "--no-overlay") == 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["left_frame.png", "right_frame.png"]
+    assert not (out / "overlay").exists()
+    predictor = make_predictor(ckpt, backend="torch", device="cpu")
+    for name, image in (("left_frame", a), ("right_frame", b)):
+        np.testing.assert_array_equal(cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED),
+                                      predictor.predict(image))
+
+
+def test_video(ckpt, tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write mp4v")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    out = tmp_path / "out"
+    assert run(clip, "--checkpoint", ckpt, "--out", out) == 0
+    cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    assert cap.isOpened()
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    assert len(frames) == 5 and all(f.shape == (48, 64, 3) for f in frames)
+    assert "5 frames from 1 video" in capsys.readouterr().out
+
+
+def test_errors(ckpt, tmp_path, capsys):
+    missing = tmp_path / "nowhere.png"
+    assert run(missing, "--checkpoint", ckpt, "--out", tmp_path / "o") == 2
+    assert str(missing) in capsys.readouterr().err
+    assert run(str(tmp_path / "none*.png"), "--checkpoint", ckpt, "--out", tmp_path / "o") == 2
+    assert "none*.png" in capsys.readouterr().err
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not a png")
+    assert run(bad, "--checkpoint", ckpt, "--out", tmp_path / "o") == 2
+    assert str(bad) in capsys.readouterr().err
+    badvid = tmp_path / "broken.mp4"
+    badvid.write_bytes(b"not a video either")
+    assert run(badvid, "--checkpoint", ckpt, "--out", tmp_path / "o") == 2
+    assert str(badvid) in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert run(tmp_path / "empty", "--checkpoint", ckpt, "--out", tmp_path / "o") == 2
+    assert "no images" in capsys.readouterr().err
+    write_image(tmp_path / "ok.png", 0)
+    assert run(tmp_path / "ok.png", "--checkpoint", ckpt, "--out", tmp_path / "o", "--precision", "int8") == 2
+    assert "int8" in capsys.readouterr().err
+
+
+def test_missing_backend_says_how_to_install(ckpt, tmp_path, capsys, monkeypatch):
+    write_image(tmp_path / "x.png", 0)
+    # whether or not onnxruntime is installed here, make it unimportable
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                 "--backend", "onnxruntime", "--no-progress"]) == 2
+    assert "pip install 'cgnet[onnx]'" in capsys.readouterr().err
