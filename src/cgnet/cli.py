@@ -77,6 +77,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import cmd_bench as run
+    return run(args)
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_run
     for x in ("epoch", "elapsed_s"):
@@ -189,6 +194,10 @@ def make_parser() -> argparse.ArgumentParser:
                                        "and overlays")
     add_predict_args(p)
     p.set_defaults(func=cmd_predict)
+    from .bench import add_bench_args
+    p = sub.add_parser("bench", help="latency and throughput of every backend and precision vs eager fp32")
+    add_bench_args(p)
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("plot", help="draw a run's training curves (against epochs and wall-clock time)")
     p.add_argument("run", help="run folder of cgnet train")
     p.set_defaults(func=cmd_plot)
@@ -229,7 +238,7 @@ def make_parser() -> argparse.ArgumentParser:
 # activations back in each iteration; these settings keep them (1.2-2x faster training/inference)
 ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_TOP_PAD_": "1073741824",
                  "MALLOC_MMAP_THRESHOLD_": "17179869184"}
-HEAVY_COMMANDS = {"train", "eval", "test", "demo", "predict"}
+HEAVY_COMMANDS = {"train", "eval", "test", "demo", "predict", "bench", "export"}
 
 
 def reexec_with_allocator_env(argv: list[str]) -> None:

@@ -18,6 +18,7 @@ from . import data as D
 from .datasets import DATASETS, DatasetInfo, resolve_dataset
 from .metrics import ConfusionMatrix, scores_table
 from .preprocess import check_spec, make_spec
+from .runtime import make_predictor
 
 
 def make_eval_loader(ds, rank: int = 0, world: int = 1, workers: int = 1) -> DataLoader:
@@ -107,7 +108,11 @@ def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
                    help="3 values (original mode: B,G,R on 0-255, as the release computed them)")
     p.add_argument("--std", type=lambda s: [float(v) for v in s.replace(",", " ").split()])
     p.add_argument("--device", default=None)
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast for the torch backend")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch",
+                   help="run the model through an exported file (see cgnet export) instead of PyTorch")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="with --backend: openvino bf16, onnxruntime int8")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--save-dir", help="write train-id PNGs, colour PNGs and overlays here")
     p.add_argument("--json", dest="json_out", help="also write the scores to this JSON file")
@@ -128,6 +133,17 @@ def default_data_root(dataset: str) -> Path:
         "download it from cityscapes-dataset.com, then cgnet data cityscapes-trainids and cgnet data lists"
     raise FileNotFoundError(f"no {dataset} data in {', '.join(map(str, candidates))}; give --data-root "
                             f"or set CGNET_DATA (to get it: {hint})")
+
+
+class PredictorModule(torch.nn.Module):
+    """An exported model (cgnet.runtime.Predictor) where evaluate() expects a torch module."""
+
+    def __init__(self, predictor):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.predictor.run(x.detach().float().cpu().numpy()), dtype=np.float32))
 
 
 def setup_eval(args: argparse.Namespace, split: str):
@@ -152,6 +168,10 @@ def setup_eval(args: argparse.Namespace, split: str):
         spec = make_spec(args.preprocess, mean=args.mean, std=args.std)
     else:
         spec = check_spec(meta["preprocess"])
+    if getattr(args, "backend", "torch") != "torch":
+        model = PredictorModule(make_predictor(args.checkpoint or "camvid", backend=args.backend,
+                                               precision=args.precision))
+        device = torch.device("cpu")
     root = Path(args.data_root) if args.data_root else default_data_root(name)
     list_file = root / info.list_file(split) if split in info.lists else Path(split)
     ds = D.SegDataset(root, list_file, info, spec, train=False, labels=False)

@@ -205,8 +205,10 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
     log(f"folded BatchNorm into convolutions; PReLU as max(x, a*x): {'yes' if uses_max else 'no (a slope exceeds 1)'}")
     if fmt == "onnx" and precision == "int8":
         fp32 = export_onnx(simple, out.with_name(out.stem + ".fp32.onnx"), meta)
-        quantize_onnx_int8(fp32, out, calibration_inputs(model, data_root))
-        fp32.unlink()
+        try:
+            quantize_onnx_int8(fp32, out, calibration_inputs(model, data_root))
+        finally:
+            fp32.unlink(missing_ok=True)
     elif fmt == "onnx":
         export_onnx(simple, out, meta)
     elif fmt == "openvino":
@@ -223,7 +225,9 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
         out.unlink(missing_ok=True)
         if out.suffix == ".xml":
             out.with_suffix(".bin").unlink(missing_ok=True)
-        raise ValueError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance; not kept")
+        raise ValueError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance "
+                         f"(argmax agreement {100 * report['argmax_agreement']:.2f}%, max |diff| "
+                         f"{report['max_abs_diff']:.3g}); not kept")
     return out
 
 

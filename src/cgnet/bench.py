@@ -1,0 +1,132 @@
+"""`cgnet bench`: batch-1 latency and throughput of every available backend and precision, with
+the ratio to eager fp32 PyTorch measured in the same run.
+
+Paths measured (those whose backend is installed):
+- torch eager fp32: the model as trained (the baseline);
+- torch fp32 / bf16: BN folded, PReLU as max, channels_last, torch.compile (bf16: CPU autocast);
+- onnxruntime fp32 / int8 and openvino fp32 / bf16: the files `cgnet export` writes.
+Latency: warm-up runs, then the min and median of N timed runs (CUDA: synchronised with events).
+Peak memory: the process's resident-set high-water mark, reset before each path (Linux), or
+torch.cuda.max_memory_allocated on CUDA.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .runtime import available_backends
+
+PATHS = ["torch-eager-fp32", "torch-fp32", "torch-bf16", "onnxruntime-fp32", "onnxruntime-int8",
+         "openvino-fp32", "openvino-bf16"]
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def build_runner(path: str, model, workdir: Path, device: torch.device, data_root: str | None):
+    """A callable on a float32 1 x 3 x H x W array for one measured path."""
+    from .export import export, simplify_for_inference
+    from .runtime import onnxruntime_runner, openvino_runner, torch_runner
+    backend, precision = path.rsplit("-", 1)
+    if backend == "torch-eager":
+        return torch_runner(model, "fp32", device, channels_last=False)
+    if backend == "torch":
+        simple = simplify_for_inference(model).to(memory_format=torch.channels_last)
+        compiled = torch.compile(simple, dynamic=False)
+        return torch_runner(compiled, precision, device, channels_last=True)
+    fmt = "onnx" if backend == "onnxruntime" else "openvino"
+    out = export(model, workdir / f"{path}.{'onnx' if fmt == 'onnx' else 'xml'}", fmt, precision,
+                 data_root=data_root, log=lambda *a: None)
+    return onnxruntime_runner(out) if fmt == "onnx" else openvino_runner(out, precision)
+
+
+def time_runner(run, x: np.ndarray, warmup: int, runs: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            run(x)
+            times.append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="default: the shipped camvid weights")
+    p.add_argument("--sizes", nargs="+", default=["360x480", "512x1024", "1024x2048"], metavar="HxW")
+    p.add_argument("--paths", nargs="+", choices=PATHS, help=f"default: all available of {', '.join(PATHS)}")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-root", help="real images to verify the exports on (default: CamVid's default location)")
+    p.add_argument("--json", dest="json_out", help="write the results as JSON here")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .cli import parse_size
+    device = torch.device(args.device)
+    model = load_model(args.checkpoint or "camvid")
+    have = available_backends()
+    paths = args.paths or [p for p in PATHS if p.split("-")[0] in have]
+    if device.type == "cuda":
+        paths = [p for p in paths if p.startswith("torch")]
+    sizes = [parse_size(s) for s in args.sizes]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in paths:
+            _reset_peak_rss()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            run = build_runner(path, model, Path(tmp), device, args.data_root)
+            for h, w in sizes:
+                x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
+                times = time_runner(run, x, args.warmup, args.runs, device)
+                peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb()
+                rows.append({"path": path, "size": f"{h}x{w}", "min_ms": min(times),
+                             "median_ms": statistics.median(times), "images_per_s": 1000 / statistics.median(times),
+                             "peak_mem_mb": peak})
+                print(f"  {path:<18} {h}x{w}: {statistics.median(times):8.1f} ms", flush=True)
+    base = {r["size"]: r["median_ms"] for r in rows if r["path"] == "torch-eager-fp32"}
+    for r in rows:
+        r["ratio_to_eager_fp32"] = base[r["size"]] / r["median_ms"] if r["size"] in base else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{name}; torch {torch.__version__}; batch 1; {args.runs} runs after {args.warmup} warm-up")
+    print(f"{'path':<20}{'size':>10}{'min ms':>9}{'median ms':>11}{'img/s':>8}{'x eager':>9}{'peak MB':>9}")
+    for r in rows:
+        ratio = f"{r['ratio_to_eager_fp32']:.2f}" if r["ratio_to_eager_fp32"] else "-"
+        peak = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] else "-"
+        print(f"{r['path']:<20}{r['size']:>10}{r['min_ms']:>9.1f}{r['median_ms']:>11.1f}{r['images_per_s']:>8.1f}"
+              f"{ratio:>9}{peak:>9}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=1))
+    return 0
