@@ -112,14 +112,15 @@ def test_torchrun_two_cpu_processes(camvid, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CGNET_NO_REEXEC": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "cgnet", "train", "--data-root", str(camvid), "--out", str(out), *TINY, "--epochs", "2"]
+           "-m", "cgnet", "train", "--data-root", str(camvid), "--out", str(out), *TINY, "--epochs", "4",
+           "--time-budget", "0.0001"]  # the budget cuts 4 epochs to 2, on both ranks alike
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     log = (out / "log.jsonl").read_text().splitlines()
     assert len(log) == 2  # rank 0 alone writes
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["train_state"]["iteration"] == 4  # global batch 4 = 2 per process
-    assert done.stdout.count("epoch 2:") == 1
+    assert done.stdout.count("epoch 2:") == 1 and "2 of 4 epochs fit" in done.stdout
 
 
 def test_eval_table_matches_an_independent_count(camvid, tmp_path, capsys):
@@ -259,3 +260,19 @@ def test_custom_dataset_trains_and_evaluates_from_its_checkpoint(camvid, tmp_pat
     assert "thing10" in capsys.readouterr().out
     assert main(["train", "--data-root", str(camvid), "--out", str(out / "x"), *args, "--classes", "a,b"]) == 2
     assert "needs --ignore-index" in capsys.readouterr().err
+
+
+def test_eval_with_an_original_release_checkpoint(camvid, tmp_path, capsys):
+    import original_reference as ref
+    from conftest import shared_path
+    shapes = ref.variant_shapes(ref.read_key_list(shared_path("reference", "original_checkpoint_keys_c19_M3N21.txt")),
+                                num_classes=11, n=3)
+    state = ref.random_original_state(shapes, torch.Generator().manual_seed(2))
+    torch.save({"epoch": 800, "model": {"module." + k: v for k, v in state.items()}}, tmp_path / "orig.pth")
+    args = ["eval", "--checkpoint", str(tmp_path / "orig.pth"), "--data-root", str(camvid), "--split", "val",
+            "--dataset", "camvid", "--workers", "0", "--json", str(tmp_path / "s.json")]
+    assert main(args) == 2
+    assert "--preprocess original --mean" in capsys.readouterr().err
+    assert main(args + ["--preprocess", "original", "--mean", "72.4,82.9,73.2"]) == 0
+    assert "Bicyclist" in capsys.readouterr().out
+    assert 0 <= json.loads((tmp_path / "s.json").read_text())["miou"] <= 1

@@ -47,41 +47,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import main as train_main
-    return train_main(args)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import cmd_eval as run
-    return run(args)
-
-
-def cmd_test(args: argparse.Namespace) -> int:
-    from .evaluate import cmd_test as run
-    return run(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .evaluate import cmd_demo as run
-    return run(args)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from .export import cmd_export as run
-    return run(args)
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import cmd_predict as run
-    return run(args)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import cmd_bench as run
-    return run(args)
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_run
     for x in ("epoch", "elapsed_s"):
@@ -166,17 +131,16 @@ def make_parser() -> argparse.ArgumentParser:
                    help="measure training activation memory (one forward pass per size)")
     p.set_defaults(func=cmd_info)
 
-    from .evaluate import add_eval_args
-    from .train import add_train_args
+    from . import bench, evaluate, export, predict, train
     p = sub.add_parser("train", help="train (a paper preset or your own settings); torchrun for several processes")
-    add_train_args(p)
-    p.set_defaults(func=cmd_train)
+    train.add_train_args(p)
+    p.set_defaults(func=train.main)
     p = sub.add_parser("eval", help="score a checkpoint on a labelled split (per-class IoU table)")
-    add_eval_args(p)
-    p.set_defaults(func=cmd_eval)
+    evaluate.add_eval_args(p)
+    p.set_defaults(func=evaluate.cmd_eval)
     p = sub.add_parser("test", help="Cityscapes: server submission; CamVid: score the test split")
-    add_eval_args(p, test=True)
-    p.set_defaults(func=cmd_test)
+    evaluate.add_eval_args(p, test=True)
+    p.set_defaults(func=evaluate.cmd_test)
     p = sub.add_parser("demo", help="the main job: shipped CamVid weights on the test set, table and pictures")
     p.add_argument("--checkpoint", help="default: the shipped camvid weights")
     p.add_argument("--data-root", help="default: $CGNET_DATA, ./data/CamVid, ../shared/datasets/CamVid")
@@ -184,20 +148,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=6, help="frames drawn in the grid and overlays")
     p.add_argument("--device")
     p.add_argument("--workers", type=int, default=2)
-    p.set_defaults(func=cmd_demo)
-    from .export import add_export_args
+    p.set_defaults(func=evaluate.cmd_demo)
     p = sub.add_parser("export", help="ONNX / OpenVINO / TorchScript file, verified against PyTorch")
-    add_export_args(p)
-    p.set_defaults(func=cmd_export)
-    from .predict import add_predict_args
+    export.add_export_args(p)
+    p.set_defaults(func=export.cmd_export)
     p = sub.add_parser("predict", help="segment images, folders, globs and videos; writes masks, colour masks "
                                        "and overlays")
-    add_predict_args(p)
-    p.set_defaults(func=cmd_predict)
-    from .bench import add_bench_args
+    predict.add_predict_args(p)
+    p.set_defaults(func=predict.cmd_predict)
     p = sub.add_parser("bench", help="latency and throughput of every backend and precision vs eager fp32")
-    add_bench_args(p)
-    p.set_defaults(func=cmd_bench)
+    bench.add_bench_args(p)
+    p.set_defaults(func=bench.cmd_bench)
     p = sub.add_parser("plot", help="draw a run's training curves (against epochs and wall-clock time)")
     p.add_argument("run", help="run folder of cgnet train")
     p.set_defaults(func=cmd_plot)

@@ -487,7 +487,10 @@ def fit_schedule_to_budget(cfg: dict, state: dict, n_batches: int, rank: int) ->
     last = state["history"][-1]
     per_epoch = 1.15 * last["epoch_s"]
     left = cfg["time_budget"] * 60 - last["elapsed_s"]
-    fit = state["epoch"] + max(0, int(left / per_epoch))
+    fit = [state["epoch"] + max(0, int(left / per_epoch))]
+    if dist.is_available() and dist.is_initialized():  # every rank must run the same schedule
+        dist.broadcast_object_list(fit, src=0)
+    fit = fit[0]
     if fit < cfg["epochs"]:
         if rank == 0:
             print(f"time budget {cfg['time_budget']} min at {per_epoch:.1f} s/epoch: {fit} of "
