@@ -54,11 +54,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def dataset_for(args: argparse.Namespace):
-    from .datasets import get_dataset
-    return get_dataset(args.dataset)
-
-
 def cmd_data_lists(args: argparse.Namespace) -> int:
     if args.dataset == "camvid":
         from .camvid import write_lists
@@ -85,9 +80,10 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 def _data_set(args, train: bool):
     from . import data as D
     from .preprocess import make_spec
-    info = dataset_for(args)
+    from .datasets import get_dataset
+    info = get_dataset(args.dataset)
     root = Path(args.root)
-    list_file = root / info.list_file(args.split) if args.split in info.lists else Path(args.split)
+    list_file = info.split_path(root, args.split)
     return D.SegDataset(root, list_file, info, make_spec("standard"), train=train,
                         crop=(args.crop, args.crop) if train else (360, 360), seed=getattr(args, "seed", 0))
 

@@ -31,6 +31,10 @@ class DatasetInfo:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def split_path(self, root: str | Path, split: str) -> Path:
+        """A split name (train, val, ...) as its list file under root, or a list file path as is."""
+        return Path(root) / self.list_file(split) if split in self.lists else Path(split)
+
     def list_file(self, split: str) -> str:
         if split not in self.lists:
             raise ValueError(f"{self.name} has no {split!r} split; it has {sorted(self.lists)}")

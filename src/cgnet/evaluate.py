@@ -173,7 +173,7 @@ def setup_eval(args: argparse.Namespace, split: str):
                                                precision=args.precision))
         device = torch.device("cpu")
     root = Path(args.data_root) if args.data_root else default_data_root(name)
-    list_file = root / info.list_file(split) if split in info.lists else Path(split)
+    list_file = info.split_path(root, split)
     ds = D.SegDataset(root, list_file, info, spec, train=False, labels=False)
     return model, info, ds, device
 

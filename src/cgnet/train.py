@@ -280,12 +280,12 @@ def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: dict,
         state["iteration"] += 1
         count += 1
         if count % check_every == 0 or count == n_batches:
-            mean = float(total) / count
-            if not math.isfinite(mean):
-                raise NonFiniteLoss(f"the loss became {mean} by iteration {state['iteration']} "
-                                    f"(epoch {state['epoch'] + 1}); stopped without saving")
-            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
-    mean = float(total) / max(1, count)
+            bar.set_postfix(loss=f"{_finite_mean(total, count, state):.4f}", lr=f"{lr:.2e}")
+    return _finite_mean(total, max(1, count), state)
+
+
+def _finite_mean(total: torch.Tensor, count: int, state: dict) -> float:
+    mean = float(total) / count
     if not math.isfinite(mean):
         raise NonFiniteLoss(f"the loss became {mean} by iteration {state['iteration']} "
                             f"(epoch {state['epoch'] + 1}); stopped without saving")
@@ -325,7 +325,7 @@ def main(args: argparse.Namespace) -> int:
 
     # data: statistics of the training list (cached next to the run) give the mean/std and weights
     root = Path(cfg["data_root"])
-    train_list = _split_file(info, root, cfg["train_split"])
+    train_list = info.split_path(root, cfg["train_split"])
     plain = D.SegDataset(root, train_list, info, make_spec("standard"), train=False)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -355,7 +355,7 @@ def main(args: argparse.Namespace) -> int:
                             worker_init_fn=D.seed_worker, generator=g)
     val_loader = None
     if cfg["val_split"] and cfg["val_split"] != "none":
-        val_set = D.SegDataset(root, _split_file(info, root, cfg["val_split"]), info, spec, train=False)
+        val_set = D.SegDataset(root, info.split_path(root, cfg["val_split"]), info, spec, train=False)
         val_loader = make_eval_loader(val_set, rank, world, workers=min(cfg["workers"], 2))
 
     # model, loss, optimiser
@@ -516,13 +516,6 @@ def compile_or_eager(model, cfg: dict, device, per_rank: int, rank: int):
                   "training eagerly")
         model.zero_grad(set_to_none=True)
         return model
-
-
-def _split_file(info, root: Path, split: str) -> Path:
-    """A split name (train, val, ...) or a list file path."""
-    if split in info.lists:
-        return root / info.list_file(split)
-    return Path(split)
 
 
 def _train_state(state: dict) -> dict:
