@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from cgnet.data import SegDataset, seed_worker
-from cgnet.datasets import CAMVID
+from cgnet.data.catalog import CAMVID
+from cgnet.data.listset import SegDataset, seed_worker
 from cgnet.preprocess import make_spec
 
 

@@ -18,7 +18,9 @@ import torch.nn as nn
 
 from cgnet import CGNet
 from cgnet.cli import ALLOCATOR_ENV
-from cgnet.train import autocast, make_eager_step, make_graphed_step
+from cgnet.common import autocast
+from cgnet.engine.config import TrainConfig
+from cgnet.engine.train import make_eager_step, make_graphed_step
 
 MODES = {  # name -> (channels_last, amp, compile, cuda graph)
     "fp32": (False, "off", False, False),
@@ -38,7 +40,7 @@ def sync(device):
 
 
 def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11):
-    """Images/s of the engine's own training step (cgnet.train.make_eager_step / make_graphed_step)."""
+    """Images/s of the engine's own training step (cgnet.engine.train.make_eager_step / make_graphed_step)."""
     channels_last, amp, compiled, graphed = mode
     torch.manual_seed(0)
     model = CGNet(classes).to(device).train()
@@ -52,7 +54,7 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11):
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     crit = nn.CrossEntropyLoss(weight=torch.rand(classes, device=device) + 1, ignore_index=classes)
-    cfg = {"channels_last": channels_last, "amp": amp, "crop": [crop, crop]}
+    cfg = TrainConfig(channels_last=channels_last, amp=amp, crop=(crop, crop))
     x = torch.randn(batch, 3, crop, crop, device=device)
     y = torch.randint(0, classes + 1, (batch, crop, crop), device=device)
     step = make_graphed_step(model, crit, opt, device, cfg, batch, classes) if graphed else \

@@ -1,23 +1,23 @@
-import os
-from pathlib import Path
-
+"""Fixtures shared by the test modules (helpers are plain modules in tests/helpers/)."""
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CGNET_SHARED", REPO.parent / "shared"))
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared; missing shared data is a failure, not a skip."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(f"{path} is missing: the tests need the shared folder beside the repository "
-                    f"(set CGNET_SHARED to point elsewhere)")
-    return path
+from helpers.camvid_like import make_camvid_like
+from helpers.paths import real_camvid
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def camvid(tmp_path_factory):
+    """A small generated dataset in the real CamVid layout (8 train, 3 val, 3 test frames)."""
+    return make_camvid_like(tmp_path_factory.mktemp("data") / "CamVid")
+
+
+@pytest.fixture(scope="session")
+def camvid_root():
+    """The real CamVid (skipped when absent, a failure under CGNET_REQUIRE_DATA=1)."""
+    return real_camvid()

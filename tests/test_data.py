@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from cgnet import data as D
-from cgnet.datasets import CAMVID, CITYSCAPES, custom_dataset
+from cgnet.data import augment as augmentation
+from cgnet.data import listset
+from cgnet.data import stats as data_stats
+from cgnet.data.catalog import CAMVID, CITYSCAPES, custom_dataset
 from cgnet.preprocess import make_spec, original_spec
-from conftest import shared_path
-from fixtures import make_camvid_like
+from cgnet.visualize import denormalize
+from helpers.camvid_like import make_camvid_like
 
 SPEC = make_spec("standard", mean=[0.4, 0.4, 0.4], std=[0.25, 0.25, 0.25])
 
@@ -19,15 +21,15 @@ def camvid(tmp_path):
     return make_camvid_like(tmp_path / "CamVid")
 
 
-def test_real_camvid_split_sizes():
-    root = shared_path("datasets", "CamVid")
-    sizes = {s: len(D.SegDataset(root, CAMVID.list_file(s), CAMVID, SPEC)) for s in
+def test_real_camvid_split_sizes(camvid_root):
+    root = camvid_root
+    sizes = {s: len(listset.SegDataset(root, CAMVID.list_file(s), CAMVID, SPEC)) for s in
              ("train", "val", "test", "trainval")}
     assert sizes == {"train": 367, "val": 101, "test": 233, "trainval": 468}
 
 
-def test_real_camvid_sample_loads_at_full_resolution():
-    ds = D.SegDataset(shared_path("datasets", "CamVid"), "camvid_val_list.txt", CAMVID, SPEC)
+def test_real_camvid_sample_loads_at_full_resolution(camvid_root):
+    ds = listset.SegDataset(camvid_root, "camvid_val_list.txt", CAMVID, SPEC)
     image, label, index = ds[0]
     assert image.shape == (3, 360, 480) and label.shape == (360, 480) and index == 0
     assert set(label.unique().tolist()) <= set(range(12))
@@ -37,32 +39,32 @@ def test_list_errors_name_file_and_line(tmp_path, camvid):
     bad = tmp_path / "bad.txt"
     bad.write_text("train/0001TP_000000.png trainannot/0001TP_000000.png\ntrain/nope.png trainannot/nope.png\n")
     with pytest.raises(FileNotFoundError, match=r"bad\.txt:2: image .*nope\.png does not exist"):
-        D.read_list(bad, camvid)
+        listset.read_list(bad, camvid)
     bad.write_text("a b c\n")
     with pytest.raises(ValueError, match=r"bad\.txt:1: expected"):
-        D.read_list(bad, camvid)
+        listset.read_list(bad, camvid)
     bad.write_text("train/0001TP_000000.png\n")
     with pytest.raises(ValueError, match=r"bad\.txt:1: expected '<image> <label>'"):
-        D.read_list(bad, camvid)
-    assert D.read_list(bad, camvid, labels=False)[0].label is None
+        listset.read_list(bad, camvid)
+    assert listset.read_list(bad, camvid, labels=False)[0].label is None
     bad.write_text("\n\n")
     with pytest.raises(ValueError, match="the list is empty"):
-        D.read_list(bad, camvid)
+        listset.read_list(bad, camvid)
 
 
 def test_grayscale_and_rgba_become_rgb(tmp_path):
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
     cv2.imwrite(str(tmp_path / "g.png"), gray)
-    rgb = D.read_image(tmp_path / "g.png")
+    rgb = listset.read_image(tmp_path / "g.png")
     assert rgb.shape == (3, 4, 3) and (rgb[..., 0] == gray).all() and (rgb[..., 2] == gray).all()
     bgra = np.zeros((2, 2, 4), np.uint8)
     bgra[..., 0], bgra[..., 2], bgra[..., 3] = 10, 200, 255
     cv2.imwrite(str(tmp_path / "a.png"), bgra)
-    assert D.read_image(tmp_path / "a.png")[0, 0].tolist() == [200, 0, 10]
+    assert listset.read_image(tmp_path / "a.png")[0, 0].tolist() == [200, 0, 10]
 
 
 def test_corrupt_image_and_bad_labels(tmp_path, camvid):
-    ds = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
+    ds = listset.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
     ds.samples[0].image.write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"camvid_train_list\.txt:1: cannot read image"):
         ds[0]
@@ -88,29 +90,29 @@ def test_augmentation_pads_with_zero_and_ignore_and_keeps_pairs_aligned():
     spec = make_spec("standard", mean=[0, 0, 0], std=[1, 1, 1])
     # scale 1, crop bigger than the image: padded bottom/right
     params = {"size": (h, w), "top": 0, "left": 0, "flip": False}
-    img, lab = D.augment(image, label, params, (24, 32), spec, ignore_index=11)
+    img, lab = augmentation.augment(image, label, params, (24, 32), spec, ignore_index=11)
     assert img.shape == (3, 24, 32) and lab.shape == (24, 32)
     assert (img[:, h:, :] == 0).all() and (img[:, :, w:] == 0).all()
     assert (lab[h:, :] == 11).all() and (lab[:, w:] == 11).all()
     torch.testing.assert_close(img[:, :h, :w], image.float() / 255)
     # flip moves image and label together
     params = {"size": (h, w), "top": 2, "left": 3, "flip": True}
-    img, lab = D.augment(image, label, params, (10, 12), spec, ignore_index=11)
+    img, lab = augmentation.augment(image, label, params, (10, 12), spec, ignore_index=11)
     torch.testing.assert_close(img, (image[:, 2:12, 3:15].float() / 255).flip(-1))
     assert torch.equal(lab, label[2:12, 3:15].flip(-1).long())
 
 
 def test_scales_and_nearest_labels():
-    assert D.SCALES[0] == 0.5 and D.SCALES[-1] == 2.0 and len(D.SCALES) == 16
+    assert augmentation.SCALES[0] == 0.5 and augmentation.SCALES[-1] == 2.0 and len(augmentation.SCALES) == 16
     label = torch.tensor([[0, 1], [2, 3]], dtype=torch.uint8)
     image = torch.zeros(3, 2, 2, dtype=torch.uint8)
     params = {"size": (4, 4), "top": 0, "left": 0, "flip": False}
-    _, lab = D.augment(image, label, params, (4, 4), SPEC, 11)
+    _, lab = augmentation.augment(image, label, params, (4, 4), SPEC, 11)
     assert lab.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
 
 
 def test_random_draws_depend_on_seed_epoch_index_only(camvid):
-    ds = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC, train=True, crop=(32, 32), seed=5)
+    ds = listset.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC, train=True, crop=(32, 32), seed=5)
     a = [ds[i] for i in range(len(ds))]
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
     b = list(loader)
@@ -120,22 +122,22 @@ def test_random_draws_depend_on_seed_epoch_index_only(camvid):
         assert torch.equal(la, lb)
     ds.set_epoch(1)
     assert any(not torch.equal(x[0], ds[i][0]) for i, x in enumerate(a))
-    draws = {tuple(sorted(D.draw_params(D.sample_rng(0, 0, i), 360, 480, (360, 360)).items())) for i in range(64)}
+    draws = {tuple(sorted(augmentation.draw_params(augmentation.sample_rng(0, 0, i), 360, 480, (360, 360)).items())) for i in range(64)}
     assert len(draws) > 50
 
 
 def test_memory_trainset_matches_dataset(camvid):
-    ds = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC, train=True, crop=(32, 32), seed=3)
+    ds = listset.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC, train=True, crop=(32, 32), seed=3)
     ds.set_epoch(2)
-    mem = D.MemoryTrainSet(ds, torch.device("cpu"), progress=False)
+    mem = listset.MemoryTrainSet(ds, torch.device("cpu"), progress=False)
     images, labels = mem.batch([4, 1], epoch=2)
     assert torch.equal(images[0], ds[4][0]) and torch.equal(labels[1], ds[1][1])
 
 
 def test_stats_by_hand_and_cache_keyed_by_list(tmp_path, camvid):
-    ds = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
-    stats = D.dataset_stats(ds, cache_dir=tmp_path / "run", workers=0, progress=False)
-    imgs = [D.read_image(s.image).reshape(-1, 3) / 255.0 for s in ds.samples]
+    ds = listset.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
+    stats = data_stats.dataset_stats(ds, cache_dir=tmp_path / "run", workers=0, progress=False)
+    imgs = [listset.read_image(s.image).reshape(-1, 3) / 255.0 for s in ds.samples]
     np.testing.assert_allclose(stats["mean_rgb"], np.mean([i.mean(0) for i in imgs], 0), rtol=1e-9)
     np.testing.assert_allclose(stats["std_rgb"], np.mean([i.std(0) for i in imgs], 0), rtol=1e-9)
     labels = np.concatenate([cv2.imread(str(s.label), cv2.IMREAD_UNCHANGED).ravel() for s in ds.samples])
@@ -148,8 +150,8 @@ def test_stats_by_hand_and_cache_keyed_by_list(tmp_path, camvid):
     # a changed list is a different key: recomputed, not read from the old cache
     lst = camvid / "camvid_train_list.txt"
     lst.write_text("".join(lst.read_text().splitlines(keepends=True)[:4]))
-    ds2 = D.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
-    assert D.dataset_stats(ds2, cache_dir=tmp_path / "run", workers=0, progress=False)["images"] == 4
+    ds2 = listset.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
+    assert data_stats.dataset_stats(ds2, cache_dir=tmp_path / "run", workers=0, progress=False)["images"] == 4
     assert len(list((tmp_path / "run").glob("stats_*.json"))) == 2
 
 
@@ -157,7 +159,7 @@ def test_denormalize_inverts_both_preprocessing_modes():
     rgb = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
     for spec in (SPEC, original_spec([100.0, 110.0, 120.0])):
         from cgnet.preprocess import to_tensor
-        assert (D.denormalize(to_tensor(rgb, spec), spec) == rgb).all()
+        assert (denormalize(to_tensor(rgb, spec), spec) == rgb).all()
 
 
 def test_dataset_descriptions():

@@ -12,21 +12,18 @@ import torch
 
 from cgnet import CGNet, load_model, make_meta, save_checkpoint
 from cgnet.cli import main
-from cgnet.datasets import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
+from cgnet.data.catalog import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
 from cgnet.metrics import ConfusionMatrix
 from cgnet.preprocess import make_spec, to_tensor
-from cgnet.train import fit_schedule_to_budget
-from cityscapes_fixture import make_cityscapes_tree
-from fixtures import make_camvid_like
+from cgnet.engine.config import TrainConfig
+from cgnet.engine.train import TrainState, fit_schedule_to_budget
+from helpers import original_reference as ref
+from helpers.cityscapes_tree import make_cityscapes_tree
+from helpers.paths import ORIGINAL_KEYS
 
 TINY = ["--dataset", "camvid", "--train-split", "train", "--val-split", "val", "--blocks", "2", "2",
         "--crop", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress",
         "--val-every", "1"]
-
-
-@pytest.fixture(scope="module")
-def camvid(tmp_path_factory):
-    return make_camvid_like(tmp_path_factory.mktemp("data") / "CamVid")
 
 
 def train(camvid, out, *extra):
@@ -101,11 +98,11 @@ def test_sync_bn_on_cpu_is_refused(camvid, tmp_path, capsys):
 
 
 def test_time_budget_cuts_the_schedule():
-    cfg = {"time_budget": 1.0, "epochs": 100, "max_iters": None}
-    state = {"epoch": 2, "history": [{"elapsed_s": 30.0, "epoch_s": 30.0}, {"elapsed_s": 40.0, "epoch_s": 10.0}]}
-    fit_schedule_to_budget(cfg, state, n_batches=5, rank=1)
+    cfg = TrainConfig(time_budget=1.0, epochs=100)
+    state = TrainState(epoch=2, history=[{"elapsed_s": 30.0, "epoch_s": 30.0}, {"elapsed_s": 40.0, "epoch_s": 10.0}])
+    cfg = fit_schedule_to_budget(cfg, state, n_batches=5)
     # a slow first epoch (compilation) does not count: 20 s left / (10 s + 15%) -> 1 more epoch
-    assert cfg["epochs"] == 3 and state["max_iters"] == 15 and state["planned_epochs"] == 3
+    assert cfg.epochs == 3 and state.max_iters == 15 and state.planned_epochs == 3
 
 
 def test_torchrun_two_cpu_processes(camvid, tmp_path):
@@ -183,7 +180,7 @@ def test_miou_equals_official_cityscapes_evaluator(tmp_path, monkeypatch):
     ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
     if not hasattr(np, "in1d"):  # the evaluator still calls np.in1d, which NumPy 2.4 removed
         monkeypatch.setattr(np, "in1d", np.isin, raising=False)
-    from cgnet.cityscapes import label_ids_to_train_ids, train_ids_to_label_ids
+    from cgnet.data.cityscapes import label_ids_to_train_ids, train_ids_to_label_ids
     rng = np.random.default_rng(1)
     gts, preds = [], []
     cm = ConfusionMatrix(19, 255)
@@ -216,7 +213,7 @@ def test_miou_equals_official_cityscapes_evaluator(tmp_path, monkeypatch):
 
 def test_cityscapes_submission(tmp_path, capsys):
     root = make_cityscapes_tree(tmp_path / "cs")
-    from cgnet.cityscapes import convert_train_ids, write_lists
+    from cgnet.data.cityscapes import convert_train_ids, write_lists
     convert_train_ids(root, workers=1, progress=False)
     write_lists(root)
     model = CGNet(19, m=2, n=2)
@@ -235,7 +232,8 @@ def test_cityscapes_submission(tmp_path, capsys):
 
 
 def test_eval_errors_are_clear(camvid, tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "bare.pt", CGNet(11, m=2, n=2))
+    ckpt = tmp_path / "bare.pt"  # a bare state dict, as the original release saved: no preprocessing
+    torch.save(CGNet(11, m=2, n=2).state_dict(), ckpt)
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(camvid), "--dataset", "camvid"]) == 2
     assert "--preprocess original --mean" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(camvid), "--dataset", "cityscapes"]) == 2
@@ -263,9 +261,7 @@ def test_custom_dataset_trains_and_evaluates_from_its_checkpoint(camvid, tmp_pat
 
 
 def test_eval_with_an_original_release_checkpoint(camvid, tmp_path, capsys):
-    import original_reference as ref
-    from conftest import shared_path
-    shapes = ref.variant_shapes(ref.read_key_list(shared_path("reference", "original_checkpoint_keys_c19_M3N21.txt")),
+    shapes = ref.variant_shapes(ref.read_key_list(ORIGINAL_KEYS),
                                 num_classes=11, n=3)
     state = ref.random_original_state(shapes, torch.Generator().manual_seed(2))
     torch.save({"epoch": 800, "model": {"module." + k: v for k, v in state.items()}}, tmp_path / "orig.pth")

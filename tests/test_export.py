@@ -7,12 +7,11 @@ import torch
 import torch.nn as nn
 
 from cgnet import CGNet, load_model, make_meta, save_checkpoint
-from cgnet import export as E
+from cgnet.deploy import export as E
 from cgnet.cli import main
-from cgnet.datasets import CAMVID
+from cgnet.data.catalog import CAMVID
 from cgnet.preprocess import make_spec
-from cgnet.runtime import make_predictor
-from fixtures import make_camvid_like
+from cgnet.deploy.predictor import make_predictor
 
 
 def randomized(model: CGNet, low_slope=-0.3, high_slope=0.6) -> CGNet:
@@ -26,11 +25,6 @@ def randomized(model: CGNet, low_slope=-0.3, high_slope=0.6) -> CGNet:
             if isinstance(m, nn.PReLU):
                 m.weight.uniform_(low_slope, high_slope)
     return model.eval()
-
-
-@pytest.fixture(scope="module")
-def camvid(tmp_path_factory):
-    return make_camvid_like(tmp_path_factory.mktemp("data") / "CamVid")
 
 
 @pytest.fixture(scope="module")

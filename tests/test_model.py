@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from cgnet import CGNet
-from conftest import DATA
-from reference_weights import ARCH, seeded_model
+from helpers.paths import DATA
+from helpers.reference_weights import ARCH, seeded_model
 
 
 @pytest.mark.parametrize("classes, m, n, expected", [

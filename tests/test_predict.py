@@ -8,9 +8,9 @@ import torch
 
 from cgnet import CGNet, load_model, make_meta, save_checkpoint
 from cgnet.cli import main
-from cgnet.datasets import CAMVID
+from cgnet.data.catalog import CAMVID
 from cgnet.preprocess import make_spec, to_tensor
-from cgnet.runtime import make_predictor
+from cgnet.deploy.predictor import make_predictor
 
 H, W = 40, 56
 

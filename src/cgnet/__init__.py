@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .checkpoint import CheckpointError, load_checkpoint, load_model, make_meta, save_checkpoint
 from .model import CGNet
 from .preprocess import make_spec, to_tensor
-from .profile import count_activation_bytes, count_flops, count_params
+from .complexity import count_activation_bytes, count_flops, count_params
 
 try:
     __version__ = version("cgnet")

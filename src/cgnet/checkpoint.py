@@ -25,8 +25,11 @@ from typing import Any
 
 import torch
 
+from .common import DEFAULT_WEIGHTS, CGNetError
 from .fileio import atomic_open
 from .model import CGNet
+from .preprocess import make_spec
+from .visualize import default_palette
 
 FORMAT = "cgnet"
 FORMAT_VERSION = 1
@@ -36,7 +39,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model"
            "convert_original_state_dict"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CGNetError, ValueError):
     """A file that cannot be used as a CGNet checkpoint; the message says why."""
 
 
@@ -120,18 +123,50 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def make_meta(model: CGNet, *, preprocess: dict | None = None, classes: list[str] | None = None,
               palette: list[list[int]] | None = None, ignore_index: int | None = None,
               dataset: str | None = None, config: dict | None = None) -> dict:
-    if classes is not None and len(classes) != model.num_classes:
-        raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} classes")
-    if palette is not None and len(palette) != model.num_classes:
-        raise ValueError(f"{len(palette)} palette colours for a model with {model.num_classes} classes")
-    return {"arch": model.config, "preprocess": preprocess, "classes": classes,
-            "palette": [list(map(int, c)) for c in palette] if palette is not None else None,
-            "ignore_index": ignore_index, "dataset": dataset, "config": config}
+    """The JSON-able metadata stored beside the weights, with defaults for what is not given.
+
+    Args:
+        model: the network; its architecture (classes, M, N, dropout) is recorded.
+        preprocess: how images become inputs (`cgnet.make_spec`); default: the standard spec
+            (RGB / 255, ImageNet mean and std), recorded with `"preprocess_default": true`.
+        classes: one name per class; default `class0`, `class1`, ...
+        palette: one RGB colour per class; default: a fixed, well-spread palette.
+        ignore_index: the label id of unlabelled pixels; default 255.
+        dataset: 'camvid', 'cityscapes' or your own dataset's name (default 'custom').
+        config: the training configuration, when the weights come from `cgnet train`.
+
+    Returns:
+        A dict with keys arch, preprocess, classes, palette, ignore_index, dataset, config.
+    """
+    n = model.num_classes
+    if classes is not None and len(classes) != n:
+        raise ValueError(f"{len(classes)} class names for a model with {n} classes")
+    if palette is not None and len(palette) != n:
+        raise ValueError(f"{len(palette)} palette colours for a model with {n} classes")
+    meta = {"arch": model.config,
+            "preprocess": preprocess if preprocess is not None else make_spec("standard"),
+            "classes": list(classes) if classes is not None else [f"class{i}" for i in range(n)],
+            "palette": [list(map(int, c)) for c in (palette if palette is not None else default_palette(n))],
+            "ignore_index": ignore_index if ignore_index is not None else 255,
+            "dataset": dataset or "custom", "config": config}
+    if preprocess is None:
+        meta["preprocess_default"] = True
+    return meta
 
 
 def save_checkpoint(path: str | os.PathLike, model: CGNet, meta: dict | None = None,
                     **extra: Any) -> Path:
-    """Save `model` in our format. `meta` defaults to `make_meta(model)`; `extra` holds training state."""
+    """Save `model` in our format, atomically (a temporary file, then a rename).
+
+    Args:
+        path: the file to write; its folder is created.
+        model: a CGNet (or DDP / DataParallel around one).
+        meta: from `make_meta`; default `make_meta(model)`. Its `arch` is always the model's own.
+        **extra: training state stored beside the weights (optimizer, train_state, rng, scores).
+
+    Returns:
+        The path written. `load_model(path)` reads it back with `weights_only=True`.
+    """
     model = getattr(model, "module", model)  # DDP / DataParallel
     meta = dict(meta) if meta is not None else make_meta(model)
     meta["arch"] = model.config
@@ -209,7 +244,7 @@ def load_state_into(model: CGNet, state: dict, where: str = "checkpoint") -> Non
 
 
 # weights shipped inside the package, by name
-SHIPPED = {"camvid": "camvid.pt"}
+SHIPPED = {DEFAULT_WEIGHTS: "camvid.pt"}
 
 
 def resolve_weights(path: str | os.PathLike) -> Path:
@@ -225,11 +260,21 @@ def resolve_weights(path: str | os.PathLike) -> Path:
 
 def load_model(path: str | os.PathLike, *, num_classes: int | None = None,
                device: str | torch.device = "cpu") -> CGNet:
-    """Build a CGNet from a checkpoint (ours or the original release's) or from shipped weights
-    by name (`load_model("camvid")`), in eval mode.
+    """Build a CGNet from a checkpoint, in eval mode.
 
-    The checkpoint's metadata (preprocessing, class names, palette, ...) is at `model.meta`.
-    `num_classes`, when given, must agree with the checkpoint's classifier.
+    Args:
+        path: our checkpoint, one of the original release's (bare state dict or
+            `{"epoch", "model"}`, with or without `module.`), or the name of shipped weights
+            (`"camvid"`). Always read with `torch.load(..., weights_only=True)`.
+        num_classes: when given, must agree with the checkpoint's classifier.
+        device: where the model is put.
+
+    Returns:
+        The model, with the checkpoint's metadata (preprocessing, class names, palette, ignore
+        index, dataset, training config) at `model.meta`. Classes, M and N come from the tensors.
+
+    Raises:
+        CheckpointError: the file is missing, not a checkpoint, truncated, or does not fit.
     """
     path = resolve_weights(path)
     state, meta, _ = load_checkpoint(path)

@@ -107,9 +107,26 @@ def inject(x: torch.Tensor) -> torch.Tensor:
 
 
 class CGNet(nn.Module):
-    """CGNet with M blocks in stage 2 and N blocks in stage 3 (the paper's CGNet_M3N21 by default).
+    """CGNet, the Context Guided Network (Wu et al., "CGNet: A Light-weight Context Guided Network
+    for Semantic Segmentation", IEEE TIP 2020, arXiv:1811.08201).
 
-    Input: N x 3 x H x W (any H, W >= 8). Output: N x num_classes x H x W logits.
+    Stage 1 is three 3x3 convolutions at 1/2 resolution; stages 2 (1/4) and 3 (1/8) are a
+    down-sampling CG block followed by M-1 and N-1 residual CG blocks. The input image, average
+    pooled, is concatenated at the end of stages 1 and 2. A 1x1 classifier and bilinear
+    up-sampling give per-pixel logits. The defaults are the paper's CGNet_M3N21 (496,306
+    parameters with 19 classes). Module names are ours; `cgnet.load_model` maps the original
+    release's names onto them.
+
+    Args:
+        num_classes: output classes (19 for Cityscapes, 11 for CamVid).
+        m: blocks in stage 2, down-sampling block included (>= 2).
+        n: blocks in stage 3, down-sampling block included (>= 2).
+        dropout: Dropout2d probability before the classifier (the original release used 0.1 in
+            some runs; its checkpoints then name the classifier `classifier.1`).
+
+    Shapes:
+        input: B x 3 x H x W, normalised as the checkpoint's `meta["preprocess"]` says; any H, W.
+        output: B x num_classes x H x W logits.
     """
 
     def __init__(self, num_classes: int = 19, *, m: int = 3, n: int = 21, dropout: float = 0.0):
@@ -143,18 +160,18 @@ class CGNet(nn.Module):
                 nn.init.kaiming_normal_(mod.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        img2 = inject(x)
-        img4 = inject(img2)
+        size = x.shape[-2:]                                              # (H, W)
+        img2 = inject(x)                                                 # B x 3 x H/2 x W/2
+        img4 = inject(img2)                                              # B x 3 x H/4 x W/4
 
-        x = self.bn_act1(torch.cat([self.stem(x), img2], 1))
-        d2 = self.down2(x)
-        x = self.bn_act2(torch.cat([self.stage2(d2), d2, img4], 1))
-        d3 = self.down3(x)
-        x = self.bn_act3(torch.cat([d3, self.stage3(d3)], 1))
+        x = self.bn_act1(torch.cat([self.stem(x), img2], 1))             # B x 35 x H/2 x W/2
+        d2 = self.down2(x)                                               # B x 64 x H/4 x W/4
+        x = self.bn_act2(torch.cat([self.stage2(d2), d2, img4], 1))      # B x 131 x H/4 x W/4
+        d3 = self.down3(x)                                               # B x 128 x H/8 x W/8
+        x = self.bn_act3(torch.cat([d3, self.stage3(d3)], 1))            # B x 256 x H/8 x W/8
 
-        x = self.classifier(self.drop(x))
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        x = self.classifier(self.drop(x))                                # B x classes x H/8 x W/8
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # B x classes x H x W
 
     @property
     def config(self) -> dict:

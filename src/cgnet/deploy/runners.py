@@ -1,5 +1,7 @@
 """Inference behind one interface, whatever runs it: eager PyTorch, an exported ONNX file in
-ONNX Runtime, or an OpenVINO model. `make_predictor` picks and loads one."""
+ONNX Runtime, an OpenVINO model or a TorchScript file. The bottom of `cgnet.deploy`: it imports
+nothing else of it (`cgnet.deploy.predictor.make_predictor` picks and loads a runner).
+"""
 from __future__ import annotations
 
 import json
@@ -9,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .preprocess import check_spec, to_tensor
+from ..common import AUTOCAST_DTYPES, CGNetError, autocast
+from ..preprocess import check_spec, to_tensor
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "onnx": "onnx"}
 
 
-class MissingBackend(RuntimeError):
-    pass
+class MissingBackend(CGNetError, RuntimeError):
+    """An optional backend (ONNX Runtime, OpenVINO) is not installed."""
 
 
 def require(module: str):
@@ -60,14 +63,15 @@ def torch_runner(model, precision: str = "fp32", device: str | torch.device = "c
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if precision not in ("fp32", *AUTOCAST_DTYPES):
+        raise ValueError(f"the torch backend runs fp32, bf16 or fp16, not {precision}")
 
     @torch.inference_mode()
     def run(x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(x).to(device)
         if channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, precision):
             return model(t).float().cpu().numpy()
     return run
 
@@ -112,39 +116,31 @@ def read_exported_meta(path: Path) -> dict:
     raise ValueError(f"{path}: not an exported model (.onnx or .xml)")
 
 
-def make_predictor(model: str | os.PathLike | None = None, *, backend: str = "auto", precision: str = "fp32",
-                   device: str | None = None, cache_dir: str | os.PathLike | None = None) -> Predictor:
-    """A Predictor for a checkpoint (ours, the original's, or 'camvid' for the shipped weights) or
-    an exported .onnx / .xml / TorchScript file.
+def load_exported(path: str | os.PathLike, precision: str | None = None) -> Predictor:
+    """A Predictor for a file written by `cgnet export` (.onnx, .xml or .ts), from its own metadata.
 
-    With a checkpoint and backend 'onnxruntime' or 'openvino' the model is exported once into
-    cache_dir (default ~/.cache/cgnet) and verified; 'auto' takes the fastest installed backend."""
-    from .checkpoint import load_model
-    model = str(model or "camvid")
-    suffix = Path(model).suffix
-    if suffix == ".onnx":
-        meta = read_exported_meta(Path(model))
-        return Predictor(onnxruntime_runner(Path(model)), meta, "onnxruntime", meta.get("export_precision", "fp32"))
-    if suffix == ".xml":
-        meta = read_exported_meta(Path(model))
-        p = meta.get("export_precision", precision)
-        return Predictor(openvino_runner(Path(model), p), meta, "openvino", p)
-    if suffix == ".ts":
+    Args:
+        path: the exported file.
+        precision: for OpenVINO, the inference precision (default: the one it was exported for).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".onnx":
+        meta = read_exported_meta(path)
+        return Predictor(onnxruntime_runner(path), meta, "onnxruntime", meta.get("export_precision", "fp32"))
+    if path.suffix == ".xml":
+        meta = read_exported_meta(path)
+        chosen = precision or meta.get("export_precision", "fp32")
+        return Predictor(openvino_runner(path, chosen), meta, "openvino", chosen)
+    if path.suffix == ".ts":
         extra = {"cgnet_meta.json": ""}
-        scripted = torch.jit.load(model, map_location="cpu", _extra_files=extra)
+        scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         if not extra["cgnet_meta.json"]:
-            raise ValueError(f"{model}: a TorchScript file without cgnet metadata (not written by cgnet export)")
+            raise ValueError(f"{path}: a TorchScript file without cgnet metadata (not written by cgnet export)")
         return Predictor(torch_runner(scripted, "fp32", "cpu", channels_last=False),
                          json.loads(extra["cgnet_meta.json"]), "torchscript")
-    if backend == "auto":
-        backend = "openvino" if "openvino" in available_backends() else "torch"
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
-    net = load_model(model)
-    if backend == "torch":
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return Predictor(torch_runner(net, precision, dev), net.meta, "torch", precision)
-    from .export import cached_export
-    fmt = "onnx" if backend == "onnxruntime" else "openvino"
-    path = cached_export(net, model, fmt, precision, cache_dir)
-    return make_predictor(path, precision=precision)
+    raise ValueError(f"{path}: not an exported model (.onnx, .xml or .ts)")
+
+
+EXPORTED_SUFFIXES = (".onnx", ".xml", ".ts")

