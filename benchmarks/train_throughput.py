@@ -20,7 +20,7 @@ from cgnet import CGNet
 from cgnet.cli import ALLOCATOR_ENV
 from cgnet.common import autocast
 from cgnet.engine.config import TrainConfig
-from cgnet.engine.train import make_eager_step, make_graphed_step
+from cgnet.engine.steps import make_eager_step, make_graphed_step
 
 MODES = {  # name -> (channels_last, amp, compile, cuda graph)
     "fp32": (False, "off", False, False),
@@ -40,7 +40,7 @@ def sync(device):
 
 
 def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11):
-    """Images/s of the engine's own training step (cgnet.engine.train.make_eager_step / make_graphed_step)."""
+    """Images/s of the engine's own training step (cgnet.engine.steps.make_eager_step / make_graphed_step)."""
     channels_last, amp, compiled, graphed = mode
     torch.manual_seed(0)
     model = CGNet(classes).to(device).train()
