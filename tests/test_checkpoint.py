@@ -185,3 +185,33 @@ def test_missing_keys_are_named(tmp_path):
     torch.save(sd, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match=r"missing keys bn_act2\.act\.weight"):
         load_model(tmp_path / "x.pt")
+
+
+class _RunsCode:
+    """Pickles as a call to os.system: loading it unsafely would create a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_with_code_is_refused_without_running_it(tmp_path, capsys):
+    from cgnet.cli import main
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode(marker)}, evil)
+    assert main(["info", "--checkpoint", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"cgnet info: error: {evil}: holds Python code or objects that cgnet refuses to load (it reads "
+                   "only tensors and plain data); it is not a checkpoint cgnet or the original release wrote\n")
+    assert "weights_only" not in err and not marker.exists()
+
+
+def test_garbage_is_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"junk.pt: not a PyTorch checkpoint \(unreadable pickle data\)$"):
+        load_model(junk)

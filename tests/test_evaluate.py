@@ -151,3 +151,53 @@ def test_eval_with_an_original_release_checkpoint(camvid, tmp_path, capsys):
     assert main(args + ["--preprocess", "original", "--mean", "72.4,82.9,73.2"]) == 0
     assert "Bicyclist" in capsys.readouterr().out
     assert 0 <= json.loads((tmp_path / "s.json").read_text())["miou"] <= 1
+
+
+class Pointwise(torch.nn.Module):
+    """A 1x1 convolution: commutes with flips, so its flip-averaged scores are known exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_flip_views_by_hand():
+    from cgnet.engine.evaluate import predict_logits
+    x = torch.randn(1, 3, 20, 26)
+    model = CGNet(4, m=2, n=2).eval()
+    with torch.no_grad():
+        expected = model(x).softmax(1) + model(x.flip(-1)).flip(-1).softmax(1)
+    torch.testing.assert_close(predict_logits(model, x, flip=True), expected)
+    # a mirror-symmetric input gives mirror-symmetric flip-averaged scores
+    sym = torch.cat([x[..., :13], x[..., :13].flip(-1)], -1)
+    scores = predict_logits(model, sym, flip=True)
+    torch.testing.assert_close(scores, scores.flip(-1))
+    # a model that commutes with flips: the flipped view equals the plain one
+    point = Pointwise().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(predict_logits(point, x, flip=True), 2 * point(x).softmax(1))
+
+
+def test_scales_by_hand_and_scale_one_is_plain_eval(camvid, tmp_path):
+    from cgnet.engine.evaluate import predict_logits
+    import torch.nn.functional as F
+    model = CGNet(4, m=2, n=2).eval()
+    x = torch.randn(1, 3, 24, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(predict_logits(model, x, scales=[1.0]), model(x), rtol=0, atol=0)
+        half = F.interpolate(model(F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)),
+                             size=(24, 32), mode="bilinear", align_corners=False)
+        expected = half.softmax(1) + model(x).softmax(1)
+    torch.testing.assert_close(predict_logits(model, x, scales=[0.5, 1.0]), expected)
+
+    out = tmp_path / "run"
+    train(camvid, out, "--epochs", "1")
+    results = {}
+    for name, extra in (("plain", []), ("scale1", ["--scales", "1"])):
+        assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data-root", str(camvid), "--split", "val",
+                     "--workers", "0", "--json", str(tmp_path / f"{name}.json"), *extra]) == 0
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert results["plain"]["iou"] == results["scale1"]["iou"] and results["plain"]["miou"] == results["scale1"]["miou"]

@@ -54,9 +54,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(camvid, tmp_path):
 
 def test_resume_with_another_schedule_is_refused(camvid, tmp_path, capsys):
     train(camvid, tmp_path / "r", "--epochs", "2")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
+    capsys.readouterr()
     assert main(["train", "--data-root", str(camvid), "--out", str(tmp_path / "r"), *TINY,
                  "--epochs", "5", "--resume"]) == 2
-    assert "keep --epochs/--batch-size as they were" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("cgnet train: error: --resume: the run was trained with --epochs 2, this "
+                                       "command says 5; keep it, or start a new run with another --out\n")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()} == before
 
 
 def test_non_finite_loss_stops_with_a_clear_message(camvid, tmp_path, capsys):

@@ -18,6 +18,7 @@ saved by PyTorch 0.4.0, and with the classifier under ``classifier.1`` when it u
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .common import DEFAULT_WEIGHTS, CGNetError
+from .common import CGNetError, DEFAULT_WEIGHTS, InputError
 from .fileio import atomic_open
 from .model import CGNet
 from .preprocess import make_spec
@@ -68,21 +69,21 @@ _ORIGINAL_RULES = [
 _ORIGINAL_RULES = [(re.compile(pat), rep) for pat, rep in _ORIGINAL_RULES]
 
 
-def _strip_module(state: dict) -> dict:
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
+def _strip_module(state_dict: dict) -> dict:
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
 
 
-def is_original_state_dict(state: dict) -> bool:
-    return any(k.startswith("level1_0.") for k in _strip_module(state))
+def is_original_state_dict(state_dict: dict) -> bool:
+    return any(k.startswith("level1_0.") for k in _strip_module(state_dict))
 
 
-def convert_original_state_dict(state: dict) -> tuple[dict, dict]:
+def convert_original_state_dict(state_dict: dict) -> tuple[dict, dict]:
     """Original release keys -> ours. Returns (state_dict, arch) with arch inferred from tensors."""
-    state = _strip_module(state)
+    state_dict = _strip_module(state_dict)
     out, unknown = {}, []
-    for key, value in state.items():
+    for key, value in state_dict.items():
         for pat, rep in _ORIGINAL_RULES:
             hit = pat.match(key)
             if hit:
@@ -93,18 +94,18 @@ def convert_original_state_dict(state: dict) -> tuple[dict, dict]:
     if unknown:
         raise CheckpointError(f"keys that the original CGNet does not have: {_clip(unknown)}")
     arch = infer_arch(out)
-    if "classifier.1.conv.weight" in state:
+    if "classifier.1.conv.weight" in state_dict:
         arch["dropout"] = ORIGINAL_DROPOUT
     return out, arch
 
 
-def infer_arch(state: dict) -> dict:
+def infer_arch(state_dict: dict) -> dict:
     """num_classes, m and n from a state dict with our key names."""
-    if "classifier.weight" not in state:
+    if "classifier.weight" not in state_dict:
         raise CheckpointError("no classifier weight in the state dict: not a CGNet checkpoint")
-    stage2 = {int(k.split(".")[1]) for k in state if k.startswith("stage2.")}
-    stage3 = {int(k.split(".")[1]) for k in state if k.startswith("stage3.")}
-    return {"num_classes": int(state["classifier.weight"].shape[0]),
+    stage2 = {int(k.split(".")[1]) for k in state_dict if k.startswith("stage2.")}
+    stage3 = {int(k.split(".")[1]) for k in state_dict if k.startswith("stage3.")}
+    return {"num_classes": int(state_dict["classifier.weight"].shape[0]),
             "m": len(stage2) + 1, "n": len(stage3) + 1, "dropout": 0.0}
 
 
@@ -140,9 +141,9 @@ def make_meta(model: CGNet, *, preprocess: dict | None = None, classes: list[str
     """
     n = model.num_classes
     if classes is not None and len(classes) != n:
-        raise ValueError(f"{len(classes)} class names for a model with {n} classes")
+        raise InputError(f"{len(classes)} class names for a model with {n} classes")
     if palette is not None and len(palette) != n:
-        raise ValueError(f"{len(palette)} palette colours for a model with {n} classes")
+        raise InputError(f"{len(palette)} palette colours for a model with {n} classes")
     meta = {"arch": model.config,
             "preprocess": preprocess if preprocess is not None else make_spec("standard"),
             "classes": list(classes) if classes is not None else [f"class{i}" for i in range(n)],
@@ -170,8 +171,8 @@ def save_checkpoint(path: str | os.PathLike, model: CGNet, meta: dict | None = N
     model = getattr(model, "module", model)  # DDP / DataParallel
     meta = dict(meta) if meta is not None else make_meta(model)
     meta["arch"] = model.config
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, "model": state,
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, "model": state_dict,
                         "meta": meta, **extra}, path)
 
 
@@ -184,14 +185,25 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # not a refused reference: the bytes are no pickle torch wrote
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
+        # weights_only=True refused a class or function reference: never suggest turning it off
+        raise CheckpointError(f"{path}: holds Python code or objects that cgnet refuses to load (it reads only "
+                              "tensors and plain data); it is not a checkpoint cgnet or the original release "
+                              "wrote") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = _first_line(e)
         if zipfile.is_zipfile(path) or "central directory" in msg or isinstance(e, EOFError):
             raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg})") from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({msg})") from None
-    except Exception as e:  # UnpicklingError and friends: not a file torch.save wrote
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({msg})") from None
+    except Exception as e:  # anything else torch.load raises: not a file torch.save wrote
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error's message."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
@@ -204,43 +216,43 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
             if obj.get("format_version", 0) > FORMAT_VERSION:
                 raise CheckpointError(f"format version {obj['format_version']} is newer than this "
                                       f"cgnet understands ({FORMAT_VERSION}); upgrade cgnet")
-            state, meta = obj["model"], dict(obj["meta"])
-            arch = infer_arch(state)
+            state_dict, meta = obj["model"], dict(obj["meta"])
+            arch = infer_arch(state_dict)
             arch["dropout"] = meta.get("arch", {}).get("dropout", 0.0)
             meta["arch"] = arch
-            return state, meta, obj
-        state = obj["model"] if isinstance(obj.get("model"), dict) else obj
-        if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            return state_dict, meta, obj
+        state_dict = obj["model"] if isinstance(obj.get("model"), dict) else obj
+        if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
             raise CheckpointError("neither our format, nor a state dict, nor {'model': state_dict}")
-        if is_original_state_dict(state):
-            state, arch = convert_original_state_dict(state)
+        if is_original_state_dict(state_dict):
+            state_dict, arch = convert_original_state_dict(state_dict)
             source = "original"
         else:
-            state = _strip_module(state)
-            arch = infer_arch(state)
+            state_dict = _strip_module(state_dict)
+            arch = infer_arch(state_dict)
             source = "state_dict"
         meta = {"arch": arch, "preprocess": None, "classes": None, "palette": None,
                 "ignore_index": None, "dataset": None, "config": None, "source": source}
-        return state, meta, obj
+        return state_dict, meta, obj
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def load_state_into(model: CGNet, state: dict, where: str = "checkpoint") -> None:
+def load_state_into(model: CGNet, state_dict: dict, where: str = "checkpoint") -> None:
     """Strict load with messages naming each unknown/missing key and each shape mismatch."""
     own = model.state_dict()
-    unknown = [k for k in state if k not in own]
+    unknown = [k for k in state_dict if k not in own]
     # PyTorch 0.4.0 files have no num_batches_tracked; every other key must be there
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     if unknown:
         raise CheckpointError(f"{where}: unknown keys {_clip(unknown)}")
     if missing:
         raise CheckpointError(f"{where}: missing keys {_clip(missing)}")
-    for k, v in state.items():
+    for k, v in state_dict.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise CheckpointError(f"{where}: tensor '{k}' has shape {tuple(v.shape)} in the "
                                   f"checkpoint but the model expects {tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state_dict, strict=False)
 
 
 # weights shipped inside the package, by name
@@ -277,12 +289,12 @@ def load_model(path: str | os.PathLike, *, num_classes: int | None = None,
         CheckpointError: the file is missing, not a checkpoint, truncated, or does not fit.
     """
     path = resolve_weights(path)
-    state, meta, _ = load_checkpoint(path)
+    state_dict, meta, _ = load_checkpoint(path)
     arch = meta["arch"]
     if num_classes is not None and num_classes != arch["num_classes"]:
         raise CheckpointError(f"{path}: the checkpoint's classifier has {arch['num_classes']} "
                               f"classes but {num_classes} were asked for (--num-classes)")
     model = CGNet(arch["num_classes"], m=arch["m"], n=arch["n"], dropout=arch["dropout"])
-    load_state_into(model, state, where=str(path))
+    load_state_into(model, state_dict, where=str(path))
     model.meta = meta
     return model.to(device).eval()

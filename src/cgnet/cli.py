@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import load_model
 from .common import CGNetError, parse_size
 from .complexity import profile_table
 from .data.commands import add_data_commands
 from .deploy.bench import add_bench_args, cmd_bench
 from .deploy.export import add_export_args, cmd_export
 from .deploy.predict import add_predict_args, cmd_predict
+from .deploy.serve import add_serve_args, cmd_serve
 from .engine import scoring, train
 from .engine.config import add_train_args
 from .engine.scoring import add_demo_args, add_eval_args
@@ -74,6 +76,8 @@ def make_parser() -> argparse.ArgumentParser:
         ("predict", "segment images, folders, globs and videos; writes masks, colour masks and overlays",
          add_predict_args, cmd_predict),
         ("bench", "latency and throughput of every backend and precision vs eager fp32", add_bench_args, cmd_bench),
+        ("serve", "a local web page and JSON API that segment uploaded images and videos (cgnet[serve])",
+         add_serve_args, cmd_serve),
     ]
     for name, text, add_args, func in commands:
         p = sub.add_parser(name, help=text)
@@ -85,7 +89,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     data = sub.add_parser("data", help="dataset tools")
-    add_data_commands(data.add_subparsers(dest="data_command", required=True, metavar="TOOL"))
+    tools = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    add_data_commands(tools)
+    for command in [*sub.choices.values(), *tools.choices.values()]:
+        command.add_argument("--debug", action="store_true", help="show the traceback of every error")
     return parser
 
 
@@ -93,7 +100,7 @@ def make_parser() -> argparse.ArgumentParser:
 # activations back in each iteration; these settings keep them (1.2-2x faster training/inference)
 ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_TOP_PAD_": "1073741824",
                  "MALLOC_MMAP_THRESHOLD_": "17179869184"}
-HEAVY_COMMANDS = {"train", "eval", "test", "demo", "predict", "bench", "export"}
+HEAVY_COMMANDS = {"train", "eval", "test", "demo", "predict", "bench", "export", "serve"}
 
 
 def reexec_with_allocator_env(argv: list[str]) -> None:
@@ -108,11 +115,27 @@ def reexec_with_allocator_env(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors cgnet recognises (`CGNetError`) are one line on stderr and exit 2
+    (or their `exit_code`); Ctrl-C is one line and exit 130; anything else is a bug: its traceback,
+    a line asking to report it, exit 1. `--debug` or CGNET_DEBUG=1 shows every traceback."""
     args = make_parser().parse_args(argv)
     if argv is None and args.command in HEAVY_COMMANDS:
         reexec_with_allocator_env(sys.argv[1:])
+    debug = getattr(args, "debug", False) or os.environ.get("CGNET_DEBUG") == "1"
     try:
         return args.func(args)
-    except (CGNetError, CheckpointError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"cgnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except CGNetError as e:
+        if debug:
+            traceback.print_exc()
         print(f"cgnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
+    except Exception:
+        traceback.print_exc()
+        print(f"cgnet {args.command}: unexpected error (a bug in cgnet, or a problem it does not recognise): "
+              f"please report it with the traceback above", file=sys.stderr)
+        return 1

@@ -19,7 +19,26 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class CGNetError(Exception):
-    """Base class of the errors cgnet raises for bad input; the CLI prints them as one line."""
+    """Base class of the errors cgnet raises for bad input or a bad environment; the CLI prints
+    them as one line (exit 2, or `exit_code`). Anything else is a bug and keeps its traceback."""
+
+    exit_code = 2
+
+    def __init__(self, message: str = ""):
+        # a DataLoader worker re-raises our error as type(error)(header + worker traceback):
+        # keep only the original one-line message, which is the traceback's last line
+        if isinstance(message, str) and "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)
+
+
+class InputError(CGNetError, ValueError):
+    """A value, setting or file content that cannot work; the message names file, line and value."""
+
+
+class MissingFileError(CGNetError, FileNotFoundError):
+    """A file or folder that a command needs does not exist."""
 
 
 def default_device() -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from .common import InputError
+
 
 class ConfusionMatrix:
     """Accumulated on the device with bincount; rows = ground truth, columns = prediction."""
@@ -21,13 +23,13 @@ class ConfusionMatrix:
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         if pred.shape != target.shape:
-            raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ in shape")
+            raise InputError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ in shape")
         k = self.num_classes
         keep = target != self.ignore_index
         t, p = target[keep].long(), pred[keep].long()
         bad = (t < 0) | (t >= k)
         if bad.any():
-            raise ValueError(f"ground-truth ids {sorted(set(t[bad].tolist()))} are neither classes "
+            raise InputError(f"ground-truth ids {sorted(set(t[bad].tolist()))} are neither classes "
                              f"0..{k - 1} nor the ignore id {self.ignore_index}")
         self.mat += torch.bincount(t * k + p, minlength=k * k).reshape(k, k)
 

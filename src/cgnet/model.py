@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .common import InputError
+
 __all__ = ["CGNet", "CGBlock", "CGDownBlock", "GlobalContext"]
 
 BN_EPS = 1e-3
@@ -132,12 +134,12 @@ class CGNet(nn.Module):
     def __init__(self, num_classes: int = 19, *, m: int = 3, n: int = 21, dropout: float = 0.0):
         super().__init__()
         if m < 2 or n < 2:
-            raise ValueError(f"CGNet needs m >= 2 and n >= 2 (got m={m}, n={n}): "
+            raise InputError(f"CGNet needs m >= 2 and n >= 2 (got m={m}, n={n}): "
                              "each stage is one down-sampling block plus m-1 (n-1) CG blocks")
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise InputError(f"num_classes must be >= 1, got {num_classes}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise InputError(f"dropout must be in [0, 1), got {dropout}")
         self.num_classes, self.m, self.n, self.dropout = num_classes, m, n, dropout
 
         # stage 1: 1/2 resolution, three plain convolutions, then the image injected

@@ -7,6 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .common import MissingFileError
+
 PANEL_W, PANEL_H, MARGIN = 420, 300, 50
 
 
@@ -53,6 +55,6 @@ def plot_history(history: list[dict], path: Path, x: str = "epoch") -> Path:
 def plot_run(run_dir: Path, x: str = "epoch") -> Path:
     log = Path(run_dir) / "log.jsonl"
     if not log.is_file():
-        raise FileNotFoundError(f"{log} does not exist: not a run folder of cgnet train")
+        raise MissingFileError(f"{log} does not exist: not a run folder of cgnet train")
     history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return plot_history(history, Path(run_dir) / ("curve.png" if x == "epoch" else "curve_time.png"), x=x)

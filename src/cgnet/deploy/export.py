@@ -24,9 +24,10 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..checkpoint import load_model
-from ..common import DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError
+from ..common import DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, MissingFileError
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import SegDataset, read_image, read_list
+from ..fileio import check_writable
 from ..model import CGBlock, CGDownBlock, CGNet, ConvBNAct
 from .runners import Predictor, load_exported, require, torch_runner
 
@@ -79,7 +80,7 @@ def simplify_for_inference(model: CGNet, prelu_as_max: bool | None = None) -> nn
     if prelu_as_max is None:
         prelu_as_max = prelu_max_is_exact(model)
     elif prelu_as_max and not prelu_max_is_exact(model):
-        raise ValueError("a PReLU slope exceeds 1: max(x, a*x) would differ from PReLU")
+        raise InputError("a PReLU slope exceeds 1: max(x, a*x) would differ from PReLU")
     if prelu_as_max:
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
@@ -185,7 +186,7 @@ def _data_root(meta: dict, data_root: str | os.PathLike | None) -> Path | None:
     if data_root is not None:
         root = Path(data_root)
         if not root.is_dir():
-            raise FileNotFoundError(f"--data-root {root}: no such folder")
+            raise MissingFileError(f"--data-root {root}: no such folder")
         return root
     return find_data_root(meta["dataset"]) if meta.get("dataset") else None
 
@@ -217,7 +218,7 @@ def verification_images(meta: dict, data_root: str | os.PathLike | None = None,
         picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
         return [read_image(paths[i]) for i in picks], f"{len(picks)} real frames from {root}"
     if data_root is not None:
-        raise FileNotFoundError(f"no images in {data_root} to verify the export on")
+        raise MissingFileError(f"no images in {data_root} to verify the export on")
     return synthetic_frames(count), f"{count} synthetic frames (no {meta.get('dataset') or 'dataset'} data found)"
 
 
@@ -266,13 +267,13 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
         The path written.
     """
     if fmt not in ("onnx", "openvino", "torchscript"):
-        raise ValueError(f"unknown format {fmt!r}: onnx, openvino or torchscript")
+        raise InputError(f"unknown format {fmt!r}: onnx, openvino or torchscript")
     if precision == "bf16" and fmt != "openvino":
-        raise ValueError("bf16 export is an OpenVINO inference precision: use --format openvino")
+        raise InputError("bf16 export is an OpenVINO inference precision: use --format openvino")
     if precision == "int8" and fmt != "onnx":
-        raise ValueError("int8 export is ONNX Runtime static quantisation: use --format onnx")
+        raise InputError("int8 export is ONNX Runtime static quantisation: use --format onnx")
     if model.meta.get("preprocess") is None:
-        raise ValueError("the checkpoint stores no preprocessing; exports need it (train with cgnet, "
+        raise InputError("the checkpoint stores no preprocessing; exports need it (train with cgnet, "
                          "or save the original weights with cgnet.save_checkpoint and a preprocessing spec)")
     out = Path(out)
     if fmt == "openvino":
@@ -341,6 +342,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint or DEFAULT_WEIGHTS)
     ext = {"onnx": "onnx", "openvino": "xml", "torchscript": "ts"}[args.format]
     out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}.{ext}")
+    check_writable(out, "--out", folder=False)
     path = export(model, out, args.format, args.precision, data_root=args.data_root, prelu_as_max=args.prelu_as_max)
     print(f"wrote {path}" + (f" and {path.with_suffix('.bin')}" if path.suffix == ".xml" else ""))
     return 0

@@ -14,10 +14,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..common import IMAGE_EXTS, VIDEO_EXTS
+from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError
 from ..data.listset import read_image
+from ..fileio import check_writable
 from ..visualize import blend, colorize, default_palette
-from .predictor import make_predictor, resolve_backend
+from .predictor import add_predictor_args, make_predictor, resolve_backend
 
 DEFAULT_FPS = 25.0
 
@@ -50,7 +51,7 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
         elif is_video(path):
             videos.append(path)
         elif explicit:
-            raise ValueError(f"{path}: not a supported image ({' '.join(IMAGE_EXTS)}) "
+            raise InputError(f"{path}: not a supported image ({' '.join(IMAGE_EXTS)}) "
                              f"or video ({' '.join(VIDEO_EXTS)})")
         else:
             return  # a glob or folder also matching other files: leave those alone
@@ -60,7 +61,7 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
         if any(c in text for c in "*?["):
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
-                raise FileNotFoundError(f"{text}: no files match this pattern")
+                raise MissingFileError(f"{text}: no files match this pattern")
             for m in map(Path, matches):
                 if m.is_dir():
                     for p in _folder_images(m):
@@ -72,15 +73,15 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
         if path.is_dir():
             found = _folder_images(path)
             if not found:
-                raise FileNotFoundError(f"{text}: no images ({' '.join(IMAGE_EXTS)}) in this folder")
+                raise MissingFileError(f"{text}: no images ({' '.join(IMAGE_EXTS)}) in this folder")
             for p in found:
                 add(p, explicit=False)
         elif path.is_file():
             add(path, explicit=True)
         else:
-            raise FileNotFoundError(f"{text}: no such file or folder")
+            raise MissingFileError(f"{text}: no such file or folder")
     if not images and not videos:
-        raise FileNotFoundError(f"no images or videos found in {' '.join(inputs)} (images: "
+        raise MissingFileError(f"no images or videos found in {' '.join(inputs)} (images: "
                                 f"{' '.join(IMAGE_EXTS)}; videos: {' '.join(VIDEO_EXTS)})")
     return images, videos
 
@@ -109,7 +110,7 @@ def palette_of(meta: dict) -> np.ndarray:
 
 def _write(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
-        raise ValueError(f"cannot write {path}")
+        raise InputError(f"cannot write {path}")
 
 
 def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0.5, overlay: bool = True,
@@ -133,25 +134,49 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
     return names
 
 
+def video_fps(cap) -> float:
+    """The frame rate an opened cv2.VideoCapture reports, or DEFAULT_FPS when it reports none."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+
+
+class VideoStreams:
+    """A video being read (`cap`) and, once opened, the one being written (`writer`); both are
+    released when the `with` block ends, however it ends."""
+
+    def __init__(self, path: Path):
+        self.cap = cv2.VideoCapture(str(path))
+        self.writer = None
+
+    def open_writer(self, path: Path, codec: str, fps: float, size: tuple[int, int]):
+        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+        return self.writer
+
+    def __enter__(self) -> "VideoStreams":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cap.release()
+        if self.writer is not None:
+            self.writer.release()
+
+
 def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, progress: bool = True) -> int:
     """Overlay video of `path` (mp4v, same fps and size) at `out_file`; returns the frames written."""
-    cap = cv2.VideoCapture(str(path))
-    writer = None
-    try:
+    with VideoStreams(path) as streams:
+        cap = streams.cap
         if not cap.isOpened():
-            raise ValueError(f"cannot read video {path} (corrupt, or a format this OpenCV build cannot decode)")
+            raise InputError(f"cannot read video {path} (corrupt, or a format this OpenCV build cannot decode)")
         ok, frame = cap.read()
         if not ok or frame is None:
-            raise ValueError(f"cannot read video {path} (no frame could be decoded)")
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        if not fps or not math.isfinite(fps) or fps <= 0:
-            fps = DEFAULT_FPS
+            raise InputError(f"cannot read video {path} (no frame could be decoded)")
+        fps = video_fps(cap)
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         height, width = frame.shape[:2]
         out_file.parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(out_file), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        writer = streams.open_writer(out_file, "mp4v", fps, (width, height))
         if not writer.isOpened():
-            raise RuntimeError(f"cannot write {out_file}: this OpenCV build has no mp4v encoder")
+            raise CGNetError(f"cannot write {out_file}: this OpenCV build has no mp4v encoder")
         palette = palette_of(predictor.meta)
         frames = 0
         with tqdm(total=count if count > 0 else None, desc=path.name, unit="frame", disable=not progress,
@@ -168,10 +193,6 @@ def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, 
                 bar.update(1)
                 ok, frame = cap.read()
         return frames
-    finally:
-        cap.release()
-        if writer is not None:
-            writer.release()
 
 
 # ---- command line --------------------------------------------------------------------------
@@ -190,17 +211,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (their images), glob patterns (quote them; ** recurses) "
                         "and videos (" + " ".join(VIDEO_EXTS) + ")")
-    p.add_argument("--checkpoint", help="checkpoint, or an exported .onnx / .xml file (default: the shipped "
-                                        "camvid weights)")
+    add_predictor_args(p)
     p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
-                   help="what runs the model (default auto: openvino when installed, else torch)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="int8 needs --backend openvino or onnxruntime (default fp32)")
-    p.add_argument("--device", help="torch backend only: cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--data-root", help="with --backend onnxruntime/openvino and a checkpoint: frames to verify its "
-                                       "one-time export on (default: the checkpoint's dataset if found, else "
-                                       "synthetic frames)")
     p.add_argument("--alpha", type=_alpha, default=0.5, help="weight of the colours in overlays (default 0.5)")
     p.add_argument("--no-overlay", dest="overlay", action="store_false",
                    help="write masks and colour masks only (videos always get their overlay video)")
@@ -209,6 +221,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     images, videos = collect_inputs(args.inputs)
+    check_writable(args.out, "--out")
     backend = resolve_backend(args.backend, args.precision, args.checkpoint)
     predictor = make_predictor(args.checkpoint, backend=backend, precision=args.precision, device=args.device,
                                data_root=args.data_root, log=print)

@@ -3,6 +3,7 @@
 or OpenVINO."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model, resolve_weights
-from ..common import DEFAULT_WEIGHTS, default_device
+from ..common import DEFAULT_WEIGHTS, InputError, MissingFileError, default_device
 from ..model import CGNet
 from .export import export
 from .runners import BACKENDS, EXPORTED_SUFFIXES, Predictor, available_backends, load_exported, require, torch_runner
@@ -39,17 +40,17 @@ def resolve_backend(backend: str, precision: str, checkpoint: str | os.PathLike 
     optional backend or an impossible precision fails here with a one-line message."""
     if checkpoint and Path(checkpoint).suffix in (".onnx", ".xml"):
         if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"{checkpoint}: no such file")
+            raise MissingFileError(f"{checkpoint}: no such file")
         require("onnxruntime" if Path(checkpoint).suffix == ".onnx" else "openvino")
         return backend
     if backend == "auto":
         backend = "openvino" if "openvino" in available_backends() else "torch"
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
     if backend != "torch":
         require(backend)
     elif precision == "int8":
-        raise ValueError("--precision int8 needs --backend openvino or onnxruntime (torch runs fp32 or bf16)")
+        raise InputError("--precision int8 needs --backend openvino or onnxruntime (torch runs fp32 or bf16)")
     return backend
 
 
@@ -95,3 +96,18 @@ class PredictorModule(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.predictor.run(x.detach().float().cpu().numpy()), dtype=np.float32))
+
+
+def add_predictor_args(p: argparse.ArgumentParser) -> None:
+    """The options that choose what runs the model (`make_predictor`'s arguments), shared by the
+    commands that segment images: predict, serve."""
+    p.add_argument("--checkpoint", help="checkpoint, or an exported .onnx / .xml / .ts file (default: the shipped "
+                                        "camvid weights)")
+    p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
+                   help="what runs the model (default auto: openvino when installed, else torch)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="int8 needs --backend openvino or onnxruntime (default fp32)")
+    p.add_argument("--device", help="torch backend only: cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--data-root", help="with --backend onnxruntime/openvino and a checkpoint: frames to verify its "
+                                       "one-time export on (default: the checkpoint's dataset if found, else "
+                                       "synthetic frames)")

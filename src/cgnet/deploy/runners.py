@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common import AUTOCAST_DTYPES, CGNetError, autocast
+from ..common import AUTOCAST_DTYPES, CGNetError, InputError, MissingFileError, autocast
 from ..preprocess import check_spec, to_tensor
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -64,7 +64,7 @@ def torch_runner(model, precision: str = "fp32", device: str | torch.device = "c
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if precision not in ("fp32", *AUTOCAST_DTYPES):
-        raise ValueError(f"the torch backend runs fp32, bf16 or fp16, not {precision}")
+        raise InputError(f"the torch backend runs fp32, bf16 or fp16, not {precision}")
 
     @torch.inference_mode()
     def run(x: np.ndarray) -> np.ndarray:
@@ -105,15 +105,15 @@ def read_exported_meta(path: Path) -> dict:
         onnx = require("onnx")
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         if "cgnet" not in props:
-            raise ValueError(f"{path}: an ONNX file without cgnet metadata (not written by cgnet export)")
+            raise InputError(f"{path}: an ONNX file without cgnet metadata (not written by cgnet export)")
         return json.loads(props["cgnet"])
     if path.suffix == ".xml":
         ov = require("openvino")
         model = ov.Core().read_model(str(path))
         if not model.has_rt_info(["cgnet"]):
-            raise ValueError(f"{path}: an OpenVINO model without cgnet metadata (not written by cgnet export)")
+            raise InputError(f"{path}: an OpenVINO model without cgnet metadata (not written by cgnet export)")
         return json.loads(model.get_rt_info(["cgnet"]).astype(str))
-    raise ValueError(f"{path}: not an exported model (.onnx or .xml)")
+    raise InputError(f"{path}: not an exported model (.onnx or .xml)")
 
 
 def load_exported(path: str | os.PathLike, precision: str | None = None) -> Predictor:
@@ -125,7 +125,7 @@ def load_exported(path: str | os.PathLike, precision: str | None = None) -> Pred
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     if path.suffix == ".onnx":
         meta = read_exported_meta(path)
         return Predictor(onnxruntime_runner(path), meta, "onnxruntime", meta.get("export_precision", "fp32"))
@@ -137,10 +137,10 @@ def load_exported(path: str | os.PathLike, precision: str | None = None) -> Pred
         extra = {"cgnet_meta.json": ""}
         scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         if not extra["cgnet_meta.json"]:
-            raise ValueError(f"{path}: a TorchScript file without cgnet metadata (not written by cgnet export)")
+            raise InputError(f"{path}: a TorchScript file without cgnet metadata (not written by cgnet export)")
         return Predictor(torch_runner(scripted, "fp32", "cpu", channels_last=False),
                          json.loads(extra["cgnet_meta.json"]), "torchscript")
-    raise ValueError(f"{path}: not an exported model (.onnx, .xml or .ts)")
+    raise InputError(f"{path}: not an exported model (.onnx, .xml or .ts)")
 
 
 EXPORTED_SUFFIXES = (".onnx", ".xml", ".ts")

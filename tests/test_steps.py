@@ -1,0 +1,224 @@
+"""The training steps of cgnet.engine.steps on the CPU: the whole step compiled by inductor against
+the eager step, the learning rate reaching the compiled step, the fallbacks, the check against
+eager that guards the compiled (and on CUDA captured) step, and `cgnet bench`'s CUDA-only path."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import cgnet.engine.steps as steps
+from cgnet import CGNet
+from cgnet.cli import main
+from cgnet.deploy.bench import argmax_agreement, select_paths
+from cgnet.engine.config import TrainConfig
+from cgnet.engine.steps import (check_against_eager, configure_optimizer, make_compiled_step, make_eager_step,
+                                set_lr, whole_step_compile)
+
+CPU = torch.device("cpu")
+CFG = TrainConfig(crop=(32, 32), amp="off", channels_last=True, batch_size=2)
+BATCH, CLASSES = 2, 11
+
+
+def build(seed=0):
+    """A tiny CGNet, its class-weighted loss and Adam, as train.py builds them on the CPU."""
+    torch.manual_seed(seed)
+    model = CGNet(CLASSES, m=2, n=2).train().to(memory_format=torch.channels_last)
+    criterion = nn.CrossEntropyLoss(weight=torch.linspace(1, 2, CLASSES), ignore_index=CLASSES)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    return model, criterion, optimizer
+
+
+def no_scaler():
+    return torch.amp.GradScaler("cpu", enabled=False)
+
+
+def batches(count, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(BATCH, 3, 32, 32, generator=gen),
+             torch.randint(0, CLASSES + 1, (BATCH, 32, 32), generator=gen)) for _ in range(count)]
+
+
+def flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """One compiled step for the module (inductor on two CPU cores takes tens of seconds)."""
+    model, criterion, optimizer = build()
+    step = make_compiled_step(model, criterion, optimizer, no_scaler(), CPU, CFG, BATCH, CLASSES)
+    assert step.kind == "compiled", "the compiled step fell back (see the warning above)"
+    return model, criterion, optimizer, step
+
+
+def test_compiled_step_matches_eager_over_24_poly_steps(compiled):
+    model, _, optimizer, step = compiled
+    twin, criterion, twin_opt = build()
+    assert torch.equal(flat(twin), flat(model))  # the check against eager left the weights as built
+    eager = make_eager_step(twin, criterion, twin_opt, no_scaler(), CPU, CFG)
+    for i, (x, y) in enumerate(batches(24)):
+        lr = 1e-3 * (1 - i / 24) ** 0.9
+        set_lr(optimizer, lr)
+        set_lr(twin_opt, lr)
+        expected, got = float(eager(x, y)), float(step(x, y))
+        # the same arithmetic in another order: inductor's fused kernels reassociate fp32 sums
+        # (BN statistics, reductions of the backward), ~1e-7 relative per step; 1e-4 is loose
+        # enough for that and far below what a wrong gradient or a stale lr would do
+        assert got == pytest.approx(expected, rel=1e-4, abs=1e-5), f"step {i}"
+    # weights: Adam divides each gradient by its running RMS, so a weight whose gradient is ~0
+    # can move by up to lr (1e-3) more or less per step when rounding flips the gradient's sign;
+    # a few such weights differ by ~1e-4 after 24 steps, all the others by ~1e-7
+    for (name, a), b in zip(twin.state_dict().items(), model.state_dict().values()):
+        if a.is_floating_point():
+            diff = (a - b).abs()
+            assert float(diff.max()) < 1e-3 and float(diff.mean()) < 2e-5, name
+        else:
+            assert torch.equal(a, b), name
+
+
+def test_poly_lr_reaches_the_compiled_step_without_recompiling(compiled):
+    model, _, optimizer, step = compiled
+    assert torch.is_tensor(optimizer.param_groups[0]["lr"])  # what the compiled Adam reads each call
+    (x, y), = batches(1, seed=7)
+    snapshot = steps._Snapshot(model, optimizer)
+    before = flat(model).clone()
+    graphs = dict(torch._dynamo.utils.counters["stats"])
+    updates = {}
+    for lr in (1e-3, 2.5e-4):
+        snapshot.restore()
+        set_lr(optimizer, lr)
+        step(x, y)
+        updates[lr] = flat(model) - before
+    snapshot.restore()
+    assert dict(torch._dynamo.utils.counters["stats"]) == graphs, "a new learning rate recompiled the step"
+    assert not torch.allclose(updates[1e-3], updates[2.5e-4])
+    # Adam's update is lr times a function of the gradients only: a quarter of the lr, a quarter of the step
+    torch.testing.assert_close(updates[2.5e-4], updates[1e-3] / 4, rtol=1e-3, atol=2e-7)
+
+
+def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here\nsecond line")
+    monkeypatch.setattr(torch, "compile", broken)
+    model, criterion, optimizer = build()
+    step = make_compiled_step(model, criterion, optimizer, no_scaler(), CPU, CFG, BATCH, CLASSES)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert step.kind == "eager"
+    assert len(lines) == 1 and lines[0].startswith("warning: compiling the training step failed")
+    assert "no compiler here" in lines[0] and "second line" not in lines[0]
+    assert not torch.is_tensor(optimizer.param_groups[0]["lr"])  # back to what the eager step uses
+    (x, y), = batches(1)
+    before = flat(model).clone()
+    assert torch.isfinite(step(x, y)) and not torch.equal(before, flat(model))
+
+
+def test_a_disagreement_with_eager_falls_back_to_the_given_step(monkeypatch, capsys):
+    monkeypatch.setattr(steps, "check_against_eager", lambda *a, **k: "loss 9.0 vs eager 1.0")
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # no inductor: the check is what fails
+    model, criterion, optimizer = build()
+    sentinel = lambda images, labels: None  # noqa: E731
+    step = make_compiled_step(model, criterion, optimizer, no_scaler(), CPU, CFG, BATCH, CLASSES,
+                              fallback=lambda: sentinel)
+    assert step is sentinel
+    assert "disagrees with eager: loss 9.0 vs eager 1.0" in capsys.readouterr().out
+
+
+def test_fp16_scaler_is_not_compiled(capsys):
+    model, criterion, optimizer = build()
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    step = make_compiled_step(model, criterion, optimizer, scaler, CPU, CFG, BATCH, CLASSES)
+    assert step.kind == "eager" and "GradScaler" in capsys.readouterr().out
+
+
+def test_check_against_eager_passes_eager_and_catches_wrong_steps():
+    model, criterion, optimizer = build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eager = make_eager_step(model, criterion, optimizer, no_scaler(), CPU, CFG)
+    assert check_against_eager(eager, model, criterion, optimizer, CPU, CFG, BATCH, CLASSES) is None
+
+    def no_update(images, labels):
+        with torch.no_grad():
+            return criterion(model(images.contiguous(memory_format=torch.channels_last)), labels)
+    assert check_against_eager(no_update, model, criterion, optimizer, CPU, CFG, BATCH, CLASSES) == "no weight update"
+
+    unweighted = make_eager_step(model, nn.CrossEntropyLoss(), optimizer, no_scaler(), CPU, CFG)
+    assert check_against_eager(unweighted, model, criterion, optimizer, CPU, CFG, BATCH, CLASSES).startswith("loss")
+
+    def double_lr(images, labels):  # the right loss, twice the update
+        set_lr(optimizer, 2e-3)
+        try:
+            return eager(images, labels)
+        finally:
+            set_lr(optimizer, 1e-3)
+    assert "weight update differs" in check_against_eager(double_lr, model, criterion, optimizer, CPU, CFG,
+                                                          BATCH, CLASSES)
+    def tripled_gradient(images, labels):  # the right loss and (Adam being scale-free) update
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(images.contiguous(memory_format=torch.channels_last)), labels)
+        (3 * loss).backward()
+        optimizer.step()
+        return loss.detach()
+    assert check_against_eager(tripled_gradient, model, criterion, optimizer, CPU, CFG, BATCH,
+                               CLASSES).startswith("gradient differs from eager by 2.0")
+    # every check restores the weights, the BN statistics and the optimiser state
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(float(st["step"]) == 0 for st in optimizer.state.values())
+
+
+def test_configure_optimizer_switches_lr_kind_and_keeps_the_state():
+    model, criterion, optimizer = build()
+    (x, y), = batches(1)
+    make_eager_step(model, criterion, optimizer, no_scaler(), CPU, CFG)(x, y)
+    configure_optimizer(optimizer, CPU, tensor_lr=True)
+    lr = optimizer.param_groups[0]["lr"]
+    assert torch.is_tensor(lr) and lr.dtype == torch.float32 and float(lr) == pytest.approx(1e-3)
+    set_lr(optimizer, 5e-4)
+    # a checkpoint written by a compiled run, restored into an eager run
+    fresh_model, _, fresh = build()
+    fresh.load_state_dict(optimizer.state_dict())
+    configure_optimizer(fresh, CPU, tensor_lr=False)
+    assert fresh.param_groups[0]["lr"] == pytest.approx(5e-4) and not fresh.param_groups[0]["capturable"]
+    assert all(st["step"].device.type == "cpu" and float(st["step"]) == 1 for st in fresh.state.values())
+    make_eager_step(fresh_model, criterion, fresh, no_scaler(), CPU, CFG)(x, y)
+
+
+def test_only_cuda_single_process_runs_compile_the_whole_step():
+    on = TrainConfig(compile=True, amp="bf16")
+    assert whole_step_compile(on, "cuda", 1)
+    assert not whole_step_compile(on, "cpu", 1)  # the CPU keeps its measured compiled model
+    assert not whole_step_compile(on, "cuda", 2)
+    assert not whole_step_compile(TrainConfig(compile=True, amp="fp16"), "cuda", 1)
+    assert not whole_step_compile(TrainConfig(compile=True, amp="bf16", dropout=0.1), "cuda", 1)
+    assert not whole_step_compile(TrainConfig(compile=False, amp="bf16"), "cuda", 1)
+
+
+# ---- cgnet bench: the compiled CUDA graph path ---------------------------------------------
+
+def test_bench_path_selection():
+    have = ["torch", "onnxruntime"]
+    cpu_paths, cpu_notes = select_paths(None, torch.device("cpu"), have)
+    assert "torch-compiled-cudagraph-bf16" not in cpu_paths and "onnxruntime-fp32" in cpu_paths
+    assert len(cpu_notes) == 1 and "needs --device cuda" in cpu_notes[0]
+    cuda_paths, cuda_notes = select_paths(None, torch.device("cuda"), have)
+    assert {"torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16"} <= set(cuda_paths)
+    assert all(p.startswith("torch") for p in cuda_paths) and cuda_notes == []
+    asked, notes = select_paths(["torch-eager-fp32", "torch-compiled-cudagraph-fp16"], torch.device("cpu"), have)
+    assert asked == ["torch-eager-fp32"] and len(notes) == 1
+
+
+def test_bench_on_cpu_skips_the_cuda_graph_path_with_a_note(capsys):
+    assert main(["bench", "--paths", "torch-eager-fp32", "torch-compiled-cudagraph-bf16", "--sizes", "32x48",
+                 "--runs", "1", "--warmup", "0", "--agreement-frames", "1"]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "torch-compiled-cudagraph-bf16" in notes[0]
+    assert "torch-eager-fp32" in out
+
+
+def test_argmax_agreement_counts_pixels():
+    inputs = [np.zeros((1, 3, 2, 4), np.float32)]
+    reference = lambda x: np.stack([np.ones((1, 2, 4)), np.zeros((1, 2, 4))], 1)  # noqa: E731  class 0 everywhere
+    half = lambda x: np.stack([np.tile([1.0, 0.0], (1, 2, 2)), np.tile([0.0, 1.0], (1, 2, 2))], 1)  # noqa: E731
+    assert argmax_agreement(reference, reference, inputs) == 1.0
+    assert argmax_agreement(half, reference, inputs) == 0.5
