@@ -241,6 +241,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 or off on the CPU")
     if cfg.sync_bn and not on_cuda:
         raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
+    if cfg.compile and cfg.amp == "bf16" and not on_cuda:
+        # seen with torch 2.13: inductor's CPU bf16 kernels give CGNet zero gradients everywhere
+        raise ConfigError("--compile with --amp bf16 on the CPU trains nothing (inductor's CPU bf16 kernels give "
+                          "CGNet zero gradients); use --amp off with --compile, or --no-compile with bf16")
     # the schedule
     _at_least("--epochs", cfg.epochs, 1)
     if cfg.max_iters is not None and cfg.max_iters < 1:

@@ -39,7 +39,8 @@ from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
 from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
                           is_main_process)
 from .evaluate import evaluate, make_eval_loader
-from .steps import compile_or_eager, make_eager_step, make_graphed_step, set_lr
+from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
+                    set_lr, whole_step_compile)
 
 
 class NonFiniteLoss(CGNetError, RuntimeError):
@@ -252,7 +253,8 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
     use_graph = (cfg.cuda_graph is not False and device.type == "cuda" and get_world_size() == 1
                  and not cfg.compile and cfg.amp != "fp16" and cfg.dropout == 0)
     if cfg.cuda_graph is True and not use_graph and is_main_process():
-        print("note: --cuda-graph needs CUDA, one process, no --compile, no fp16 and no dropout; training eagerly")
+        print("note: --cuda-graph needs CUDA, one process, no fp16 and no dropout; training eagerly "
+              "(with --compile on CUDA the compiled step is captured instead)")
     if use_graph:  # a tensor learning rate lets the captured step see each new value
         optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(cfg.lr, device=device),
                                      betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
@@ -314,7 +316,6 @@ def wrap_for_training(parts: TrainParts, cfg: TrainConfig, data: TrainData, devi
     against eager (if that fails: the eager step's CUDA graph, then eager). --compile elsewhere
     (the CPU, `camvid-cpu`): a torch.compile'd model in the eager step. Without --compile: the
     eager step as a CUDA graph where possible, else eager."""
-    from .steps import configure_optimizer, make_compiled_step, whole_step_compile
     if get_world_size() > 1:
         if cfg.sync_bn:
             parts.bare = parts.model = nn.SyncBatchNorm.convert_sync_batchnorm(parts.model)
