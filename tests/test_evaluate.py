@@ -183,12 +183,12 @@ def test_flip_views_by_hand():
 
 def test_scales_by_hand_and_scale_one_is_plain_eval(camvid, tmp_path):
     from cgnet.engine.evaluate import predict_logits
-    import torch.nn.functional as F
+    from torch.nn import functional
     model = CGNet(4, m=2, n=2).eval()
     x = torch.randn(1, 3, 24, 32)
     with torch.no_grad():
         torch.testing.assert_close(predict_logits(model, x, scales=[1.0]), model(x), rtol=0, atol=0)
-        half = F.interpolate(model(F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)),
+        half = functional.interpolate(model(functional.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)),
                              size=(24, 32), mode="bilinear", align_corners=False)
         expected = half.softmax(1) + model(x).softmax(1)
     torch.testing.assert_close(predict_logits(model, x, scales=[0.5, 1.0]), expected)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from cgnet import CGNet, load_model, make_meta, save_checkpoint
-from cgnet.deploy import export as E
+from cgnet.deploy import export as exporter
 from cgnet.cli import main
 from cgnet.data.catalog import CAMVID
 from cgnet.preprocess import make_spec
@@ -38,7 +38,7 @@ def ckpt(tmp_path_factory):
 
 def test_simplified_model_equals_the_original_negative_slopes_included():
     model = randomized(CGNet(5, m=2, n=3))
-    simple = E.simplify_for_inference(model)
+    simple = exporter.simplify_for_inference(model)
     assert not any(isinstance(m, nn.PReLU) for m in simple.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in simple.modules()) == 3  # only after the 3 stage concats
     x = torch.randn(2, 3, 45, 67)
@@ -48,14 +48,14 @@ def test_simplified_model_equals_the_original_negative_slopes_included():
 
 def test_prelu_as_max_only_when_every_slope_is_at_most_one():
     model = randomized(CGNet(3, m=2, n=2), low_slope=0.0, high_slope=1.5)
-    simple = E.simplify_for_inference(model)  # a slope above 1: keep PReLU
+    simple = exporter.simplify_for_inference(model)  # a slope above 1: keep PReLU
     assert any(isinstance(m, nn.PReLU) for m in simple.modules())
     with pytest.raises(ValueError, match="exceeds 1"):
-        E.simplify_for_inference(model, prelu_as_max=True)
+        exporter.simplify_for_inference(model, prelu_as_max=True)
     x = torch.linspace(-3, 3, 13)
     for a in (-0.5, 0.0, 0.3, 1.0):
         prelu = nn.PReLU(1, init=a)
-        assert torch.equal(E.MaxPReLU(prelu)(x.view(1, 1, 1, -1)), prelu(x.view(1, 1, 1, -1)))
+        assert torch.equal(exporter.MaxPReLU(prelu)(x.view(1, 1, 1, -1)), prelu(x.view(1, 1, 1, -1)))
 
 
 @pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("torchscript", "ts")])
@@ -81,7 +81,7 @@ def test_export_round_trip_with_metadata_and_dynamic_size(ckpt, camvid, tmp_path
 
 def test_export_that_disagrees_is_refused_and_removed(ckpt, camvid, tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setitem(E.AGREEMENT, "fp32", 1.01)  # unreachable
+    monkeypatch.setitem(exporter.AGREEMENT, "fp32", 1.01)  # unreachable
     out = tmp_path / "bad.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out),
                  "--data-root", str(camvid)]) == 2
@@ -90,20 +90,20 @@ def test_export_that_disagrees_is_refused_and_removed(ckpt, camvid, tmp_path, mo
 
 def test_int8_and_bf16_exports_verify(ckpt, camvid, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    real = E.calibration_inputs
-    monkeypatch.setattr(E, "calibration_inputs", lambda m, root, count=200, crop=360: real(m, root, 16, 32))
+    real = exporter.calibration_inputs
+    monkeypatch.setattr(exporter, "calibration_inputs", lambda m, root, count=200, crop=360: real(m, root, 16, 32))
     # random weights quantise badly: the default 97% agreement refuses them, a lax bar keeps them
     with pytest.raises(ValueError, match=r"int8 export disagrees .*argmax agreement"):
-        E.export(load_model(ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
+        exporter.export(load_model(ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q.fp32.onnx").exists()
-    monkeypatch.setitem(E.AGREEMENT, "int8", 0.3)
-    out = E.export(load_model(ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
+    monkeypatch.setitem(exporter.AGREEMENT, "int8", 0.3)
+    out = exporter.export(load_model(ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
     pred = make_predictor(out)
     assert pred.meta["export_precision"] == "int8"
     onnx = pytest.importorskip("onnx")
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
     with pytest.raises(ValueError, match="use --format openvino"):
-        E.export(load_model(ckpt), tmp_path / "b.onnx", "onnx", "bf16", data_root=str(camvid))
+        exporter.export(load_model(ckpt), tmp_path / "b.onnx", "onnx", "bf16", data_root=str(camvid))
 
 
 def test_eval_through_onnxruntime_matches_torch(ckpt, camvid, tmp_path, monkeypatch):

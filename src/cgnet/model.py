@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.nn import functional
 
 from .common import InputError
 
@@ -63,7 +63,7 @@ class GlobalContext(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = x.mean((2, 3))
-        w = torch.sigmoid(self.fc2(F.relu(self.fc1(w))))
+        w = torch.sigmoid(self.fc2(functional.relu(self.fc1(w))))
         return x * w[:, :, None, None]
 
 
@@ -105,7 +105,7 @@ class CGDownBlock(nn.Module):
 
 def inject(x: torch.Tensor) -> torch.Tensor:
     """Input injection: the image average-pooled to half its resolution."""
-    return F.avg_pool2d(x, 3, stride=2, padding=1)
+    return functional.avg_pool2d(x, 3, stride=2, padding=1)
 
 
 class CGNet(nn.Module):
@@ -173,7 +173,7 @@ class CGNet(nn.Module):
         x = self.bn_act3(torch.cat([d3, self.stage3(d3)], 1))            # B x 256 x H/8 x W/8
 
         x = self.classifier(self.drop(x))                                # B x classes x H/8 x W/8
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # B x classes x H x W
+        return functional.interpolate(x, size=size, mode="bilinear", align_corners=False)  # B x classes x H x W
 
     @property
     def config(self) -> dict:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 
 def read_key_list(path: Path) -> dict[str, tuple[int, ...]]:
@@ -56,29 +56,29 @@ def random_original_state(shapes: dict, gen: torch.Generator) -> dict:
 def forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
     """Eval-mode forward of the original network given its (unprefixed) state dict."""
     def bp(p, x):
-        x = F.batch_norm(x, sd[p + "bn.running_mean"], sd[p + "bn.running_var"],
+        x = functional.batch_norm(x, sd[p + "bn.running_mean"], sd[p + "bn.running_var"],
                          sd[p + "bn.weight"], sd[p + "bn.bias"], False, 0.0, 1e-3)
-        return F.prelu(x, sd[p + "act.weight"])
+        return functional.prelu(x, sd[p + "act.weight"])
 
     def cbp(p, x, stride):
         w = sd[p + "conv.weight"]
-        return bp(p, F.conv2d(x, w, None, stride, (w.shape[-1] - 1) // 2))
+        return bp(p, functional.conv2d(x, w, None, stride, (w.shape[-1] - 1) // 2))
 
     def dw(w, x, d):
-        return F.conv2d(x, w, None, 1, d, d, x.shape[1])
+        return functional.conv2d(x, w, None, 1, d, d, x.shape[1])
 
     def glo(p, x):
-        y = F.relu(F.linear(x.mean((2, 3)), sd[p + "F_glo.fc.0.weight"], sd[p + "F_glo.fc.0.bias"]))
-        y = torch.sigmoid(F.linear(y, sd[p + "F_glo.fc.2.weight"], sd[p + "F_glo.fc.2.bias"]))
+        y = functional.relu(functional.linear(x.mean((2, 3)), sd[p + "F_glo.fc.0.weight"], sd[p + "F_glo.fc.0.bias"]))
+        y = torch.sigmoid(functional.linear(y, sd[p + "F_glo.fc.2.weight"], sd[p + "F_glo.fc.2.bias"]))
         return x * y[:, :, None, None]
 
     def down(p, x, d):
         y = cbp(p + "conv1x1.", x, 2)
         j = torch.cat([dw(sd[p + "F_loc.conv.weight"], y, 1), dw(sd[p + "F_sur.conv.weight"], y, d)], 1)
-        j = F.prelu(F.batch_norm(j, sd[p + "bn.running_mean"], sd[p + "bn.running_var"],
+        j = functional.prelu(functional.batch_norm(j, sd[p + "bn.running_mean"], sd[p + "bn.running_var"],
                                  sd[p + "bn.weight"], sd[p + "bn.bias"], False, 0.0, 1e-3),
                     sd[p + "act.weight"])
-        return glo(p, F.conv2d(j, sd[p + "reduce.conv.weight"]))
+        return glo(p, functional.conv2d(j, sd[p + "reduce.conv.weight"]))
 
     def block(p, x, d):
         y = cbp(p + "conv1x1.", x, 1)
@@ -89,7 +89,7 @@ def forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
         return len({k.split(".")[1] for k in sd if k.startswith(prefix)})
 
     size = x.shape[-2:]
-    pool = lambda t: F.avg_pool2d(t, 3, 2, 1)
+    pool = lambda t: functional.avg_pool2d(t, 3, 2, 1)
     i1, i2 = pool(x), pool(pool(x))
     y = cbp("level1_2.", cbp("level1_1.", cbp("level1_0.", x, 2), 1), 1)
     y = bp("b1.", torch.cat([y, i1], 1))
@@ -104,4 +104,4 @@ def forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
         y = block(f"level3.{k}.", y, 4)
     y = bp("bn_prelu_3.", torch.cat([d3, y], 1))
     w = sd["classifier.1.conv.weight"] if "classifier.1.conv.weight" in sd else sd["classifier.0.conv.weight"]
-    return F.interpolate(F.conv2d(y, w), size, mode="bilinear", align_corners=False)
+    return functional.interpolate(functional.conv2d(y, w), size, mode="bilinear", align_corners=False)

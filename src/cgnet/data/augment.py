@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from ..preprocess import normalize_
 
@@ -33,14 +33,14 @@ def augment(image: torch.Tensor, label: torch.Tensor, params: dict, crop: tuple[
     img = image[None].float()
     lab = label[None, None].float()
     if params["size"] != tuple(image.shape[-2:]):
-        img = F.interpolate(img, size=params["size"], mode="bilinear", align_corners=False)
-        lab = F.interpolate(lab, size=params["size"], mode="nearest")
+        img = functional.interpolate(img, size=params["size"], mode="bilinear", align_corners=False)
+        lab = functional.interpolate(lab, size=params["size"], mode="nearest")
     img = normalize_(img[0], spec)
     lab = lab[0, 0]
     h, w = params["size"]
     if h < crop[0] or w < crop[1]:
-        img = F.pad(img, (0, max(0, crop[1] - w), 0, max(0, crop[0] - h)), value=0.0)
-        lab = F.pad(lab, (0, max(0, crop[1] - w), 0, max(0, crop[0] - h)), value=float(ignore_index))
+        img = functional.pad(img, (0, max(0, crop[1] - w), 0, max(0, crop[0] - h)), value=0.0)
+        lab = functional.pad(lab, (0, max(0, crop[1] - w), 0, max(0, crop[0] - h)), value=float(ignore_index))
     t, l = params["top"], params["left"]
     img = img[:, t:t + crop[0], l:l + crop[1]]
     lab = lab[t:t + crop[0], l:l + crop[1]]

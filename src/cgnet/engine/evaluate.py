@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 from torch.utils.data import DataLoader
 
 from tqdm import tqdm
@@ -45,7 +45,7 @@ def predict_logits(model, image: torch.Tensor, *, scales=(1.0,), flip: bool = Fa
     for scale, flipped in views:
         x = image
         if scale != 1.0:
-            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+            x = functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         if flipped:
             x = x.flip(-1)
         if channels_last:
@@ -55,7 +55,7 @@ def predict_logits(model, image: torch.Tensor, *, scales=(1.0,), flip: bool = Fa
         if flipped:
             out = out.flip(-1)
         if out.shape[-2:] != size:
-            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+            out = functional.interpolate(out, size=size, mode="bilinear", align_corners=False)
         if len(views) > 1:
             out = out.softmax(1)
         total = out if total is None else total + out

@@ -37,43 +37,62 @@ def make_eager_step(model, criterion, optimizer, scaler, device, cfg: TrainConfi
     return step
 
 
+def step_body(model, criterion, optimizer, device, cfg: TrainConfig):
+    """forward (autocast without its weight cache, which a capture cannot hold), loss in fp32,
+    backward, optimiser step: the function that CUDA graphs capture and inductor compiles.
+    The caller clears the gradients between calls."""
+    def body(images, labels):
+        with autocast(device, cfg.amp, cache=False):
+            logits = model(images)
+        loss = criterion(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    return body
+
+
+def capture_graph(run, device, cfg: TrainConfig, per_rank: int, num_classes: int):
+    """Static input buffers filled with a seeded random batch, three warm-up calls of
+    `run(x, y)` on a side stream (they compile whatever needs compiling), then one call captured
+    as a CUDA graph. Returns (graph, the captured call's output, x, y); replaying the graph after
+    copying a batch into x and y runs the step again. The warm-up steps change model and
+    optimiser state: callers restore it. `run.zero_grad()` clears the gradients between calls."""
+    x = torch.zeros(per_rank, 3, *cfg.crop, device=device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(per_rank, *cfg.crop, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x.normal_(generator=gen)
+    y.random_(0, num_classes, generator=gen)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            run.zero_grad()
+            run(x, y)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    run.zero_grad()
+    with torch.cuda.graph(graph):
+        output = run(x, y)
+    return graph, output, x, y
+
+
 def make_graphed_step(model, criterion, optimizer, device, cfg: TrainConfig, per_rank: int, num_classes: int):
     """The whole training step captured once as a CUDA graph and replayed each iteration (it is
     hundreds of small kernels, so launching them costs more than running them). The capture is
     checked against an eager step on the same data; on any failure this returns None and training
     runs eagerly. Model and optimiser state are restored after the warm-up steps the capture needs."""
-    x = torch.zeros(per_rank, 3, *cfg.crop, device=device)
-    if cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.zeros(per_rank, *cfg.crop, dtype=torch.long, device=device)
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
     saved_opt = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
                  for p, st in optimizer.state.items()}
 
-    def body():
-        with autocast(device, cfg.amp, cache=False):
-            logits = model(x)
-        loss = criterion(logits.float(), y)
-        loss.backward()
-        optimizer.step()
-        return loss
+    body = step_body(model, criterion, optimizer, device, cfg)
+    body.zero_grad = lambda: optimizer.zero_grad(set_to_none=True)
 
-    graph, loss = None, None
+    graph = None
     try:
-        gen = torch.Generator(device=device).manual_seed(0)
-        x.normal_(generator=gen)
-        y.random_(0, num_classes, generator=gen)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                optimizer.zero_grad(set_to_none=True)
-                body()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            loss = body()
+        graph, loss, x, y = capture_graph(body, device, cfg, per_rank, num_classes)
         with torch.no_grad(), autocast(device, cfg.amp):
             expected = criterion(model(x).float(), y)
         probe = model.classifier.weight.detach().clone()
@@ -281,13 +300,7 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
         return fall_back("fp16 needs GradScaler, which syncs with the host every step")
     configure_optimizer(optimizer, device, tensor_lr=True)
 
-    def body(images, labels):
-        with autocast(device, cfg.amp, cache=False):
-            logits = model(images)
-        loss = criterion(logits.float(), labels)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    body = step_body(model, criterion, optimizer, device, cfg)
 
     snapshot = _Snapshot(model, optimizer)
     try:
@@ -320,24 +333,10 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
 def _capture(compiled, model, optimizer, device, cfg: TrainConfig, per_rank: int, num_classes: int):
     """Warm the compiled step up on a side stream (compiling it), then capture one call of it as
     a CUDA graph with static input buffers; returns the replaying step (state to be restored)."""
-    x = torch.zeros(per_rank, 3, *cfg.crop, device=device)
-    if cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.zeros(per_rank, *cfg.crop, dtype=torch.long, device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    x.normal_(generator=gen)
-    y.random_(0, num_classes, generator=gen)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            optimizer.zero_grad(set_to_none=True)
-            compiled(x, y)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        loss = compiled(x, y)
+    def run(x, y):
+        return compiled(x, y)
+    run.zero_grad = lambda: optimizer.zero_grad(set_to_none=True)
+    graph, loss, x, y = capture_graph(run, device, cfg, per_rank, num_classes)
 
     def step(images, labels):
         x.copy_(images, non_blocking=True)
