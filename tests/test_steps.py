@@ -207,9 +207,10 @@ def test_bench_path_selection():
     assert asked == ["torch-eager-fp32"] and len(notes) == 1
 
 
-def test_bench_on_cpu_skips_the_cuda_graph_path_with_a_note(capsys):
+def test_bench_on_cpu_skips_the_cuda_graph_path_with_a_note(camvid, capsys):
+    # --data-root: agreement frames come from the generated dataset, found or not the real one
     assert main(["bench", "--paths", "torch-eager-fp32", "torch-compiled-cudagraph-bf16", "--sizes", "32x48",
-                 "--runs", "1", "--warmup", "0", "--agreement-frames", "1"]) == 0
+                 "--runs", "1", "--warmup", "0", "--agreement-frames", "1", "--data-root", str(camvid)]) == 0
     out = capsys.readouterr().out
     notes = [line for line in out.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "torch-compiled-cudagraph-bf16" in notes[0]
