@@ -36,13 +36,21 @@ class DatasetInfo:
         return len(self.classes)
 
     def split_path(self, root: str | Path, split: str) -> Path:
-        """A split name (train, val, ...) as its list file under root, or a list file path as is."""
-        return Path(root) / self.list_file(split) if split in self.lists else Path(split)
+        """A split name (train, val, ...) as its list file under root, or a list file path
+        (see `resolve_list_file`)."""
+        return Path(root) / self.list_file(split) if split in self.lists else resolve_list_file(root, split)
 
     def list_file(self, split: str) -> str:
         if split not in self.lists:
             raise InputError(f"{self.name} has no {split!r} split; it has {sorted(self.lists)}")
         return self.lists[split]
+
+
+def resolve_list_file(root: str | Path, list_file: str | os.PathLike) -> Path:
+    """A list file as given when it exists (absolute, or relative to the current folder), else
+    relative to the data root."""
+    path = Path(list_file)
+    return path if path.is_absolute() or path.exists() else Path(root) / path
 
 
 CAMVID = DatasetInfo(

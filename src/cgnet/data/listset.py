@@ -10,6 +10,7 @@ loader workers and on a GPU over an in-memory dataset, `MemoryTrainSet`).
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from ..preprocess import normalize_
 from .augment import augment, draw_params, sample_rng
-from .catalog import DatasetInfo
+from .catalog import DatasetInfo, resolve_list_file
 from ..common import InputError, MissingFileError
 
 cv2.setNumThreads(1)  # loader workers parallelise across images; OpenCV threads would oversubscribe
@@ -112,10 +113,7 @@ class SegDataset(Dataset):
                  spec: dict, *, train: bool = False, crop: tuple[int, int] = (360, 360), seed: int = 0,
                  labels: bool = True):
         self.root, self.info, self.spec = Path(root), info, spec
-        list_path = Path(list_file)
-        if not list_path.is_absolute() and not list_path.exists():
-            list_path = self.root / list_path
-        self.list_file = list_path
+        self.list_file = list_path = resolve_list_file(self.root, list_file)
         self.samples = read_list(list_path, self.root, labels=labels or train)
         self.train, self.crop, self.seed, self.epoch = train, tuple(crop), seed, 0
 
@@ -174,5 +172,4 @@ def seed_worker(worker_id: int) -> None:
     """Loader workers: per-worker torch/numpy seeds from the loader's base seed."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
-    import random
     random.seed(seed)

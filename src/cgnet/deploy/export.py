@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -194,7 +195,6 @@ def _data_root(meta: dict, data_root: str | os.PathLike | None) -> Path | None:
 def synthetic_frames(count: int = 8, size: tuple[int, int] = (256, 320), seed: int = 0) -> list[np.ndarray]:
     """Deterministic street-sized RGB frames with smooth regions and texture, for verifying an
     export when no real frame of the checkpoint's dataset is at hand."""
-    import cv2
     rng = np.random.default_rng(seed)
     frames = []
     for _ in range(count):

@@ -4,6 +4,8 @@ nothing else of it (`cgnet.deploy.predictor.make_predictor` picks and loads a ru
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -24,7 +26,6 @@ class MissingBackend(CGNetError, RuntimeError):
 
 def require(module: str):
     """Import an optional backend, or fail with the one line that says how to get it."""
-    import importlib
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -33,7 +34,6 @@ def require(module: str):
 
 
 def available_backends() -> list[str]:
-    import importlib.util
     return ["torch"] + [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b) is not None]
 
 

@@ -226,8 +226,6 @@ def list_file_of(root: Path, info, option: str, split: str) -> Path:
         path = info.split_path(root, split)
     except ValueError as e:
         raise ConfigError(f"{option} {split}: {e}") from None
-    if not path.is_absolute() and not path.exists():
-        path = root / path
     if not path.is_file():
         raise ConfigError(f"{option} {split}: list file {path} does not exist")
     return path
