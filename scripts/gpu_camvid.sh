@@ -13,6 +13,8 @@
 #   DATA=gpu/CamVid-trainval-jpeg OUT=/tmp/out bash scripts/gpu_camvid.sh            # PART=1
 #   PART=2 DATA=gpu/CamVid-trainval-jpeg OUT=/tmp/out bash scripts/gpu_camvid.sh
 #   DRY_RUN=1 OUT=/tmp/out bash scripts/gpu_camvid.sh   # both parts on the CPU, tiny, end to end
+# FIT=1 instead fits the schedule into PART=1 alone (--time-budget = the command's time left),
+# for a device session too short for two commands; SKIP_BENCH=1 skips the benchmark.
 set -u
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PY:-$(if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi)}
@@ -77,7 +79,18 @@ train() {  # stops at the command's limit (less time to copy the results); last.
     --compile --val-every 50 --no-progress $TRAIN_ARGS ${EXTRA:-} "$@" 2>&1 | tee -a "$OUT/train_log.txt"
   return "${PIPESTATUS[0]}"
 }
-if [ "$PART" = 1 ] && [ ! -f "$RUN/last.pt" ]; then train; else train --resume; fi
+if [ "$PART" = 1 ] && [ ! -f "$RUN/last.pt" ]; then
+  if [ -n "${FIT:-}" ]; then
+    # FIT=1: one command holds the whole schedule: --time-budget is this command's time left
+    # (setup and compilation count against it), so the poly schedule ends inside it
+    budget=$((COMMAND_LIMIT - (SECONDS - START) - ${COPY_MARGIN:-40} - 10))
+    train --time-budget "$(awk -v s="$budget" 'BEGIN { printf "%.2f", s / 60 }')"
+  else
+    train
+  fi
+else
+  train --resume
+fi
 rc=$?
 if [ "$rc" = 124 ]; then
   echo "stopped at the command's time limit; continue with PART=2 (--resume)" | tee -a "$OUT/train_log.txt"

@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     max_iters: int | None = None                # stop early; the schedule still spans `epochs`
-    time_budget: float | None = None            # minutes: `epochs` is cut to fit after 2 epochs
+    time_budget: float | None = None            # minutes, setup included: `epochs` is cut to fit after 2 epochs
     # the model and the loss
     m: int = 3
     n: int = 21
@@ -108,8 +108,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-iters", type=int, help="stop after this many iterations (schedule still spans --epochs)")
     p.add_argument("--time-budget", type=float, metavar="MIN",
-                   help="fit the schedule to this many minutes of training: after 2 epochs, --epochs is "
-                        "cut to what fits (the poly schedule then spans the shorter run)")
+                   help="fit the whole run (data loading and compilation included) into this many minutes: "
+                        "after 2 epochs, --epochs is cut to what fits (the poly schedule then spans the "
+                        "shorter run)")
     p.add_argument("--batch-size", type=int, help="global batch, split across processes")
     p.add_argument("--crop", type=int, nargs="+", metavar="PX", help="crop size: S or H W")
     p.add_argument("--lr", type=float)

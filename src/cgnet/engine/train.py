@@ -356,12 +356,16 @@ def wrap_for_training(parts: TrainParts, cfg: TrainConfig, data: TrainData, devi
 
 
 def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state: TrainState,
-               device: torch.device, out: Path) -> TrainConfig:
+               device: torch.device, out: Path, setup_start: float | None = None) -> TrainConfig:
     """The epoch loop: train, validate every cfg.val_every epochs and after the last, write
-    last.pt every epoch and best.pt on a new best, append to log.jsonl."""
+    last.pt every epoch and best.pt on a new best, append to log.jsonl.
+
+    Each record's `elapsed_s` is the run's wall-clock time: this process's since `setup_start`
+    (data loading and compilation included), plus what earlier processes of a resumed run spent
+    (the latest record's elapsed_s). So --time-budget is the whole run's time, setup included."""
     writer = tensorboard_writer(out) if is_main_process() else None
-    # wall-clock time continues across resumes, for time-to-accuracy curves and the time budget
-    start = time.time() - (state.history[-1]["elapsed_s"] if state.history else 0.0)
+    start = (time.time() if setup_start is None else setup_start) - \
+        (state.history[-1]["elapsed_s"] if state.history else 0.0)
     while state.epoch < cfg.epochs and state.iteration < state.stop_at:
         t0 = time.time()
         try:
@@ -534,6 +538,7 @@ def main(args: argparse.Namespace) -> int:
 def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, resumed: dict | None,
         resume_path: Path | None, changes: list[str]) -> None:
     """The run in a claimed folder: data, model, restore, the epochs, the closing line."""
+    setup_start = time.time()  # elapsed_s counts setup (data, compile) too: see run_epochs
     torch.manual_seed(cfg.seed)
     data = build_data(cfg, device, out)
     torch.manual_seed(cfg.seed)  # the model's initial weights do not depend on cached statistics
@@ -554,7 +559,7 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
             print(f"resuming from epoch {state.epoch} of {cfg.epochs} ({resume_path})")
             if changes:
                 print("--resume: changed " + ", ".join(changes) + " (they do not change what the run learns)")
-    cfg = run_epochs(step, cfg, data, parts, state, device, out)
+    cfg = run_epochs(step, cfg, data, parts, state, device, out, setup_start)
 
     if is_main_process():
         if state.history:
