@@ -2,10 +2,13 @@
 or holding a run, --resume with other settings, Ctrl-C, a time budget or --max-iters that cut a
 run short, leftovers of killed writes, and statistics that must not change a seeded run."""
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -70,6 +73,7 @@ def dead_pid() -> int:
     (["--poly-power", "-1"], "--poly-power -1: must be 0 or more (a negative power makes the learning rate rise)"),
     (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--val-every", "0"], "--val-every 0: must be at least 1"),
+    (["--save-every", "0"], "--save-every 0: must be at least 1"),
     (["--crop", "0"], "--crop 0: each side must be at least 8 pixels (the network works at 1/8 resolution)"),
     (["--crop", "32", "4"], "--crop 32 4: each side must be at least 8 pixels (the network works at 1/8 resolution)"),
     (["--workers", "-1"], "--workers -1: must be at least 0"),
@@ -277,6 +281,111 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_no_run(camvid, tmp_path, caps
     assert capsys.readouterr().err == ("cgnet train: interrupted; no checkpoint yet: run the same command again to "
                                        "start over\n")
     assert not any((out / name).exists() for name in ("last.pt", "log.jsonl", "config.json", "train.lock"))
+
+
+def signal_at_step(monkeypatch, at: int, *signums):
+    """Send `signums` to this process during training step number `at` (1-based)."""
+    real, calls = train_module.wrap_for_training, []
+
+    def wrap_for_training(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def signalling_step(images, labels):
+            loss = step(images, labels)
+            calls.append(1)
+            if len(calls) == at:
+                for signum in signums:
+                    signal.raise_signal(signum)
+            return loss
+        return signalling_step
+
+    monkeypatch.setattr(train_module, "wrap_for_training", wrap_for_training)
+
+
+def test_sigterm_saves_inside_the_epoch_and_resume_equals_uninterrupted(camvid, tmp_path, capsys, monkeypatch,
+                                                                         reference):
+    out = tmp_path / "run"
+    signal_at_step(monkeypatch, 3, signal.SIGTERM)  # epoch 1 is 2 steps: 1 step into epoch 2
+    assert run_cli(camvid, out, *RUN) == 143
+    assert capsys.readouterr().err == (
+        "cgnet train: SIGTERM: stopping after this iteration to save the run where it is (once more to stop at once)\n"
+        f"cgnet train: stopped by SIGTERM; {out}/last.pt holds epoch 1 and 1 batches of epoch 2; continue with: "
+        f"cgnet train --out {out} --resume\n")
+    saved = torch.load(out / "last.pt", weights_only=True)["train_state"]
+    assert (saved["epoch"], saved["iteration"], saved["partial_batches"]) == (1, 3, 1)
+    assert [r["epoch"] for r in read_log(out)] == [1]
+    assert not (out / "train.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+    monkeypatch.undo()
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert_equals_reference(out, reference)
+
+
+def test_a_second_ctrl_c_stops_at_once_from_the_last_checkpoint(camvid, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    signal_at_step(monkeypatch, 3, signal.SIGINT, signal.SIGINT)
+    assert run_cli(camvid, out, *RUN) == 130
+    assert capsys.readouterr().err == (
+        "cgnet train: SIGINT: stopping after this iteration to save the run where it is (once more to stop at once)\n"
+        f"cgnet train: interrupted; {out}/last.pt holds epoch 1; continue with: cgnet train --out {out} --resume\n")
+    assert torch.load(out / "last.pt", weights_only=True)["train_state"]["iteration"] == 2
+
+
+def test_ctrl_c_with_loader_workers_saves_where_the_run_is(camvid, tmp_path):
+    """A real Ctrl-C: SIGINT to the whole process group, loader workers included."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "cgnet", "train", "--data-root", str(camvid), "--out", str(out), *TINY,
+               "--workers", "1", "--epochs", "200", "--val-every", "1000"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    try:
+        for line in child.stdout:
+            if line.startswith("epoch 2:"):
+                break
+        os.killpg(child.pid, signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == 130, err
+    saved = torch.load(out / "last.pt", weights_only=True)["train_state"]
+    holds = f"epoch {saved['epoch']}" + (f" and {saved['partial_batches']} batches of epoch {saved['epoch'] + 1}"
+                                         if saved.get("partial_batches") else "")
+    assert err.endswith(f"cgnet train: interrupted; {out}/last.pt holds {holds}; continue with: "
+                        f"cgnet train --out {out} --resume\n"), err
+    assert saved["epoch"] >= 2 and "Traceback" not in err
+    assert len(read_log(out)) == saved["epoch"]
+
+
+def test_save_every_k_epochs_and_the_log_never_runs_ahead(camvid, tmp_path, capsys, monkeypatch, reference):
+    out = tmp_path / "run"
+    interrupt_on_call(monkeypatch, 2)  # a hard stop in epoch 2: epoch 1 was not saved
+    assert run_cli(camvid, out, *RUN, "--save-every", "2") == 130
+    assert capsys.readouterr().err.endswith("no checkpoint yet: run the same command again to start over\n")
+    assert not any((out / name).exists() for name in ("last.pt", "log.jsonl"))
+    monkeypatch.undo()
+    interrupt_on_call(monkeypatch, 3)  # in epoch 3: epoch 2 was saved
+    assert run_cli(camvid, out, *RUN, "--save-every", "2") == 130
+    assert torch.load(out / "last.pt", weights_only=True)["train_state"]["epoch"] == 2
+    assert [r["epoch"] for r in read_log(out)] == [1, 2]
+    monkeypatch.undo()
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # epoch 3 is the last: saved
+    assert_equals_reference(out, reference)
+
+
+def test_the_time_budget_counts_setup_and_the_time_between_epochs(camvid, tmp_path, monkeypatch):
+    real = train_module.build_data
+    monkeypatch.setattr(train_module, "build_data", lambda *a, **k: (time.sleep(1.0), real(*a, **k))[1])
+    out = tmp_path / "run"
+    assert run_cli(camvid, out, "--epochs", "1", "--val-split", "none") == 0
+    first = read_log(out)[0]
+    assert first["elapsed_s"] >= first["epoch_s"] + 1.0
+    # 60 s budget, 12 s gone after epoch 2, epochs of 1 s but 2 s apart: 48 / (1.15 * 2) -> 20 more
+    state = train_module.TrainState(history=[{"epoch_s": 1.0, "elapsed_s": 10.0}, {"epoch_s": 1.0, "elapsed_s": 12.0}],
+                                    epoch=2)
+    cfg = train_module.fit_schedule_to_budget(TrainConfig(epochs=100, time_budget=1.0), state, n_batches=5)
+    assert (cfg.epochs, state.max_iters, state.planned_epochs) == (22, 110, 22)
 
 
 # ---- 5, 9: a run cut short by the time budget or --max-iters -------------------------------

@@ -63,6 +63,7 @@ class TrainConfig:
     workers: int | None = None
     loader: str = "auto"                        # workers, memory (decode once, augment on the device)
     val_every: int = 10
+    save_every: int = 1                         # write last.pt every K epochs (and after the last)
     out: str = "runs/cgnet"
     progress: bool = True
     # filled in by training: the preprocessing the model was trained with
@@ -136,6 +137,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader", choices=["auto", "workers", "memory"],
                    help="memory: decode once, augment on the device (auto: memory on CUDA)")
     p.add_argument("--val-every", type=int, help="validate every K epochs (and after the last)")
+    p.add_argument("--save-every", type=int, metavar="K",
+                   help="write last.pt every K epochs and after the last (default 1; Ctrl-C and SIGTERM "
+                        "save where the run is in any case)")
     p.add_argument("--out", help="run folder (config, log, checkpoints, curve)")
     p.add_argument("--resume", nargs="?", const="auto",
                    help="continue from OUT/last.pt or a given checkpoint, with the run's own settings (options "
@@ -280,6 +284,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.workers is not None:
         _at_least("--workers", cfg.workers, 0)
     _at_least("--val-every", cfg.val_every, 1)
+    _at_least("--save-every", cfg.save_every, 1)
     try:
         device = torch.device(cfg.device)
     except RuntimeError:

@@ -8,7 +8,9 @@ global batch is split across processes and only the main process writes (`save_o
 
 The run folder is locked for the run's life (OUT/train.lock, main process only); every setting is
 checked before anything is written; `--resume` refuses changes to what the run learns
-(`compare_for_resume`); Ctrl-C stops with the resume command and exit status 130.
+(`compare_for_resume`). Ctrl-C or SIGTERM during the epochs finishes the iteration, writes last.pt
+there (mid-epoch if need be) and stops with the resume command and exit status 130 (143 for
+SIGTERM); a second Ctrl-C stops at once, from the last checkpoint.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import math
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -39,6 +42,7 @@ from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
 from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
                           is_main_process)
 from .evaluate import evaluate, make_eval_loader
+from .stopping import GracefulStop, StopRequested
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
                     set_lr, whole_step_compile)
 
@@ -89,12 +93,13 @@ def save_on_master(path: Path, model: nn.Module, meta: dict, **extra) -> None:
 
 # ---- one epoch -----------------------------------------------------------------------------
 
-def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: TrainConfig, state: TrainState) -> float:
+def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: TrainConfig, state: TrainState,
+                    stop: GracefulStop | None = None) -> float:
     """One pass over `batches`; poly learning rate set every iteration. Returns the mean loss.
 
-    An epoch that --max-iters cuts short leaves its batch count and loss sum in
-    `state.partial_*`; an epoch resumed from there continues them (`batches` then skips the
-    batches already done)."""
+    An epoch that --max-iters or a stop signal (`stop.requested`, checked after every
+    iteration) cuts short leaves its batch count and loss sum in `state.partial_*`; an epoch
+    resumed from there continues them (`batches` then skips the batches already done)."""
     total = torch.tensor(state.partial_loss, dtype=torch.float32, device=device)
     count = state.partial_batches
     bar = tqdm(batches, total=n_batches, initial=count, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
@@ -110,6 +115,8 @@ def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: Train
         count += 1
         if count % check_every == 0 or count == n_batches:
             bar.set_postfix(loss=f"{finite_mean(total, count, state):.4f}", lr=f"{lr:.2e}")
+        if stop is not None and stop.requested:
+            break
     mean = finite_mean(total, max(1, count), state)
     complete = count >= n_batches
     state.partial_batches, state.partial_loss = (0, 0.0) if complete else (count, float(total))
@@ -130,7 +137,9 @@ def fit_schedule_to_budget(cfg: TrainConfig, state: TrainState, n_batches: int) 
     checkpoints and later epochs running slower (on an H200 the first epochs took 1.2 s, the
     average over 300 epochs 1.39 s). Returns the config with the new epoch count."""
     last = state.history[-1]
-    per_epoch = 1.15 * last["epoch_s"]
+    # wall-clock from the previous record: the epoch plus its logging and checkpoint writing
+    gap = last["elapsed_s"] - state.history[-2]["elapsed_s"] if len(state.history) > 1 else 0.0
+    per_epoch = 1.15 * max(last["epoch_s"], gap)
     left = cfg.time_budget * 60 - last["elapsed_s"]
     fit = broadcast_value(state.epoch + max(0, int(left / per_epoch)))  # every rank runs the same schedule
     if fit < cfg.epochs:
@@ -358,7 +367,10 @@ def wrap_for_training(parts: TrainParts, cfg: TrainConfig, data: TrainData, devi
 def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state: TrainState,
                device: torch.device, out: Path, setup_start: float | None = None) -> TrainConfig:
     """The epoch loop: train, validate every cfg.val_every epochs and after the last, write
-    last.pt every epoch and best.pt on a new best, append to log.jsonl.
+    last.pt every cfg.save_every epochs and after the last (log.jsonl then gets the epochs since
+    the previous write, so the log never runs ahead of last.pt), best.pt on a new best. A stop
+    signal (`GracefulStop`) writes last.pt where the run is, mid-epoch if need be, and raises
+    StopRequested.
 
     Each record's `elapsed_s` is the run's wall-clock time: this process's since `setup_start`
     (data loading and compilation included), plus what earlier processes of a resumed run spent
@@ -366,53 +378,80 @@ def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state
     writer = tensorboard_writer(out) if is_main_process() else None
     start = (time.time() if setup_start is None else setup_start) - \
         (state.history[-1]["elapsed_s"] if state.history else 0.0)
-    while state.epoch < cfg.epochs and state.iteration < state.stop_at:
-        t0 = time.time()
-        try:
-            batches = data.batches(state.epoch, skip=state.partial_batches)
-            loss = train_one_epoch(step, parts.optimizer, batches, data.n_batches, device, cfg, state)
-        except NonFiniteLoss as e:
-            last = out / "last.pt"
-            where = f"the last good checkpoint is {last} (epoch {state.saved['epoch']})" \
-                if last.exists() and state.saved is not None else "no checkpoint was written yet"
-            hint = "; try --resume --amp off" if cfg.amp != "off" else "; try a lower --lr in a new run (another --out)"
-            raise NonFiniteLoss(f"{e}; {where}{hint}") from None
-        if state.partial_batches:  # --max-iters stopped inside the epoch: keep the place, log nothing
-            save_last(out, parts, data, cfg, state, device)
-            if is_main_process():
-                print(f"stopped at iteration {state.iteration} (--max-iters), {state.partial_batches} of "
-                      f"{data.n_batches} batches into epoch {state.epoch + 1}; {out / 'last.pt'} holds it")
-            break
-        state.epoch += 1
-        record = {"epoch": state.epoch, "iteration": state.iteration, "loss": loss,
-                  "lr": float(parts.optimizer.param_groups[0]["lr"]), "epoch_s": time.time() - t0,
-                  "elapsed_s": time.time() - start}
-        state.history.append(record)  # validation scores are added to it below
-        if cfg.time_budget and state.epoch == 2 and state.planned_epochs is None:
-            cfg = fit_schedule_to_budget(cfg, state, data.n_batches)  # may make this the last epoch
-        meta = run_meta(parts.bare, data, cfg)
-        last_epoch = state.epoch >= cfg.epochs or state.iteration >= state.stop_at
-        if data.val_loader is not None and (state.epoch % cfg.val_every == 0 or last_epoch):
-            scores = evaluate(parts.bare, data.val_loader, data.info, device, precision=cfg.amp,
-                              channels_last=cfg.channels_last, progress=cfg.progress and is_main_process())
-            record.update(val_miou=scores["miou"], val_pixel_acc=scores["pixel_acc"])
-            if is_main_process():
-                print(f"epoch {state.epoch}: loss {loss:.4f}  val mIoU {100 * scores['miou']:.2f}")
-            if scores["miou"] > state.best_miou:
-                state.best_miou = scores["miou"]
-                save_on_master(out / "best.pt", parts.bare, meta, scores=scores, train_state=state.to_dict())
-        elif is_main_process():
-            print(f"epoch {state.epoch}: loss {loss:.4f}")
+    if is_main_process() and state.history:  # a resumed run: the log holds what last.pt holds
+        write_atomic(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
+    logged = len(state.history)  # records already in log.jsonl
+
+    def save(cfg: TrainConfig) -> None:
+        nonlocal logged
         save_last(out, parts, data, cfg, state, device)
-        if is_main_process():
+        if is_main_process() and logged < len(state.history):
             with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.writelines(json.dumps(r) + "\n" for r in state.history[logged:])
+        logged = len(state.history)
+
+    with GracefulStop(enabled=get_world_size() == 1) as stop:
+        while state.epoch < cfg.epochs and state.iteration < state.stop_at:
+            t0 = time.time()
+            loss = train_or_explain(step, parts, data, device, cfg, state, out, stop)
+            if state.partial_batches:  # --max-iters or a stop signal ended the epoch early: keep the place
+                save(cfg)
+                if stop.requested:
+                    raise StopRequested(stop.signum)
+                if is_main_process():
+                    print(f"stopped at iteration {state.iteration} (--max-iters), {state.partial_batches} of "
+                          f"{data.n_batches} batches into epoch {state.epoch + 1}; {out / 'last.pt'} holds it")
+                break
+            state.epoch += 1
+            record = {"epoch": state.epoch, "iteration": state.iteration, "loss": loss,
+                      "lr": float(parts.optimizer.param_groups[0]["lr"]), "epoch_s": time.time() - t0,
+                      "elapsed_s": time.time() - start}
+            state.history.append(record)  # validation scores are added to it below
+            if cfg.time_budget and state.epoch == 2 and state.planned_epochs is None:
+                cfg = fit_schedule_to_budget(cfg, state, data.n_batches)  # may make this the last epoch
+            last_epoch = state.epoch >= cfg.epochs or state.iteration >= state.stop_at
+            if data.val_loader is not None and (state.epoch % cfg.val_every == 0 or last_epoch):
+                validate(parts, data, device, cfg, state, out, record)
+            elif is_main_process():
+                print(f"epoch {state.epoch}: loss {loss:.4f}")
+            if state.epoch % cfg.save_every == 0 or last_epoch or stop.requested:
+                save(cfg)
             if writer is not None:
                 for k, v in record.items():
                     writer.add_scalar(k, v, state.epoch)
+            if stop.requested:
+                raise StopRequested(stop.signum)
     if writer is not None:
         writer.close()
     return cfg
+
+
+def train_or_explain(step, parts: TrainParts, data: TrainData, device: torch.device, cfg: TrainConfig,
+                     state: TrainState, out: Path, stop: GracefulStop) -> float:
+    """`train_one_epoch` of the next epoch; a non-finite loss names the checkpoint to go back to."""
+    try:
+        batches = data.batches(state.epoch, skip=state.partial_batches)
+        return train_one_epoch(step, parts.optimizer, batches, data.n_batches, device, cfg, state, stop)
+    except NonFiniteLoss as e:
+        last = out / "last.pt"
+        where = f"the last good checkpoint is {last} (epoch {state.saved['epoch']})" \
+            if last.exists() and state.saved is not None else "no checkpoint was written yet"
+        hint = "; try --resume --amp off" if cfg.amp != "off" else "; try a lower --lr in a new run (another --out)"
+        raise NonFiniteLoss(f"{e}; {where}{hint}") from None
+
+
+def validate(parts: TrainParts, data: TrainData, device: torch.device, cfg: TrainConfig, state: TrainState,
+             out: Path, record: dict) -> None:
+    """Score the val list, add it to the epoch's record, write best.pt on a new best."""
+    scores = evaluate(parts.bare, data.val_loader, data.info, device, precision=cfg.amp,
+                      channels_last=cfg.channels_last, progress=cfg.progress and is_main_process())
+    record.update(val_miou=scores["miou"], val_pixel_acc=scores["pixel_acc"])
+    if is_main_process():
+        print(f"epoch {state.epoch}: loss {record['loss']:.4f}  val mIoU {100 * scores['miou']:.2f}")
+    if scores["miou"] > state.best_miou:
+        state.best_miou = scores["miou"]
+        save_on_master(out / "best.pt", parts.bare, run_meta(parts.bare, data, cfg), scores=scores,
+                       train_state=state.to_dict())
 
 
 def save_last(out: Path, parts: TrainParts, data: TrainData, cfg: TrainConfig, state: TrainState,
@@ -488,17 +527,18 @@ def claim_run_folder(lock: FolderLock, out: Path, resuming: bool) -> None:
               + ", ".join(p.name for p in removed))
 
 
-def interrupted_line(out: Path, state: TrainState, resume_path: Path | None) -> str:
-    """What Ctrl-C prints: the checkpoint to continue from and the command that does."""
+def interrupted_line(out: Path, state: TrainState, resume_path: Path | None, signum: int = signal.SIGINT) -> str:
+    """What Ctrl-C (or SIGTERM) prints: the checkpoint to continue from and the command that does."""
     last = out / "last.pt"
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     if state.saved is None or not (last.exists() or resume_path is not None):
-        return "cgnet train: interrupted; no checkpoint yet: run the same command again to start over"
+        return f"cgnet train: {what}; no checkpoint yet: run the same command again to start over"
     where, resume = (last, "--resume") if last.exists() else \
         (resume_path, f"--resume {shlex.quote(str(resume_path))}")
     holds = f"epoch {state.saved['epoch']}"
     if state.saved.get("partial_batches"):
         holds += f" and {state.saved['partial_batches']} batches of epoch {state.saved['epoch'] + 1}"
-    return (f"cgnet train: interrupted; {where} holds {holds}; continue with: "
+    return (f"cgnet train: {what}; {where} holds {holds}; continue with: "
             f"cgnet train --out {shlex.quote(str(out))} {resume}")
 
 
@@ -523,10 +563,11 @@ def main(args: argparse.Namespace) -> int:
         on_main_process(lambda: claim_run_folder(lock, out, resuming=resumed is not None))
         run(cfg, device, out, state, resumed, resume_path, changes)
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, StopRequested) else signal.SIGINT
         if is_main_process():
-            print(interrupted_line(out, state, resume_path), file=sys.stderr)
-        return 130
+            print(interrupted_line(out, state, resume_path, signum), file=sys.stderr)
+        return 128 + signum
     finally:
         if lock is not None and lock.held:
             if resumed is None and not (out / "last.pt").exists():
