@@ -19,9 +19,12 @@ from ..metrics import ConfusionMatrix
 from ..visualize import blend, colorize
 
 
-def make_eval_loader(ds, rank: int = 0, world: int = 1, workers: int = 1) -> DataLoader:
-    # each rank takes every world-th image, without the padding DistributedSampler adds
-    return DataLoader(ds, batch_size=1, sampler=list(range(rank, len(ds), world)), num_workers=workers)
+def make_eval_loader(ds, rank: int = 0, world: int = 1, workers: int = 1, persistent: bool = False) -> DataLoader:
+    """Batch-1 loader over `ds`; each rank takes every world-th image, without the padding
+    DistributedSampler adds. `persistent` keeps the workers between passes (validation during
+    training: no new worker processes every --val-every epochs)."""
+    return DataLoader(ds, batch_size=1, sampler=list(range(rank, len(ds), world)), num_workers=workers,
+                      persistent_workers=persistent and workers > 0)
 
 
 @torch.no_grad()

@@ -237,7 +237,7 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path) -> TrainData:
     val_loader = None
     if cfg.val_split and cfg.val_split != "none":
         val_set = SegDataset(root, info.split_path(root, cfg.val_split), info, spec, train=False)
-        val_loader = make_eval_loader(val_set, rank, world, workers=min(cfg.workers, 2))
+        val_loader = make_eval_loader(val_set, rank, world, workers=min(cfg.workers, 2), persistent=True)
     return TrainData(info, spec, stats["class_weights"], train_set, sampler, per_rank, n_batches, loader, memset,
                      val_loader, skipper)
 
@@ -562,6 +562,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         on_main_process(lambda: claim_run_folder(lock, out, resuming=resumed is not None))
         run(cfg, device, out, state, resumed, resume_path, changes)
+        barrier()  # the ranks leave together: a rank tearing down gloo while another still writes can abort
         return 0
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, StopRequested) else signal.SIGINT
