@@ -15,6 +15,10 @@
 #   DRY_RUN=1 OUT=/tmp/out bash scripts/gpu_camvid.sh   # both parts on the CPU, tiny, end to end
 # FIT=1 instead fits the schedule into PART=1 alone (--time-budget = the command's time left),
 # for a device session too short for two commands; SKIP_BENCH=1 skips the benchmark.
+# EXTRA="--time-budget M" fits the schedule into M minutes of wall-clock over both parts (set-up,
+# compiling and the resume included; the time limit's SIGTERM saves part 1 where it stands).
+# Measured on an H200 (docs/gpu_h200_issue9_run.txt): 149 s of cold compiling, ~1.0 s per epoch,
+# ~45 s to resume, so 800 epochs need 15-17 minutes in all (more than a 15-minute device session).
 set -u
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PY:-$(if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi)}
