@@ -114,3 +114,30 @@ def test_unwritable_outputs_fail_before_any_work(command, camvid, tiny_ckpt, tmp
     shown = target / "s.json" if command == "eval-json" else target / "m.onnx" if command == "export" else target
     assert capsys.readouterr().err == f"cgnet {argv[0]}: error: {option} {shown}: cannot write there (Not a directory)\n"
     assert work == [] and not target.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--workers", "-1"], "cgnet eval: error: argument --workers: must be at least 0, got '-1'"),
+    (["test", "--workers", "two"], "cgnet test: error: argument --workers: expected a whole number, got 'two'"),
+    (["demo", "--frames", "0"], "cgnet demo: error: argument --frames: must be at least 1, got '0'"),
+    (["bench", "--runs", "0"], "cgnet bench: error: argument --runs: must be at least 1, got '0'"),
+    (["bench", "--warmup", "-1"], "cgnet bench: error: argument --warmup: must be at least 0, got '-1'"),
+    (["bench", "--agreement-frames", "1.5"],
+     "cgnet bench: error: argument --agreement-frames: expected a whole number, got '1.5'"),
+    (["predict", "a.png", "--alpha", "1.5"], "cgnet predict: error: argument --alpha: must be between 0 and 1, got '1.5'"),
+    (["predict", "a.png", "--alpha", "nan"], "cgnet predict: error: argument --alpha: expected a finite number, got 'nan'"),
+    (["serve", "--alpha", "-0.1"], "cgnet serve: error: argument --alpha: must be between 0 and 1, got '-0.1'"),
+    (["serve", "--max-upload-mb", "0"], "cgnet serve: error: argument --max-upload-mb: must be more than 0, got '0'"),
+    (["serve", "--max-video-frames", "0"], "cgnet serve: error: argument --max-video-frames: must be at least 1, got '0'"),
+    (["info", "--num-classes", "0"], "cgnet info: error: argument --num-classes: must be at least 1, got '0'"),
+    (["eval", "--num-classes", "-3"], "cgnet eval: error: argument --num-classes: must be at least 1, got '-3'"),
+    (["data", "stats", "--workers", "-1"], "cgnet data stats: error: argument --workers: must be at least 0, got '-1'"),
+    (["data", "show", "--count", "0"], "cgnet data show: error: argument --count: must be at least 1, got '0'"),
+    (["data", "show", "--crop", "4"], "cgnet data show: error: argument --crop: must be at least 8, got '4'"),
+])
+def test_a_number_out_of_range_is_one_error_line_and_exit_2(argv, message, capsys):
+    """Every command's numeric options are checked by the parser, before any work or file access."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.rstrip("\n").splitlines()[-1] == message

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import load_model
-from .common import CGNetError, parse_size
+from .common import CGNetError, number_type, parse_size
 from .complexity import profile_table
 from .data.commands import add_data_commands
 from .deploy.bench import add_bench_args, cmd_bench
@@ -27,7 +27,7 @@ from .plot import plot_run
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (a checkpoint, or an architecture with random weights)")
     g.add_argument("--checkpoint", help="our checkpoint or one of the original release's")
-    g.add_argument("--num-classes", type=int, help="classes (19 for Cityscapes, 11 for CamVid)")
+    g.add_argument("--num-classes", type=number_type(int, minimum=1), help="classes (19 for Cityscapes, 11 for CamVid)")
     g.add_argument("--blocks", type=int, nargs=2, default=[3, 21], metavar=("M", "N"),
                    help="blocks in stages 2 and 3 (default 3 21)")
 

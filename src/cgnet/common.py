@@ -5,6 +5,7 @@ Nothing here imports from the rest of cgnet, so every module may import it.
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -68,6 +69,31 @@ def parse_size(text: str) -> tuple[int, int]:
     if height < 8 or width < 8:
         raise argparse.ArgumentTypeError(f"height and width must be at least 8, got {text!r}")
     return height, width
+
+
+def number_type(kind=int, *, minimum=None, maximum=None, positive: bool = False):
+    """An argparse type for one number: `kind` (int or float), finite, at least `minimum`, at
+    most `maximum`, more than 0 when `positive`. A bad value is one error line naming the option
+    and the value (`argument --workers: must be at least 0, got '-1'`)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if positive and not value > 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
+        if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between {minimum} and {maximum}, got {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text!r}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def parse_floats(text: str) -> list[float]:

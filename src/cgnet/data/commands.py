@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..common import number_type
 from ..preprocess import make_spec
 from ..visualize import colorize, denormalize
 from . import camvid, cityscapes
@@ -72,7 +73,7 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
 
     p = data.add_parser("cityscapes-trainids", help="labelIds -> labelTrainIds PNGs (gtFine and gtCoarse)")
     p.add_argument("--root", required=True)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=number_type(int, minimum=0), default=os.cpu_count() or 1)
     p.add_argument("--force", action="store_true", help="convert again even when up to date")
     p.set_defaults(func=cmd_data_trainids)
 
@@ -90,12 +91,12 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
         p.add_argument("--dataset", choices=["camvid", "cityscapes"], required=True)
         p.add_argument("--root", required=True)
         p.add_argument("--split", default="trainval" if name == "stats" else "train")
-        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--workers", type=number_type(int, minimum=0), default=2)
         p.set_defaults(func=func)
         if name == "stats":
             p.add_argument("--cache-dir", help="cache the result as JSON here")
         else:
-            p.add_argument("--count", type=int, default=6)
-            p.add_argument("--crop", type=int, default=360)
+            p.add_argument("--count", type=number_type(int, minimum=1), default=6)
+            p.add_argument("--crop", type=number_type(int, minimum=8), default=360)
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--out", default="augmented.png")

