@@ -40,6 +40,9 @@ MODES = {  # name -> (channels_last, amp, how): eager, compile (the model), cuda
     "bf16+channels_last+compile": (True, "bf16", "compile"),
     "fp32+channels_last+compiled-step": (True, "off", "compiled-step"),
     "bf16+channels_last+compiled-step": (True, "bf16", "compiled-step"),
+    # forward, loss and backward compiled; Adam eager after them (in the same CUDA graph on CUDA)
+    "fp32+channels_last+compiled-fwdbwd": (True, "off", "compiled-fwdbwd"),
+    "bf16+channels_last+compiled-fwdbwd": (True, "bf16", "compiled-fwdbwd"),
 }
 CUDA_MODES = {"fp16+channels_last": (True, "fp16", "eager"),
               "fp32+channels_last+cudagraph": (True, "off", "cudagraph"),
@@ -77,9 +80,10 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks
         if step is None:
             raise RuntimeError("CUDA graph capture failed")
         kind = "cudagraph"
-    elif how.startswith("compiled-step"):
+    elif how.startswith("compiled-"):
         step = make_compiled_step(model, crit, opt, scaler, device, cfg, batch, classes,
-                                  mode="reduce-overhead" if how.endswith("-ro") else None)
+                                  mode="reduce-overhead" if how.endswith("-ro") else None,
+                                  compile_optimizer=how != "compiled-fwdbwd")
         kind = step.kind
     else:
         step = make_eager_step(torch.compile(model) if how == "compile" else model, crit, opt, scaler, device, cfg)
@@ -183,7 +187,7 @@ def main():
                 evals = f"{'-':>12}{'-':>8}"
             else:
                 evals = f"{e:>12.1f}" + (f"{e / base_e:>8.2f}" if base_e else f"{'-':>8}")
-            fell_back = modes[mname][2].startswith("compiled-step") and not kind.startswith("compiled")
+            fell_back = modes[mname][2].startswith("compiled-") and not kind.startswith("compiled")
             print(f"{mname:<36}{batch:>6}{t:>9.2f}{ratio}{graph_ratio}{per_epoch:>9.2f}{minutes:>11.1f}{setup:>9.1f}"
                   f"{evals}  {kind}{'  (FELL BACK: not the compiled step)' if fell_back else ''}", flush=True)
         print(f"(s/epoch: {CAMVID_TRAINVAL // batch} steps of batch {batch}, steps only; x graph: ratio to "

@@ -4,7 +4,8 @@
 # step (--compile on CUDA: forward, loss, backward and Adam compiled by inductor and replayed as
 # one CUDA graph, checked against eager; it falls back to the eager step's CUDA graph), validating
 # every 50 epochs. A device command may run 10 minutes, so the run is chained:
-#   PART=1  benchmark (<= BENCH_TIMEOUT s), then train until the command's time is nearly up;
+#   PART=1  benchmark (<= BENCH_TIMEOUT s, default 400: two cold compiles), then train until the
+#           command's time is nearly up;
 #   PART=2  train --resume to the end (run it right after PART=1, while the machine is warm, or
 #           carry the run folder RUN, which holds last.pt and the inductor cache).
 # Inductor's caches live in RUN/inductor-cache, so the second command (and the training after
@@ -48,7 +49,7 @@ else
   RUN=${RUN:-runs/camvid-gpu}
   DATA=${DATA:-gpu/CamVid-trainval-jpeg}
   BENCH_ARGS="--batch 8 --iters ${BENCH_ITERS:-100} --warmup 5 --no-eval"
-  BENCH_MODES=${BENCH_MODES:-fp32 bf16+channels_last+cudagraph bf16+channels_last+compiled-step}
+  BENCH_MODES=${BENCH_MODES:-fp32 bf16+channels_last+cudagraph bf16+channels_last+compiled-step bf16+channels_last+compiled-fwdbwd}
   # last.pt every 10 epochs (~9 s of an H200): the time limit's SIGTERM saves where the run is anyway
   TRAIN_ARGS="--save-every 10"
 fi
@@ -67,7 +68,7 @@ if [ "$PART" = 1 ]; then
     2>&1 | tee "$OUT/env.txt"
   if [ -z "${SKIP_BENCH:-}" ]; then
     # shellcheck disable=SC2086
-    timeout "${BENCH_TIMEOUT:-90}" "$PY" benchmarks/train_throughput.py --device "$DEVICE" $BENCH_ARGS \
+    timeout "${BENCH_TIMEOUT:-400}" "$PY" benchmarks/train_throughput.py --device "$DEVICE" $BENCH_ARGS \
       --modes $BENCH_MODES 2>&1 | tee "$OUT/throughput.txt"
   fi
   if [ -n "${LATENCY:-}" ] && [ "$DEVICE" = cuda ]; then

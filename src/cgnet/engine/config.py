@@ -58,6 +58,7 @@ class TrainConfig:
     amp: str | None = None                      # off, bf16, fp16 (default: bf16 on CUDA, off on CPU)
     channels_last: bool = True
     compile: bool = False
+    compile_optimizer: bool = True              # --compile on CUDA: Adam's update compiled with the step
     cuda_graph: bool | None = None              # default: on where possible
     sync_bn: bool = False
     workers: int | None = None
@@ -130,6 +131,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="default: bf16 on CUDA, off on CPU")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    p.add_argument("--compile-optimizer", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --compile on CUDA: compile Adam's update with the step (default); "
+                        "--no-compile-optimizer runs it eagerly inside the step's CUDA graph (less to "
+                        "compile; its GPU speed is not measured yet)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the training step as one CUDA graph (default on where possible)")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None)

@@ -39,14 +39,15 @@ def make_eager_step(model, criterion, optimizer, scaler, device, cfg: TrainConfi
 
 def step_body(model, criterion, optimizer, device, cfg: TrainConfig):
     """forward (autocast without its weight cache, which a capture cannot hold), loss in fp32,
-    backward, optimiser step: the function that CUDA graphs capture and inductor compiles.
-    The caller clears the gradients between calls."""
+    backward, optimiser step (none when `optimizer` is None): the function that CUDA graphs
+    capture and inductor compiles. The caller clears the gradients between calls."""
     def body(images, labels):
         with autocast(device, cfg.amp, cache=False):
             logits = model(images)
         loss = criterion(logits.float(), labels)
         loss.backward()
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.step()
         return loss.detach()
     return body
 
@@ -266,7 +267,7 @@ def _first_moments(optimizer, params) -> torch.Tensor | None:
 
 def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainConfig, per_rank: int,
                        num_classes: int, *, cuda_graph: bool | None = None, mode: str | None = None,
-                       fallback=None, check: bool = True):
+                       fallback=None, check: bool = True, compile_optimizer: bool = True):
     """Forward (autocast), fp32 loss, backward and the Adam step as one torch.compile'd function:
     inductor fuses the BN/PReLU/gating/concat/add kernels of the forward and the backward and the
     optimiser's per-parameter updates. Dynamo splits it at `backward()` and around the optimiser
@@ -280,7 +281,13 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
     failure or a disagreement prints one warning and returns `fallback()` (default: the eager
     step). GradScaler (fp16) needs a host sync each step, so fp16 also falls back. The returned
     function has `.kind` (what runs) and `.compile_s` (seconds spent compiling, capturing and
-    checking)."""
+    checking).
+
+    `compile_optimizer=False` compiles forward, loss and backward only and runs Adam's update
+    eagerly after them (inside the same CUDA graph on CUDA, as the CUDA-graph step does), so
+    inductor compiles no optimiser graphs; its compile time and speed on a GPU are still to be
+    measured (`benchmarks/train_throughput.py` mode `compiled-fwdbwd`, column `setup s`). Its
+    kind then reads `compiled-fwdbwd`."""
     t0 = time.perf_counter()
     graph_wanted = device.type == "cuda" and cuda_graph is not False and mode != "reduce-overhead"
 
@@ -300,14 +307,21 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
         return fall_back("fp16 needs GradScaler, which syncs with the host every step")
     configure_optimizer(optimizer, device, tensor_lr=True)
 
-    body = step_body(model, criterion, optimizer, device, cfg)
-
+    name = "compiled" if compile_optimizer else "compiled-fwdbwd"
     snapshot = _Snapshot(model, optimizer)
     try:
-        compiled = torch.compile(body, mode=mode)
+        if compile_optimizer:
+            compiled = torch.compile(step_body(model, criterion, optimizer, device, cfg), mode=mode)
+        else:
+            compiled_grads = torch.compile(step_body(model, criterion, None, device, cfg), mode=mode)
+
+            def compiled(images, labels):
+                loss = compiled_grads(images, labels)
+                optimizer.step()
+                return loss
         if graph_wanted:
             step = _capture(compiled, model, optimizer, device, cfg, per_rank, num_classes)
-            step.kind = "compiled+cudagraph"
+            step.kind = name + "+cudagraph"
         else:
             def step(images, labels):
                 if cfg.channels_last:
@@ -317,7 +331,7 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
                     torch.compiler.cudagraph_mark_step_begin()
                     return compiled(images, labels).clone()
                 return compiled(images, labels)
-            step.kind = "compiled" + ("+inductor-cudagraphs" if mode == "reduce-overhead" else "")
+            step.kind = name + ("+inductor-cudagraphs" if mode == "reduce-overhead" else "")
         snapshot.restore()
         problem = check_against_eager(step, model, criterion, optimizer, device, cfg, per_rank,
                                       num_classes) if check else None

@@ -346,7 +346,7 @@ def wrap_for_training(parts: TrainParts, cfg: TrainConfig, data: TrainData, devi
 
         step = make_compiled_step(parts.model, parts.criterion, parts.optimizer, parts.scaler, device, cfg,
                                   data.per_rank, data.info.num_classes, cuda_graph=cfg.cuda_graph is not False,
-                                  fallback=fallback)
+                                  fallback=fallback, compile_optimizer=cfg.compile_optimizer)
         if step.kind.startswith("compiled") and is_main_process():
             print(f"training step compiled by inductor ({step.kind}; compiled, captured and checked "
                   f"against eager in {step.compile_s:.0f} s)")
