@@ -70,7 +70,7 @@ class TrainState:
     best_miou: float = -1.0
     history: list = field(default_factory=list)  # one record per epoch, as in log.jsonl
     planned_epochs: int | None = None  # set once a --time-budget has fixed the schedule
-    # an epoch cut short by --max-iters: its batches so far and their summed loss
+    # an epoch cut short by --max-iters or a stop signal: its batches so far and their summed loss
     partial_batches: int = 0
     partial_loss: float = 0.0
     saved: dict | None = None       # what OUT/last.pt holds (its train_state); not stored
@@ -132,9 +132,10 @@ def finite_mean(total: torch.Tensor, count: int, state: TrainState) -> float:
 
 
 def fit_schedule_to_budget(cfg: TrainConfig, state: TrainState, n_batches: int) -> TrainConfig:
-    """Cut the epochs to what fits in cfg.time_budget minutes: the time left divided by the
-    latest epoch's time (the first one carries compilation and warm-up) plus 15% for validation,
-    checkpoints and later epochs running slower (on an H200 the first epochs took 1.2 s, the
+    """Cut the epochs to what fits in cfg.time_budget minutes: the time left (the run's elapsed
+    wall-clock counts set-up and compiling) divided by the latest epoch's wall-clock (from the
+    previous record, so checkpoint writing counts; at least its training time) plus 15% for
+    validation and later epochs running slower (on an H200 the first epochs took 1.2 s, the
     average over 300 epochs 1.39 s). Returns the config with the new epoch count."""
     last = state.history[-1]
     # wall-clock from the previous record: the epoch plus its logging and checkpoint writing
