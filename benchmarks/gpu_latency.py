@@ -1,73 +1,140 @@
-"""Batch-1 inference latency of CGNet on a CUDA GPU (default 1024x2048, 19 classes), timed with
-CUDA events after warm-up: eager fp32, channels_last, bf16/fp16 autocast, and the same replayed
-as a CUDA graph. Prints min and median milliseconds and the ratio to eager fp32 of the same run.
+"""Batch-1 inference latency of CGNet on a CUDA GPU (default 1024x2048, 19 classes), model only:
+the input already on the device, the output left there. Timed with CUDA events after warm-up:
+eager fp32, channels_last, bf16/fp16 autocast, the same replayed as a CUDA graph, and the
+compiled path (`cgnet.deploy.runners.compile_for_inference`: BN folded, PReLU as max, inductor,
+CUDA graphs) returning logits, or class ids with the argmax inside the compiled graph. Prints
+min and median milliseconds and the ratio to eager fp32 of the same run, and the compile time.
 
-    python benchmarks/gpu_latency.py [--size 1024 2048] [--runs 50]
+    python benchmarks/gpu_latency.py [--size 1024 2048] [--runs 50] [--profile]
+
+--profile also prints torch.profiler's top kernels by device time for eager fp32 and for the
+compiled bf16 class-id path without CUDA graphs (inside a graph the kernels are not listed).
+--device cpu runs the same rows on the CPU with a wall clock (a dry run of the script).
 """
 import argparse
 import statistics
+import time
 
 import torch
 
 from cgnet import CGNet
+from cgnet.common import autocast
+from cgnet.deploy.runners import compile_for_inference
+
+ROWS = [  # name, channels_last, precision, how: eager | graph (captured here) | compiled | compiled-ids
+    ("fp32", False, "fp32", "eager"), ("fp32+channels_last", True, "fp32", "eager"),
+    ("bf16+channels_last", True, "bf16", "eager"), ("fp16+channels_last", True, "fp16", "eager"),
+    ("fp32+channels_last+graph", True, "fp32", "graph"), ("bf16+channels_last+graph", True, "bf16", "graph"),
+    ("fp16+channels_last+graph", True, "fp16", "graph"),
+    ("compiled+graph fp32", True, "fp32", "compiled"), ("compiled+graph bf16", True, "bf16", "compiled"),
+    ("compiled+graph fp16", True, "fp16", "compiled"), ("compiled+graph bf16 class ids", True, "bf16", "compiled-ids"),
+    ("compiled+graph fp16 class ids", True, "fp16", "compiled-ids"),
+]
 
 
-def timed(fn, runs):
+def timed(fn, runs, device):
     times = []
     for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
     return min(times), statistics.median(times)
 
 
-@torch.no_grad()
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(name, channels_last, precision, how, model, x, device):
+    """The callable to time for one row (compiled rows: compiled and warmed up here)."""
+    if how.startswith("compiled"):
+        compiled = compile_for_inference(model, precision, device, labels=how == "compiled-ids")
+        return lambda: compiled(x)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+    def fwd():
+        with autocast(device, precision, cache=False):
+            return model(x)
+    if how == "graph":
+        for _ in range(5):
+            fwd()
+        sync(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fwd()
+        return graph.replay
+    return fwd
+
+
+def profile(fn, device, runs=5):
+    from torch.profiler import ProfilerActivity, profile as run_profiler
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with run_profiler(activities=activities) as prof:
+        for _ in range(runs):
+            fn()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=70)
+
+
+@torch.inference_mode()
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, nargs=2, default=[1024, 2048])
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--classes", type=int, default=19)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--rows", nargs="+", help="a subset of the rows, by name")
+    p.add_argument("--blocks", type=int, nargs=2, default=[3, 21], metavar=("M", "N"),
+                   help="CG blocks in stages 2 and 3 (a smaller net for a dry run)")
+    p.add_argument("--profile", action="store_true")
     args = p.parse_args()
-    dev = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, input 1x3x{args.size[0]}x{args.size[1]}")
-    print(f"{'mode':<28}{'min ms':>9}{'median ms':>11}{'ratio':>8}")
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU (wall clock; a dry run)"
+    print(f"{name}, torch {torch.__version__}, input 1x3x{args.size[0]}x{args.size[1]}, {args.classes} classes")
+    print(f"{'mode':<32}{'min ms':>9}{'median ms':>11}{'ratio':>8}{'setup s':>9}")
     base = None
-    for name, cl, dtype, graph in [("fp32", False, None, False), ("fp32+channels_last", True, None, False),
-                                   ("bf16+channels_last", True, torch.bfloat16, False),
-                                   ("fp16+channels_last", True, torch.float16, False),
-                                   ("fp32+channels_last+graph", True, None, True),
-                                   ("bf16+channels_last+graph", True, torch.bfloat16, True),
-                                   ("fp16+channels_last+graph", True, torch.float16, True)]:
-        model = CGNet(args.classes).to(dev).eval()
+    rows = [r for r in ROWS if not args.rows or r[0] in args.rows]
+    for row_name, channels_last, precision, how in rows:
+        if dev.type != "cuda" and (how == "graph" or precision == "fp16"):
+            continue  # captured CUDA graphs and fp16 are for the GPU
+        torch.manual_seed(0)
+        model = CGNet(args.classes, m=args.blocks[0], n=args.blocks[1]).to(dev).eval()
         x = torch.randn(1, 3, *args.size, device=dev)
-        if cl:
-            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-
-        def fwd():
-            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
-                return model(x)
         try:
+            t0 = time.perf_counter()
+            fn = build(row_name, channels_last, precision, how, model, x, dev)
             for _ in range(5):
-                fwd()
-            torch.cuda.synchronize()
-            fn = fwd
-            if graph:
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    fwd()
-                fn = g.replay
-                for _ in range(3):
-                    fn()
-            best, med = timed(fn, args.runs)
-        except Exception as e:
-            print(f"{name:<28}  failed: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
+                fn()
+            sync(dev)
+            setup = time.perf_counter() - t0
+            best, med = timed(fn, args.runs, dev)
+        except Exception as e:  # one failing row (a compile) must not hide the others
+            print(f"{row_name:<32}  failed: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}")
             continue
         base = base or med
-        print(f"{name:<28}{best:>9.2f}{med:>11.2f}{base / med:>8.2f}", flush=True)
+        print(f"{row_name:<32}{best:>9.2f}{med:>11.2f}{base / med:>8.2f}{setup:>9.1f}", flush=True)
+    if args.profile:
+        torch.manual_seed(0)
+        model = CGNet(args.classes, m=args.blocks[0], n=args.blocks[1]).to(dev).eval()
+        x = torch.randn(1, 3, *args.size, device=dev)
+        print(f"\nprofile: eager fp32\n{profile(lambda: model(x), dev)}")
+        ids = compile_for_inference(model, "bf16", dev, labels=True, cuda_graphs=False)
+        for _ in range(3):
+            ids(x)
+        print(f"\nprofile: compiled bf16 class ids, no CUDA graph\n{profile(lambda: ids(x), dev)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ the seconds of pure steps per CamVid train+val epoch (468 images: 468 // batch s
 minutes for the paper's 800 epochs (without data loading, validation and checkpoints), and the
 seconds spent before the first timed step (compiling, capturing, checking against eager and the
 warm-up). A compiled step that fell back (see its warning) is marked and not reported as
-compiled. Evaluation throughput is forward-only at 360x480, batch 1. On Linux the script
+compiled. Evaluation throughput is forward-only at 360x480, batch 1. --profile N then runs N more
+steps of each mode under torch.profiler and prints its operators and kernels by self device time
+(CUDA: kernels replayed inside a CUDA graph may show as the graph launch only; the modes without a
+graph show every kernel). On Linux the script
 restarts itself once with cgnet's allocator settings (see cgnet.cli.ALLOCATOR_ENV) unless
 --default-allocator is given.
 """
@@ -56,8 +59,21 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks=(3, 21)):
-    """(images/s, seconds before the first timed step, what ran) for the engine's training step."""
+def profile_table(step, x, y, device, steps: int, rows: int = 25) -> str:
+    """torch.profiler's table of `steps` more steps, by self time on the device (CPU: self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(x, y)
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+
+
+def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks=(3, 21), profile_steps=0):
+    """(images/s, seconds before the first timed step, what ran, the profile table or None) for
+    the engine's training step."""
     channels_last, amp, how = mode
     torch.manual_seed(0)
     model = CGNet(classes, m=blocks[0], n=blocks[1]).to(device).train()
@@ -99,7 +115,8 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks
     dt = time.perf_counter() - t0
     if not torch.isfinite(loss):
         raise RuntimeError(f"non-finite loss in mode {mode}")
-    return batch * iters / dt, setup, kind
+    table = profile_table(step, x, y, device, profile_steps) if profile_steps else None
+    return batch * iters / dt, setup, kind, table
 
 
 @torch.no_grad()
@@ -139,6 +156,8 @@ def main():
     p.add_argument("--modes", nargs="+", help="subset of modes to run")
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--default-allocator", action="store_true")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile N more steps of each mode and print the top operators/kernels")
     p.add_argument("--crop", type=int, default=360, help="training crop (default the paper's 360)")
     p.add_argument("--blocks", type=int, nargs=2, default=[3, 21], metavar=("M", "N"),
                    help="CG blocks in stages 2 and 3 (a smaller net for a quick check of the script)")
@@ -164,8 +183,8 @@ def main():
         results = {}
         for mname in order:
             try:
-                t, setup, kind = bench_train(device, batch, modes[mname], args.warmup, args.iters, args.crop,
-                                             blocks=tuple(args.blocks))
+                t, setup, kind, table = bench_train(device, batch, modes[mname], args.warmup, args.iters, args.crop,
+                                                    blocks=tuple(args.blocks), profile_steps=args.profile)
                 e = None if args.no_eval else bench_eval(device, modes[mname], args.warmup, args.iters * 2)
             except Exception as ex:  # one failing mode (e.g. compile) must not hide the others
                 why = str(ex).splitlines()[0][:120] if str(ex) else ""
@@ -174,6 +193,8 @@ def main():
             results[mname] = (t, e, setup, kind)
             print(f"measured {mname} (batch {batch}): {t:.2f} img/s; {setup:.1f} s compile/capture/warm-up "
                   f"before timing", flush=True)
+            if table:
+                print(f"profile of {args.profile} steps of {mname} ({kind}), batch {batch}:\n{table}", flush=True)
         base_t = results.get("fp32", (None,))[0]
         base_g = results.get(GRAPH_BASELINE, (None,))[0]
         base_e = results.get("fp32", (None, None))[1]

@@ -20,6 +20,12 @@
 # compiling and the resume included; the time limit's SIGTERM saves part 1 where it stands).
 # Measured on an H200 (docs/gpu_h200_issue9_run.txt): 149 s of cold compiling, ~1.0 s per epoch,
 # ~45 s to resume, so 800 epochs need 15-17 minutes in all (more than a 15-minute device session).
+# Across device sessions: run without FIT and EXTRA, so the schedule stays the preset's 800
+# epochs; each part stops at its command's limit and saves exactly where it stands. Put $OUT's
+# last.pt, best.pt, log.jsonl and config.json back into runs/camvid-gpu on the home machine
+# (ignored by git; ~9 MB), carry it with the data to the next session (carry: gpu, runs/camvid-gpu;
+# ~57 MB of the 64 MiB) and run PART=2 there: the run resumes bit for bit (after a cold compile).
+# The benchmarks for inference and the Cityscapes projection are scripts/gpu_bench.sh.
 set -u
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PY:-$(if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi)}

@@ -2,8 +2,12 @@
 import pytest
 import torch
 
+from cgnet import CGNet, make_meta, save_checkpoint
+from cgnet.data.catalog import CAMVID
+from cgnet.preprocess import make_spec
 from helpers.camvid_like import make_camvid_like
 from helpers.paths import real_camvid
+from helpers.randomize import randomized
 
 
 @pytest.fixture(autouse=True)
@@ -21,3 +25,14 @@ def camvid(tmp_path_factory):
 def camvid_root():
     """The real CamVid (skipped when absent, a failure under CGNET_REQUIRE_DATA=1)."""
     return real_camvid()
+
+
+@pytest.fixture(scope="module")
+def randomized_ckpt(tmp_path_factory):
+    """A tiny CamVid checkpoint (M2N3) with randomized BN statistics and PReLU slopes: folding
+    them for inference (exports, the compiled path) matters."""
+    torch.manual_seed(0)
+    model = randomized(CGNet(11, m=2, n=3))
+    meta = make_meta(model, preprocess=make_spec("standard"), classes=list(CAMVID.classes),
+                     palette=[list(c) for c in CAMVID.palette], ignore_index=11, dataset="camvid")
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, meta)

@@ -6,39 +6,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cgnet import CGNet, load_model, make_meta, save_checkpoint
+from cgnet import CGNet, load_model
 from cgnet.deploy import export as exporter
+from cgnet.deploy import simplify
 from cgnet.cli import main
 from cgnet.data.catalog import CAMVID
-from cgnet.preprocess import make_spec
 from cgnet.deploy.predictor import make_predictor
-
-
-def randomized(model: CGNet, low_slope=-0.3, high_slope=0.6) -> CGNet:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-            if isinstance(m, nn.PReLU):
-                m.weight.uniform_(low_slope, high_slope)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = randomized(CGNet(11, m=2, n=3))
-    meta = make_meta(model, preprocess=make_spec("standard"), classes=list(CAMVID.classes),
-                     palette=[list(c) for c in CAMVID.palette], ignore_index=11, dataset="camvid")
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, meta)
+from helpers.randomize import randomized
 
 
 def test_simplified_model_equals_the_original_negative_slopes_included():
     model = randomized(CGNet(5, m=2, n=3))
-    simple = exporter.simplify_for_inference(model)
+    simple = simplify.simplify_for_inference(model)
     assert not any(isinstance(m, nn.PReLU) for m in simple.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in simple.modules()) == 3  # only after the 3 stage concats
     x = torch.randn(2, 3, 45, 67)
@@ -48,30 +27,30 @@ def test_simplified_model_equals_the_original_negative_slopes_included():
 
 def test_prelu_as_max_only_when_every_slope_is_at_most_one():
     model = randomized(CGNet(3, m=2, n=2), low_slope=0.0, high_slope=1.5)
-    simple = exporter.simplify_for_inference(model)  # a slope above 1: keep PReLU
+    simple = simplify.simplify_for_inference(model)  # a slope above 1: keep PReLU
     assert any(isinstance(m, nn.PReLU) for m in simple.modules())
     with pytest.raises(ValueError, match="exceeds 1"):
-        exporter.simplify_for_inference(model, prelu_as_max=True)
+        simplify.simplify_for_inference(model, prelu_as_max=True)
     x = torch.linspace(-3, 3, 13)
     for a in (-0.5, 0.0, 0.3, 1.0):
         prelu = nn.PReLU(1, init=a)
-        assert torch.equal(exporter.MaxPReLU(prelu)(x.view(1, 1, 1, -1)), prelu(x.view(1, 1, 1, -1)))
+        assert torch.equal(simplify.MaxPReLU(prelu)(x.view(1, 1, 1, -1)), prelu(x.view(1, 1, 1, -1)))
 
 
 @pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("torchscript", "ts")])
-def test_export_round_trip_with_metadata_and_dynamic_size(ckpt, camvid, tmp_path, fmt, ext, capsys):
+def test_export_round_trip_with_metadata_and_dynamic_size(randomized_ckpt, camvid, tmp_path, fmt, ext, capsys):
     if fmt == "openvino":
         pytest.importorskip("openvino")
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     out = tmp_path / f"m.{ext}"
-    assert main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--out", str(out),
+    assert main(["export", "--checkpoint", str(randomized_ckpt), "--format", fmt, "--out", str(out),
                  "--data-root", str(camvid)]) == 0
     printed = capsys.readouterr().out
     assert "argmax agreement 100.000%" in printed and "PReLU as max(x, a*x): yes" in printed
     pred = make_predictor(out)
     assert pred.meta["classes"] == list(CAMVID.classes) and pred.meta["export_format"] == fmt
-    model = load_model(ckpt)
+    model = load_model(randomized_ckpt)
     for h, w in ((40, 48), (53, 77)):  # sizes other than the one traced
         image = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
         with torch.no_grad():
@@ -79,48 +58,48 @@ def test_export_round_trip_with_metadata_and_dynamic_size(ckpt, camvid, tmp_path
         np.testing.assert_allclose(pred.logits(image), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_export_that_disagrees_is_refused_and_removed(ckpt, camvid, tmp_path, monkeypatch, capsys):
+def test_export_that_disagrees_is_refused_and_removed(randomized_ckpt, camvid, tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
     monkeypatch.setitem(exporter.AGREEMENT, "fp32", 1.01)  # unreachable
     out = tmp_path / "bad.onnx"
-    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out),
+    assert main(["export", "--checkpoint", str(randomized_ckpt), "--format", "onnx", "--out", str(out),
                  "--data-root", str(camvid)]) == 2
     assert "disagrees with PyTorch" in capsys.readouterr().err and not out.exists()
 
 
-def test_int8_and_bf16_exports_verify(ckpt, camvid, tmp_path, monkeypatch):
+def test_int8_and_bf16_exports_verify(randomized_ckpt, camvid, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     real = exporter.calibration_inputs
     monkeypatch.setattr(exporter, "calibration_inputs", lambda m, root, count=200, crop=360: real(m, root, 16, 32))
     # random weights quantise badly: the default 97% agreement refuses them, a lax bar keeps them
     with pytest.raises(ValueError, match=r"int8 export disagrees .*argmax agreement"):
-        exporter.export(load_model(ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
+        exporter.export(load_model(randomized_ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q.fp32.onnx").exists()
     monkeypatch.setitem(exporter.AGREEMENT, "int8", 0.3)
-    out = exporter.export(load_model(ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
+    out = exporter.export(load_model(randomized_ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
     pred = make_predictor(out)
     assert pred.meta["export_precision"] == "int8"
     onnx = pytest.importorskip("onnx")
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
     with pytest.raises(ValueError, match="use --format openvino"):
-        exporter.export(load_model(ckpt), tmp_path / "b.onnx", "onnx", "bf16", data_root=str(camvid))
+        exporter.export(load_model(randomized_ckpt), tmp_path / "b.onnx", "onnx", "bf16", data_root=str(camvid))
 
 
-def test_eval_through_onnxruntime_matches_torch(ckpt, camvid, tmp_path, monkeypatch):
+def test_eval_through_onnxruntime_matches_torch(randomized_ckpt, camvid, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("CGNET_CACHE", str(tmp_path / "cache"))
     scores = {}
     for backend in ("torch", "onnxruntime"):
-        assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(camvid), "--split", "val",
+        assert main(["eval", "--checkpoint", str(randomized_ckpt), "--data-root", str(camvid), "--split", "val",
                      "--backend", backend, "--workers", "0", "--json", str(tmp_path / f"{backend}.json")]) == 0
         scores[backend] = json.loads((tmp_path / f"{backend}.json").read_text())["miou"]
     assert scores["onnxruntime"] == pytest.approx(scores["torch"], abs=1e-3)
 
 
-def test_bench_reports_ratio_to_eager(ckpt, camvid, tmp_path, capsys):
+def test_bench_reports_ratio_to_eager(randomized_ckpt, camvid, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
-    assert main(["bench", "--checkpoint", str(ckpt), "--sizes", "32x48", "--paths", "torch-eager-fp32",
+    assert main(["bench", "--checkpoint", str(randomized_ckpt), "--sizes", "32x48", "--paths", "torch-eager-fp32",
                  "onnxruntime-fp32", "--runs", "2", "--warmup", "1", "--data-root", str(camvid),
                  "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]

@@ -3,11 +3,17 @@ the ratio to eager fp32 PyTorch measured in the same run.
 
 Paths measured (those whose backend is installed):
 - torch eager fp32: the model as trained (the baseline);
-- torch fp32 / bf16: BN folded, PReLU as max, channels_last, torch.compile (bf16: CPU autocast);
-- torch compiled-cudagraph bf16 / fp16 (CUDA only): the same simplified model compiled with
-  mode="reduce-overhead" (inductor replays it as CUDA graphs), static shapes per size, autocast;
+- torch fp32 / bf16: BN folded, PReLU as max, channels_last, torch.compile with autocast inside
+  (cgnet.deploy.runners.compile_for_inference), static shapes per size;
+- torch compiled-cudagraph fp32 / bf16 / fp16 (CUDA only): the same, compiled with
+  mode="reduce-overhead" (inductor replays it as CUDA graphs);
 - onnxruntime fp32 / int8 and openvino fp32 / bf16: the files `cgnet export` writes.
-Latency: warm-up runs, then the min and median of N timed runs (CUDA: synchronised with events).
+Latency: warm-up runs, then the min and median of N timed runs (CUDA: synchronised with events),
+of one call from a normalised float32 array on the host to its result on the host: the logits
+(default), or with --output labels the uint8 class ids, which the torch paths compute where the
+model runs (the compiled paths inside the compiled graph, so the full-size logits are never
+written; on a GPU only the class ids are copied back), and the exported paths with numpy. On
+CUDA cuDNN picks its kernels by timing them (cudnn.benchmark; the shapes are static).
 Peak memory: the process's resident-set high-water mark, reset before each path (Linux), or
 torch.cuda.max_memory_allocated on CUDA. --agreement-frames N: the argmax agreement of every path
 with eager fp32 (on the same device) over N test frames of the checkpoint's dataset, when found.
@@ -29,12 +35,13 @@ from ..common import DEFAULT_WEIGHTS, number_type, parse_size
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import read_image, read_list
 from ..preprocess import to_tensor
-from .export import export, simplify_for_inference
-from .runners import available_backends, onnxruntime_runner, openvino_runner, torch_runner
+from .export import export
+from .runners import available_backends, compiled_torch_runner, onnxruntime_runner, openvino_runner, torch_runner
 
-PATHS = ["torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-compiled-cudagraph-bf16",
-         "torch-compiled-cudagraph-fp16", "onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-bf16"]
-CUDA_ONLY = ("torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16")
+PATHS = ["torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-compiled-cudagraph-fp32",
+         "torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16", "onnxruntime-fp32", "onnxruntime-int8",
+         "openvino-fp32", "openvino-bf16"]
+CUDA_ONLY = ("torch-compiled-cudagraph-fp32", "torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16")
 
 
 def select_paths(requested: list[str] | None, device: torch.device, have: list[str]) -> tuple[list[str], list[str]]:
@@ -68,11 +75,18 @@ def dataset_test_frames(meta: dict, data_root: str | None, count: int) -> tuple[
     return [read_image(images[i]) for i in picks], f"{len(picks)} {info.name} test frames from {root}"
 
 
+def class_ids(output: np.ndarray) -> np.ndarray:
+    """N x H x W class ids from a runner's output: N x C x H x W logits, or class ids already."""
+    output = np.asarray(output)
+    return output.argmax(1) if output.ndim == 4 else output
+
+
 def argmax_agreement(run, reference, inputs: list[np.ndarray]) -> float:
-    """Fraction of pixels where `run` and `reference` pick the same class."""
+    """Fraction of pixels where `run` and `reference` pick the same class (each returns logits or
+    class ids)."""
     same = total = 0
     for x in inputs:
-        a, b = np.asarray(run(x)).argmax(1), np.asarray(reference(x)).argmax(1)
+        a, b = class_ids(run(x)), class_ids(reference(x))
         same += int((a == b).sum())
         total += a.size
     return same / total
@@ -95,23 +109,20 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
-def build_runner(path: str, model, workdir: Path, device: torch.device, data_root: str | None):
-    """A callable on a float32 1 x 3 x H x W array for one measured path."""
+def build_runner(path: str, model, workdir: Path, device: torch.device, data_root: str | None,
+                 labels: bool = False):
+    """A callable on a float32 1 x 3 x H x W array for one measured path: logits, or class ids."""
     backend, precision = path.rsplit("-", 1)
     if backend == "torch-eager":
-        return torch_runner(model, "fp32", device, channels_last=False)
-    if backend == "torch":
-        simple = simplify_for_inference(model).to(memory_format=torch.channels_last)
-        compiled = torch.compile(simple, dynamic=False)
-        return torch_runner(compiled, precision, device, channels_last=True)
-    if backend == "torch-compiled-cudagraph":  # shapes static per size: one compile and graph each
-        simple = simplify_for_inference(model).to(device, memory_format=torch.channels_last)
-        compiled = torch.compile(simple, mode="reduce-overhead", dynamic=False)
-        return torch_runner(compiled, precision, device, channels_last=True)
+        return torch_runner(model, "fp32", device, channels_last=False, labels=labels)
+    if backend in ("torch", "torch-compiled-cudagraph"):  # shapes static per size: one compile (and graph) each
+        return compiled_torch_runner(model, precision, device, labels=labels,
+                                     cuda_graphs=backend == "torch-compiled-cudagraph")
     fmt = "onnx" if backend == "onnxruntime" else "openvino"
     out = export(model, workdir / f"{path}.{'onnx' if fmt == 'onnx' else 'xml'}", fmt, precision,
                  data_root=data_root, log=lambda *a: None)
-    return onnxruntime_runner(out) if fmt == "onnx" else openvino_runner(out, precision)
+    run = onnxruntime_runner(out) if fmt == "onnx" else openvino_runner(out, precision)
+    return (lambda x: run(x).argmax(1).astype(np.uint8)) if labels else run
 
 
 def time_runner(run, x: np.ndarray, warmup: int, runs: int, device: torch.device) -> list[float]:
@@ -143,6 +154,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", help="frames to verify the exports on (default: the checkpoint's dataset if found, else synthetic)")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    p.add_argument("--output", choices=["logits", "labels"], default="logits",
+                   help="what one timed call returns to the host: float32 logits (default) or uint8 class ids "
+                        "(torch paths: the argmax taken where the model runs)")
     p.add_argument("--agreement-frames", type=number_type(int, minimum=0), default=0, metavar="N",
                    help="also report each path's argmax agreement with eager fp32 on N test frames of the "
                         "checkpoint's dataset (when found)")
@@ -150,7 +164,10 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN time its kernels once per size
     model = load_model(args.checkpoint or DEFAULT_WEIGHTS)
+    labels = args.output == "labels"
     paths, notes = select_paths(args.paths, device, available_backends())
     for note in notes:
         print(note)
@@ -167,7 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _reset_peak_rss()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            run = build_runner(path, model, Path(tmp), device, args.data_root)
+            run = build_runner(path, model, Path(tmp), device, args.data_root, labels)
             for h, w in sizes:
                 x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
                 times = time_runner(run, x, args.warmup, args.runs, device)
@@ -177,14 +194,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              "peak_mem_mb": peak})
                 print(f"  {path:<29} {h}x{w}: {statistics.median(times):8.1f} ms", flush=True)
             if inputs and path != "torch-eager-fp32":
-                reference = reference or torch_runner(model, "fp32", device, channels_last=False)
+                reference = reference or torch_runner(model, "fp32", device, channels_last=False, labels=labels)
                 agreement[path] = argmax_agreement(run, reference, inputs)
                 print(f"  {path:<29} argmax agreement with eager fp32: {100 * agreement[path]:.3f}%", flush=True)
     base = {r["size"]: r["median_ms"] for r in rows if r["path"] == "torch-eager-fp32"}
     for r in rows:
         r["ratio_to_eager_fp32"] = base[r["size"]] / r["median_ms"] if r["size"] in base else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{name}; torch {torch.__version__}; batch 1; {args.runs} runs after {args.warmup} warm-up")
+    what = "uint8 class ids" if labels else "float32 logits"
+    print(f"\n{name}; torch {torch.__version__}; batch 1; {args.runs} runs after {args.warmup} warm-up; "
+          f"output: {what} on the host")
     print(f"{'path':<30}{'size':>10}{'min ms':>9}{'median ms':>11}{'img/s':>8}{'x eager':>9}{'peak MB':>9}")
     for r in rows:
         ratio = f"{r['ratio_to_eager_fp32']:.2f}" if r["ratio_to_eager_fp32"] else "-"
@@ -195,6 +214,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"argmax agreement with eager fp32 ({len(inputs)} test frames): "
               + ", ".join(f"{p} {100 * a:.3f}%" for p, a in agreement.items()))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows,
+        Path(args.json_out).write_text(json.dumps({"device": name, "torch": torch.__version__, "output": args.output,
+                                                   "rows": rows,
                                                    "argmax_agreement": agreement}, indent=1))
     return 0

@@ -1,19 +1,14 @@
 """`cgnet export`: ONNX, OpenVINO and TorchScript files for CPU and mobile runtimes.
 
-Every export is inference-only and simplified first: BatchNorm folded into the convolution
-before it (including the joint BN of each CG block, split across its two depthwise
-convolutions), and PReLU written as max(x, a*x), which runtimes execute faster than PReLU and
-which equals it for every slope a <= 1: for x >= 0, x >= a*x; for x < 0, a*x >= x (negative
-slopes included, where a*x > 0 > x). Trained CGNets have negative slopes, so the check is a <= 1,
-not 0 <= a <= 1; PReLU is kept if any slope exceeds 1. Height and
-width are dynamic. The file carries the checkpoint's metadata (classes, palette, preprocessing)
-and is verified against eager PyTorch before it is kept: on real frames of the checkpoint's
-dataset when they are found, else on deterministic synthetic frames.
+Every export is inference-only and simplified first (`cgnet.deploy.simplify`: BatchNorm folded
+into the convolutions, PReLU as max(x, a*x) where that is exact). Height and width are dynamic.
+The file carries the checkpoint's metadata (classes, palette, preprocessing) and is verified
+against eager PyTorch before it is kept: on real frames of the checkpoint's dataset when they are
+found, else on deterministic synthetic frames.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 from pathlib import Path
@@ -22,15 +17,15 @@ import cv2
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, MissingFileError
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import SegDataset, read_image, read_list
 from ..fileio import check_writable
-from ..model import CGBlock, CGDownBlock, CGNet, ConvBNAct
+from ..model import CGNet
 from .runners import Predictor, load_exported, require, torch_runner
+from .simplify import MaxPReLU, simplify_for_inference
 
 class ExportError(CGNetError, ValueError):
     """An export that cannot be made or that failed its verification."""
@@ -39,55 +34,6 @@ class ExportError(CGNetError, ValueError):
 # argmax agreement (fraction of pixels) an export must reach against eager fp32 PyTorch
 AGREEMENT = {"fp32": 0.999, "bf16": 0.99, "int8": 0.97}
 MAX_ABS_FP32 = 1e-2
-
-
-class MaxPReLU(nn.Module):
-    """PReLU with per-channel slopes a <= 1, as max(x, a*x)."""
-
-    def __init__(self, prelu: nn.PReLU):
-        super().__init__()
-        self.register_buffer("slope", prelu.weight.detach().clone().view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(x, x * self.slope)
-
-
-def prelu_max_is_exact(model: nn.Module) -> bool:
-    return all(bool((m.weight <= 1).all()) for m in model.modules() if isinstance(m, nn.PReLU))
-
-
-@torch.no_grad()
-def _fold_joint_bn(block: CGBlock | CGDownBlock) -> None:
-    """BN(cat[loc(y), sur(y)]) is a per-channel affine map: move it into the two depthwise convs."""
-    bn = block.bn_act.bn
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias - bn.running_mean * scale
-    half = block.loc.out_channels
-    for conv, sl in ((block.loc, slice(0, half)), (block.sur, slice(half, 2 * half))):
-        conv.weight.mul_(scale[sl].view(-1, 1, 1, 1))
-        conv.bias = nn.Parameter(shift[sl].clone())
-    block.bn_act.bn = nn.Identity()
-
-
-def simplify_for_inference(model: CGNet, prelu_as_max: bool | None = None) -> nn.Module:
-    """A folded copy of `model` in eval mode (see module docstring). prelu_as_max=None: when valid."""
-    model = copy.deepcopy(model).float().eval()
-    for mod in list(model.modules()):
-        if isinstance(mod, ConvBNAct):
-            mod.conv = fuse_conv_bn_eval(mod.conv, mod.bn)
-            mod.bn = nn.Identity()
-        elif isinstance(mod, (CGBlock, CGDownBlock)):
-            _fold_joint_bn(mod)
-    if prelu_as_max is None:
-        prelu_as_max = prelu_max_is_exact(model)
-    elif prelu_as_max and not prelu_max_is_exact(model):
-        raise InputError("a PReLU slope exceeds 1: max(x, a*x) would differ from PReLU")
-    if prelu_as_max:
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.PReLU):
-                    setattr(parent, name, MaxPReLU(child))
-    return model
 
 
 # ---- writers -------------------------------------------------------------------------------

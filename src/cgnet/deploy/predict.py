@@ -212,9 +212,9 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     images, videos = collect_inputs(args.inputs)
     check_writable(args.out, "--out")
-    backend = resolve_backend(args.backend, args.precision, args.checkpoint)
+    backend = resolve_backend(args.backend, args.precision, args.checkpoint, args.compile)
     predictor = make_predictor(args.checkpoint, backend=backend, precision=args.precision, device=args.device,
-                               data_root=args.data_root, log=print)
+                               data_root=args.data_root, log=print, compile=args.compile)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress)

@@ -1,6 +1,7 @@
 """Inference behind one interface, whatever runs it: eager PyTorch, an exported ONNX file in
-ONNX Runtime, an OpenVINO model or a TorchScript file. The bottom of `cgnet.deploy`: it imports
-nothing else of it (`cgnet.deploy.predictor.make_predictor` picks and loads a runner).
+ONNX Runtime, an OpenVINO model or a TorchScript file, and the compiled torch path. Near the bottom
+of `cgnet.deploy`: it imports only `simplify` of it (`cgnet.deploy.predictor.make_predictor` picks
+and loads a runner).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from ..common import AUTOCAST_DTYPES, CGNetError, InputError, MissingFileError, autocast
 from ..preprocess import check_spec, to_tensor
+from .simplify import simplify_for_inference
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "onnx": "onnx"}
@@ -40,10 +42,13 @@ def available_backends() -> list[str]:
 class Predictor:
     """Runs a segmentation model on H x W x 3 uint8 RGB images.
 
-    `run` maps a float32 N x 3 x H x W array (already normalised) to N x C x H x W logits."""
+    `run` maps a float32 N x 3 x H x W array (already normalised) to N x C x H x W logits;
+    `run_labels`, when the runner has one, maps it to N x H x W uint8 class ids computed where the
+    model runs (on a GPU only the class ids come back, not the logits)."""
 
-    def __init__(self, run, meta: dict, backend: str, precision: str = "fp32"):
+    def __init__(self, run, meta: dict, backend: str, precision: str = "fp32", run_labels=None):
         self.run, self.meta, self.backend, self.precision = run, meta, backend, precision
+        self.run_labels = run_labels
         self.spec = check_spec(meta["preprocess"])
 
     def input(self, image_rgb: np.ndarray) -> np.ndarray:
@@ -55,16 +60,30 @@ class Predictor:
 
     def predict(self, image_rgb: np.ndarray) -> np.ndarray:
         """H x W uint8 class ids."""
+        if self.run_labels is not None:
+            return np.asarray(self.run_labels(self.input(image_rgb)), dtype=np.uint8)[0]
         return self.logits(image_rgb).argmax(0).astype(np.uint8)
 
 
-def torch_runner(model, precision: str = "fp32", device: str | torch.device = "cpu", channels_last: bool = True):
+def _check_torch_precision(precision: str) -> None:
+    if precision not in ("fp32", *AUTOCAST_DTYPES):
+        raise InputError(f"the torch backend runs fp32, bf16 or fp16, not {precision}")
+
+
+def _head(out: torch.Tensor, labels: bool) -> torch.Tensor:
+    """What a torch runner returns: float32 logits, or uint8 class ids (argmax over classes)."""
+    return out.argmax(1).to(torch.uint8) if labels else out.float()
+
+
+def torch_runner(model, precision: str = "fp32", device: str | torch.device = "cpu", channels_last: bool = True,
+                 labels: bool = False):
+    """Eager PyTorch: run(float32 N x 3 x H x W array) -> N x C x H x W float32 logits, or with
+    labels=True N x H x W uint8 class ids (the argmax taken on `device`)."""
     device = torch.device(device)
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if precision not in ("fp32", *AUTOCAST_DTYPES):
-        raise InputError(f"the torch backend runs fp32, bf16 or fp16, not {precision}")
+    _check_torch_precision(precision)
 
     @torch.inference_mode()
     def run(x: np.ndarray) -> np.ndarray:
@@ -72,7 +91,65 @@ def torch_runner(model, precision: str = "fp32", device: str | torch.device = "c
         if channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            return model(t).float().cpu().numpy()
+            return _head(model(t), labels).cpu().numpy()
+    return run
+
+
+class InferenceGraph(torch.nn.Module):
+    """What the compiled path compiles: channels_last input, autocast, the simplified model and,
+    with labels=True, the argmax, in one function, so that inductor fuses the final bilinear
+    upsampling into the argmax and the full-size logits are never written.
+
+    Shapes: B x 3 x H x W float -> B x C x H x W float32 logits, or B x H x W uint8 class ids."""
+
+    def __init__(self, simple: torch.nn.Module, precision: str, labels: bool):
+        super().__init__()
+        self.simple, self.precision, self.labels = simple, precision, labels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device, self.precision, cache=False):
+            out = self.simple(x)
+        return _head(out, self.labels)
+
+
+def compile_for_inference(model, precision: str = "fp32", device: str | torch.device = "cpu", *,
+                          labels: bool = False, cuda_graphs: bool | None = None) -> torch.nn.Module:
+    """The fast torch inference path as a module: `model` simplified (BN folded, PReLU as max;
+    cgnet.deploy.simplify), channels_last, compiled by inductor with static shapes (one compile
+    per input size) and, on CUDA, replayed as CUDA graphs (mode="reduce-overhead").
+
+    Args:
+        model: a CGNet.
+        precision: 'fp32', or 'bf16' / 'fp16' autocast inside the compiled graph.
+        device: where it runs.
+        labels: return uint8 class ids instead of float32 logits.
+        cuda_graphs: replay as CUDA graphs (default: on CUDA; CUDA only).
+
+    On CUDA the output of a call is overwritten by the next call of the same shape (CUDA graph
+    memory is reused): copy it (`.cpu()`, `.clone()`) before calling again.
+    """
+    device = torch.device(device)
+    _check_torch_precision(precision)
+    simple = simplify_for_inference(model).to(device, memory_format=torch.channels_last)
+    graph = InferenceGraph(simple, precision, labels).eval()
+    if cuda_graphs is None:
+        cuda_graphs = device.type == "cuda"
+    if cuda_graphs and device.type != "cuda":
+        raise InputError(f"CUDA graphs need a CUDA device, not {device}")
+    return torch.compile(graph, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
+
+
+def compiled_torch_runner(model, precision: str = "fp32", device: str | torch.device = "cpu", *,
+                          labels: bool = False, cuda_graphs: bool | None = None):
+    """`compile_for_inference` behind the runner interface: run(float32 N x 3 x H x W array) ->
+    logits, or uint8 class ids with labels=True (only they leave the device)."""
+    device = torch.device(device)
+    compiled = compile_for_inference(model, precision, device, labels=labels, cuda_graphs=cuda_graphs)
+
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        return compiled(torch.from_numpy(x).to(device)).cpu().numpy()
     return run
 
 

@@ -629,9 +629,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_serve()
     sock = bind(args.host, args.port)  # before loading the model: a busy port fails at once
     try:
-        backend = resolve_backend(args.backend, args.precision, args.checkpoint)
+        backend = resolve_backend(args.backend, args.precision, args.checkpoint, args.compile)
         predictor = make_predictor(args.checkpoint, backend=backend, precision=args.precision, device=args.device,
-                                   data_root=args.data_root, log=print)
+                                   data_root=args.data_root, log=print, compile=args.compile)
         name = Path(args.checkpoint).name if args.checkpoint else DEFAULT_WEIGHTS
         app = create_app(predictor, name=name, max_upload_mb=args.max_upload_mb,
                          max_megapixels=args.max_megapixels, max_video_frames=args.max_video_frames,

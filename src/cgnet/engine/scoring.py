@@ -20,6 +20,7 @@ from ..data.cityscapes import train_ids_to_label_ids
 from ..data.listset import SegDataset, read_image
 from ..fileio import check_writable
 from ..deploy.predictor import PredictorModule, make_predictor
+from ..deploy.runners import compile_for_inference
 from ..metrics import scores_table
 from ..preprocess import check_spec, make_spec
 from ..visualize import colorize
@@ -49,6 +50,9 @@ def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
     p.add_argument("--amp", dest="precision", choices=["off", "bf16", "fp16"], help=argparse.SUPPRESS)
     p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch",
                    help="run the model through an exported file (see cgnet export) instead of PyTorch")
+    p.add_argument("--compile", action="store_true",
+                   help="torch backend: BN folded, compiled by inductor, CUDA graphs on CUDA; each image size "
+                        "(each scale) compiles once")
     p.add_argument("--workers", type=number_type(int, minimum=0), default=2)
     p.add_argument("--save-dir", help="write train-id PNGs, colour PNGs and overlays here")
     p.add_argument("--json", dest="json_out", help="also write the scores to this JSON file")
@@ -80,7 +84,11 @@ def setup_eval(args: argparse.Namespace, split: str):
         spec = make_spec(args.preprocess, mean=args.mean, std=args.std)
     else:
         spec = check_spec(meta["preprocess"])
-    torch_precision(args)
+    precision = torch_precision(args)
+    if args.compile:
+        if args.backend != "torch":
+            raise InputError(f"--compile needs --backend torch, not {args.backend}")
+        model = compile_for_inference(model, precision, device)
     if args.backend != "torch":
         precision = "fp32" if args.precision == "off" else args.precision
         model = PredictorModule(make_predictor(checkpoint, backend=args.backend, precision=precision,
