@@ -1,7 +1,7 @@
 """The compiled inference path (cgnet.deploy.runners.compile_for_inference) against eager
 PyTorch, on the CPU: logits, class ids computed inside the compiled graph, and the commands that
 use it (predict/eval --compile, bench --output labels). CUDA graphs need a GPU: the device
-script (scripts/gpu_camvid.sh) measures them."""
+script (scripts/gpu_bench.sh) measures them."""
 import json
 
 import cv2
