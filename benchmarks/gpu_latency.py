@@ -2,7 +2,8 @@
 the input already on the device, the output left there. Timed with CUDA events after warm-up:
 eager fp32, channels_last, bf16/fp16 autocast, the same replayed as a CUDA graph, and the
 compiled path (`cgnet.deploy.runners.compile_for_inference`: BN folded, PReLU as max, inductor,
-CUDA graphs) returning logits, or class ids with the argmax inside the compiled graph. Prints
+CUDA graphs) returning logits, or class ids with the argmax inside the compiled graph (also with
+the depthwise convolutions as inductor-fused taps). Prints
 min and median milliseconds and the ratio to eager fp32 of the same run, and the compile time.
 
     python benchmarks/gpu_latency.py [--size 1024 2048] [--runs 50] [--profile]
@@ -20,6 +21,7 @@ import torch
 from cgnet import CGNet
 from cgnet.common import autocast
 from cgnet.deploy.runners import compile_for_inference
+from cgnet.model import use_depthwise_taps
 
 ROWS = [  # name, channels_last, precision, how: eager | graph (captured here) | compiled | compiled-ids
     ("fp32", False, "fp32", "eager"), ("fp32+channels_last", True, "fp32", "eager"),
@@ -29,6 +31,8 @@ ROWS = [  # name, channels_last, precision, how: eager | graph (captured here) |
     ("compiled+graph fp32", True, "fp32", "compiled"), ("compiled+graph bf16", True, "bf16", "compiled"),
     ("compiled+graph fp16", True, "fp16", "compiled"), ("compiled+graph bf16 class ids", True, "bf16", "compiled-ids"),
     ("compiled+graph fp16 class ids", True, "fp16", "compiled-ids"),
+    # the depthwise convolutions as nine multiply-adds that inductor fuses (cgnet.model.use_depthwise_taps)
+    ("compiled+graph fp16 class ids, taps", True, "fp16", "compiled-ids-taps"),
 ]
 
 
@@ -57,7 +61,8 @@ def sync(device):
 def build(name, channels_last, precision, how, model, x, device):
     """The callable to time for one row (compiled rows: compiled and warmed up here)."""
     if how.startswith("compiled"):
-        compiled = compile_for_inference(model, precision, device, labels=how == "compiled-ids")
+        use_depthwise_taps(model, how.endswith("-taps"))
+        compiled = compile_for_inference(model, precision, device, labels=how.startswith("compiled-ids"))
         return lambda: compiled(x)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from cgnet import CGNet
+from cgnet.model import use_depthwise_taps
 from cgnet.cli import ALLOCATOR_ENV
 from cgnet.common import autocast
 from cgnet.engine.config import TrainConfig
@@ -46,12 +47,18 @@ MODES = {  # name -> (channels_last, amp, how): eager, compile (the model), cuda
     # forward, loss and backward compiled; Adam eager after them (in the same CUDA graph on CUDA)
     "fp32+channels_last+compiled-fwdbwd": (True, "off", "compiled-fwdbwd"),
     "bf16+channels_last+compiled-fwdbwd": (True, "bf16", "compiled-fwdbwd"),
+    # +taps: the depthwise convolutions as nine multiply-adds that inductor fuses into its own
+    # kernels (cgnet.model.use_depthwise_taps), instead of the convolution library's kernels
+    "fp32+channels_last+compile+taps": (True, "off", "compile", "taps"),
 }
 CUDA_MODES = {"fp16+channels_last": (True, "fp16", "eager"),
               "fp32+channels_last+cudagraph": (True, "off", "cudagraph"),
               GRAPH_BASELINE: (True, "bf16", "cudagraph"),
               # inductor's own CUDA graphs (mode="reduce-overhead") instead of one captured here
-              "bf16+channels_last+compiled-step-ro": (True, "bf16", "compiled-step-ro")}
+              "bf16+channels_last+compiled-step-ro": (True, "bf16", "compiled-step-ro"),
+              "bf16+channels_last+compile+taps": (True, "bf16", "compile", "taps"),
+              "bf16+channels_last+compiled-fwdbwd+taps": (True, "bf16", "compiled-fwdbwd", "taps"),
+              "bf16+channels_last+compiled-step+taps": (True, "bf16", "compiled-step", "taps")}
 
 
 def sync(device):
@@ -74,9 +81,10 @@ def profile_table(step, x, y, device, steps: int, rows: int = 25) -> str:
 def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks=(3, 21), profile_steps=0):
     """(images/s, seconds before the first timed step, what ran, the profile table or None) for
     the engine's training step."""
-    channels_last, amp, how = mode
+    channels_last, amp, how, *variant = mode
     torch.manual_seed(0)
     model = CGNet(classes, m=blocks[0], n=blocks[1]).to(device).train()
+    use_depthwise_taps(model, "taps" in variant)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if how == "cudagraph":
@@ -121,8 +129,8 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks
 
 @torch.no_grad()
 def bench_eval(device, mode, warmup, iters, size=(360, 480), classes=11):
-    channels_last, amp, how = mode
-    model = CGNet(classes).to(device).eval()
+    channels_last, amp, how, *variant = mode
+    model = use_depthwise_taps(CGNet(classes).to(device).eval(), "taps" in variant)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     run = torch.compile(model) if how.startswith("compile") else model
