@@ -62,8 +62,12 @@ def build(name, channels_last, precision, how, model, x, device):
     """The callable to time for one row (compiled rows: compiled and warmed up here)."""
     if how.startswith("compiled"):
         use_depthwise_taps(model, how.endswith("-taps"))
-        compiled = compile_for_inference(model, precision, device, labels=how.startswith("compiled-ids"))
-        return lambda: compiled(x)
+        compiled = compile_for_inference(model, device, labels=how.startswith("compiled-ids"))
+
+        def run():
+            with autocast(device, precision):
+                return compiled(x)
+        return run
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 
@@ -136,10 +140,14 @@ def main():
         model = CGNet(args.classes, m=args.blocks[0], n=args.blocks[1]).to(dev).eval()
         x = torch.randn(1, 3, *args.size, device=dev)
         print(f"\nprofile: eager fp32\n{profile(lambda: model(x), dev)}")
-        ids = compile_for_inference(model, "bf16", dev, labels=True, cuda_graphs=False)
+        ids = compile_for_inference(model, dev, labels=True, cuda_graphs=False)
+
+        def run():
+            with autocast(dev, "bf16"):
+                return ids(x)
         for _ in range(3):
-            ids(x)
-        print(f"\nprofile: compiled bf16 class ids, no CUDA graph\n{profile(lambda: ids(x), dev)}")
+            run()
+        print(f"\nprofile: compiled bf16 class ids, no CUDA graph\n{profile(run, dev)}")
 
 
 if __name__ == "__main__":

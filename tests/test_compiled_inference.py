@@ -12,7 +12,7 @@ import torch
 from cgnet import load_model
 from cgnet.cli import main
 from cgnet.deploy.predictor import make_predictor
-from cgnet.deploy.runners import compile_for_inference, torch_runner
+from cgnet.deploy.runners import compile_for_inference, compiled_torch_runner, torch_runner
 
 
 def test_compiled_logits_and_class_ids_equal_eager(randomized_ckpt):
@@ -41,9 +41,21 @@ def test_eager_runner_class_ids_are_the_argmax_of_its_logits(randomized_ckpt):
     np.testing.assert_array_equal(ids, logits.argmax(1))
 
 
+def test_compiled_bf16_runner_agrees_with_eager_fp32(randomized_ckpt):
+    model = load_model(randomized_ckpt)
+    x = np.random.default_rng(5).standard_normal((1, 3, 40, 56), dtype=np.float32)
+    reference = torch_runner(model, "fp32", "cpu", channels_last=False, labels=True)(x)
+    ids = compiled_torch_runner(model, "bf16", "cpu", labels=True)(x)
+    logits = compiled_torch_runner(model, "bf16", "cpu")(x)
+    assert ids.dtype == np.uint8 and logits.dtype == np.float32
+    assert (ids == reference).mean() > 0.97  # bf16 keeps 8 bits of mantissa
+    # the fused argmax may see the upsampled scores before their rounding to bf16: near-ties differ
+    assert (ids == logits.argmax(1)).mean() > 0.99
+
+
 def test_cuda_graphs_need_cuda(randomized_ckpt):
     with pytest.raises(ValueError, match=r"^CUDA graphs need a CUDA device, not cpu$"):
-        compile_for_inference(load_model(randomized_ckpt), device="cpu", cuda_graphs=True)
+        compile_for_inference(load_model(randomized_ckpt), "cpu", cuda_graphs=True)
 
 
 def test_predict_compile_writes_the_eager_masks(randomized_ckpt, tmp_path, capsys):

@@ -3,8 +3,8 @@ the ratio to eager fp32 PyTorch measured in the same run.
 
 Paths measured (those whose backend is installed):
 - torch eager fp32: the model as trained (the baseline);
-- torch fp32 / bf16: BN folded, PReLU as max, channels_last, torch.compile with autocast inside
-  (cgnet.deploy.runners.compile_for_inference), static shapes per size;
+- torch fp32 / bf16: BN folded, PReLU as max, channels_last, torch.compile
+  (cgnet.deploy.runners.compile_for_inference; bf16: under autocast), static shapes per size;
 - torch compiled-cudagraph fp32 / bf16 / fp16 (CUDA only): the same, compiled with
   mode="reduce-overhead" (inductor replays it as CUDA graphs);
 - onnxruntime fp32 / int8 and openvino fp32 / bf16: the files `cgnet export` writes.

@@ -96,32 +96,30 @@ def torch_runner(model, precision: str = "fp32", device: str | torch.device = "c
 
 
 class InferenceGraph(torch.nn.Module):
-    """What the compiled path compiles: channels_last input, autocast, the simplified model and,
-    with labels=True, the argmax, in one function, so that inductor fuses the final bilinear
-    upsampling into the argmax and the full-size logits are never written.
+    """What the compiled path compiles: channels_last input, the simplified model and, with
+    labels=True, the argmax, in one function, so that inductor fuses the final bilinear
+    upsampling into the argmax and the full-size logits are never written. Autocast, when wanted,
+    is entered around the call (dynamo compiles under it).
 
     Shapes: B x 3 x H x W float -> B x C x H x W float32 logits, or B x H x W uint8 class ids."""
 
-    def __init__(self, simple: torch.nn.Module, precision: str, labels: bool):
+    def __init__(self, simple: torch.nn.Module, labels: bool):
         super().__init__()
-        self.simple, self.precision, self.labels = simple, precision, labels
+        self.simple, self.labels = simple, labels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(x.device, self.precision, cache=False):
-            out = self.simple(x)
-        return _head(out, self.labels)
+        return _head(self.simple(x.contiguous(memory_format=torch.channels_last)), self.labels)
 
 
-def compile_for_inference(model, precision: str = "fp32", device: str | torch.device = "cpu", *,
-                          labels: bool = False, cuda_graphs: bool | None = None) -> torch.nn.Module:
+def compile_for_inference(model, device: str | torch.device = "cpu", *, labels: bool = False,
+                          cuda_graphs: bool | None = None) -> torch.nn.Module:
     """The fast torch inference path as a module: `model` simplified (BN folded, PReLU as max;
     cgnet.deploy.simplify), channels_last, compiled by inductor with static shapes (one compile
-    per input size) and, on CUDA, replayed as CUDA graphs (mode="reduce-overhead").
+    per input size and autocast setting) and, on CUDA, replayed as CUDA graphs
+    (mode="reduce-overhead"). Call it under `cgnet.common.autocast` for bf16 / fp16.
 
     Args:
         model: a CGNet.
-        precision: 'fp32', or 'bf16' / 'fp16' autocast inside the compiled graph.
         device: where it runs.
         labels: return uint8 class ids instead of float32 logits.
         cuda_graphs: replay as CUDA graphs (default: on CUDA; CUDA only).
@@ -130,9 +128,8 @@ def compile_for_inference(model, precision: str = "fp32", device: str | torch.de
     memory is reused): copy it (`.cpu()`, `.clone()`) before calling again.
     """
     device = torch.device(device)
-    _check_torch_precision(precision)
     simple = simplify_for_inference(model).to(device, memory_format=torch.channels_last)
-    graph = InferenceGraph(simple, precision, labels).eval()
+    graph = InferenceGraph(simple, labels).eval()
     if cuda_graphs is None:
         cuda_graphs = device.type == "cuda"
     if cuda_graphs and device.type != "cuda":
@@ -142,14 +139,18 @@ def compile_for_inference(model, precision: str = "fp32", device: str | torch.de
 
 def compiled_torch_runner(model, precision: str = "fp32", device: str | torch.device = "cpu", *,
                           labels: bool = False, cuda_graphs: bool | None = None):
-    """`compile_for_inference` behind the runner interface: run(float32 N x 3 x H x W array) ->
-    logits, or uint8 class ids with labels=True (only they leave the device)."""
+    """`compile_for_inference` behind the runner interface, under autocast for bf16 / fp16:
+    run(float32 N x 3 x H x W array) -> logits, or uint8 class ids with labels=True (only they
+    leave the device)."""
     device = torch.device(device)
-    compiled = compile_for_inference(model, precision, device, labels=labels, cuda_graphs=cuda_graphs)
+    _check_torch_precision(precision)
+    compiled = compile_for_inference(model, device, labels=labels, cuda_graphs=cuda_graphs)
 
     @torch.inference_mode()
     def run(x: np.ndarray) -> np.ndarray:
-        return compiled(torch.from_numpy(x).to(device)).cpu().numpy()
+        with autocast(device, precision):
+            out = compiled(torch.from_numpy(x).to(device))
+        return out.cpu().numpy()
     return run
 
 

@@ -84,11 +84,11 @@ def setup_eval(args: argparse.Namespace, split: str):
         spec = make_spec(args.preprocess, mean=args.mean, std=args.std)
     else:
         spec = check_spec(meta["preprocess"])
-    precision = torch_precision(args)
+    torch_precision(args)
     if args.compile:
         if args.backend != "torch":
             raise InputError(f"--compile needs --backend torch, not {args.backend}")
-        model = compile_for_inference(model, precision, device)
+        model = compile_for_inference(model, device)  # evaluate() runs it under autocast
     if args.backend != "torch":
         precision = "fp32" if args.precision == "off" else args.precision
         model = PredictorModule(make_predictor(checkpoint, backend=args.backend, precision=precision,
