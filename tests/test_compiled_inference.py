@@ -108,11 +108,13 @@ def test_eval_compile_scores_like_eager(randomized_ckpt, camvid, tmp_path):
 
 def test_bench_labels_output_and_agreement(randomized_ckpt, camvid, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--checkpoint", str(randomized_ckpt), "--sizes", "32x48", "--paths", "torch-eager-fp32", "torch-fp32",
+    assert main(["bench", "--checkpoint", str(randomized_ckpt), "--sizes", "32x48", "--paths", "torch-eager-fp32",
+                 "torch-fp32", "torch-eager-bf16",
                  "--runs", "2", "--warmup", "1", "--data-root", str(camvid), "--agreement-frames", "2",
                  "--output", "labels", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["output"] == "labels"
-    assert [r["path"] for r in result["rows"]] == ["torch-eager-fp32", "torch-fp32"]
+    assert [r["path"] for r in result["rows"]] == ["torch-eager-fp32", "torch-fp32", "torch-eager-bf16"]
     assert result["argmax_agreement"]["torch-fp32"] > 0.999
+    assert 0.97 < result["argmax_agreement"]["torch-eager-bf16"] < 1.0  # bf16 autocast did change pixels
     assert "output: uint8 class ids on the host" in capsys.readouterr().out

@@ -218,6 +218,7 @@ def test_bench_path_selection():
     have = ["torch", "onnxruntime"]
     cpu_paths, cpu_notes = select_paths(None, torch.device("cpu"), have)
     assert "torch-compiled-cudagraph-bf16" not in cpu_paths and "onnxruntime-fp32" in cpu_paths
+    assert "torch-eager-bf16" not in cpu_paths  # the autocast-only paths run when asked for
     assert len(cpu_notes) == 1 and "needs --device cuda" in cpu_notes[0]
     cuda_paths, cuda_notes = select_paths(None, torch.device("cuda"), have)
     assert {"torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16"} <= set(cuda_paths)

@@ -2,7 +2,8 @@
 the ratio to eager fp32 PyTorch measured in the same run.
 
 Paths measured (those whose backend is installed):
-- torch eager fp32: the model as trained (the baseline);
+- torch eager fp32: the model as trained (the baseline); torch eager bf16 / fp16 (only when
+  asked for): the same under autocast;
 - torch fp32 / bf16: BN folded, PReLU as max, channels_last, torch.compile
   (cgnet.deploy.runners.compile_for_inference; bf16: under autocast), static shapes per size;
 - torch compiled-cudagraph fp32 / bf16 / fp16 (CUDA only): the same, compiled with
@@ -42,6 +43,8 @@ PATHS = ["torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-compiled-cudagra
          "torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16", "onnxruntime-fp32", "onnxruntime-int8",
          "openvino-fp32", "openvino-bf16"]
 CUDA_ONLY = ("torch-compiled-cudagraph-fp32", "torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16")
+# the model as trained under autocast: measured only when asked for (what a precision alone changes)
+EAGER_AUTOCAST = ["torch-eager-bf16", "torch-eager-fp16"]
 
 
 def select_paths(requested: list[str] | None, device: torch.device, have: list[str]) -> tuple[list[str], list[str]]:
@@ -114,7 +117,7 @@ def build_runner(path: str, model, workdir: Path, device: torch.device, data_roo
     """A callable on a float32 1 x 3 x H x W array for one measured path: logits, or class ids."""
     backend, precision = path.rsplit("-", 1)
     if backend == "torch-eager":
-        return torch_runner(model, "fp32", device, channels_last=False, labels=labels)
+        return torch_runner(model, precision, device, channels_last=False, labels=labels)
     if backend in ("torch", "torch-compiled-cudagraph"):  # shapes static per size: one compile (and graph) each
         return compiled_torch_runner(model, precision, device, labels=labels,
                                      cuda_graphs=backend == "torch-compiled-cudagraph")
@@ -148,7 +151,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="default: the shipped camvid weights")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(360, 480), (512, 1024), (1024, 2048)],
                    metavar="HxW")
-    p.add_argument("--paths", nargs="+", choices=PATHS, help=f"default: all available of {', '.join(PATHS)}")
+    p.add_argument("--paths", nargs="+", choices=PATHS + EAGER_AUTOCAST,
+                   help=f"default: all available of {', '.join(PATHS)} (also: {', '.join(EAGER_AUTOCAST)})")
     p.add_argument("--runs", type=number_type(int, minimum=1), default=20)
     p.add_argument("--warmup", type=number_type(int, minimum=0), default=3)
     p.add_argument("--device", default="cpu")
