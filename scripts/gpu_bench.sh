@@ -75,7 +75,8 @@ step gpu_latency "${LATENCY_TIMEOUT:-100}" "$PY" benchmarks/gpu_latency.py "${LA
 step cityscapes_projection "${CITY_TIMEOUT:-150}" "$PY" benchmarks/cityscapes_projection.py "${CITY[@]}"
 # the tables, without the profiles, in one place
 for f in bench_labels train_throughput gpu_latency cityscapes_projection; do
-  [ -f "$OUT/$f.txt" ] && { echo "## $f"; grep -v "^ \|^-\|^USDT\|Self CPU time\|Self CUDA time" "$OUT/$f.txt" | tail -n 25; }
+  # profile rows ("12.3%   4.5ms ...") and their rules left out; progress lines kept (a cut-short step)
+  [ -f "$OUT/$f.txt" ] && { echo "## $f"; grep -v -E '^-|^USDT|Self |% +[0-9.]+(us|ms|s) ' "$OUT/$f.txt" | tail -n 30; }
 done > "$OUT/tables.txt"
 cat "$OUT/tables.txt"
 echo "gpu_bench done in $((SECONDS - START)) s"

@@ -196,7 +196,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 rows.append({"path": path, "size": f"{h}x{w}", "min_ms": min(times),
                              "median_ms": statistics.median(times), "images_per_s": 1000 / statistics.median(times),
                              "peak_mem_mb": peak})
-                print(f"  {path:<29} {h}x{w}: {statistics.median(times):8.1f} ms", flush=True)
+                # the ratio as soon as it is known: a run cut short by a time limit still shows it
+                eager = [r["median_ms"] for r in rows if r["path"] == "torch-eager-fp32" and r["size"] == f"{h}x{w}"]
+                ratio = f" ({eager[0] / statistics.median(times):.2f}x eager fp32)" if eager else ""
+                print(f"  {path:<29} {h}x{w}: {statistics.median(times):8.1f} ms{ratio}", flush=True)
             if inputs and path != "torch-eager-fp32":
                 reference = reference or torch_runner(model, "fp32", device, channels_last=False, labels=labels)
                 agreement[path] = argmax_agreement(run, reference, inputs)
