@@ -28,17 +28,13 @@ from cgnet.common import default_device
 from cgnet.data import cityscapes
 from cgnet.engine.config import add_train_args, resolve_config
 from cgnet.engine.train import build_data, build_model_and_optimizer, wrap_for_training
+from devices import sync  # benchmarks/devices.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.cityscapes_tree import make_cityscapes_tree  # noqa: E402  (the tests' generator)
 
 TRAIN_IMAGES = 2975  # Cityscapes gtFine train
 EPOCHS = 300         # the paper's Cityscapes schedule (the `cityscapes` preset)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed_steps(step, batches, device: torch.device, warmup: int, iters: int) -> tuple[float, float]:

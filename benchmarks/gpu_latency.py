@@ -22,6 +22,7 @@ from cgnet import CGNet
 from cgnet.common import autocast
 from cgnet.deploy.runners import compile_for_inference
 from cgnet.model import use_depthwise_taps
+from devices import profile_table, sync  # benchmarks/devices.py
 
 ROWS = [  # name, channels_last, precision, how: eager | graph (captured here) | compiled | compiled-ids
     ("fp32", False, "fp32", "eager"), ("fp32+channels_last", True, "fp32", "eager"),
@@ -53,11 +54,6 @@ def timed(fn, runs, device):
     return min(times), statistics.median(times)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build(name, channels_last, precision, how, model, x, device):
     """The callable to time for one row (compiled rows: compiled and warmed up here)."""
     if how.startswith("compiled"):
@@ -83,17 +79,6 @@ def build(name, channels_last, precision, how, model, x, device):
             fwd()
         return graph.replay
     return fwd
-
-
-def profile(fn, device, runs=5):
-    from torch.profiler import ProfilerActivity, profile as run_profiler
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with run_profiler(activities=activities) as prof:
-        for _ in range(runs):
-            fn()
-        sync(device)
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=70)
 
 
 @torch.inference_mode()
@@ -139,7 +124,7 @@ def main():
         torch.manual_seed(0)
         model = CGNet(args.classes, m=args.blocks[0], n=args.blocks[1]).to(dev).eval()
         x = torch.randn(1, 3, *args.size, device=dev)
-        print(f"\nprofile: eager fp32\n{profile(lambda: model(x), dev)}")
+        print(f"\nprofile: eager fp32\n{profile_table(lambda: model(x), dev, 5, rows=20)}")
         ids = compile_for_inference(model, dev, labels=True, cuda_graphs=False)
 
         def run():
@@ -147,7 +132,7 @@ def main():
                 return ids(x)
         for _ in range(3):
             run()
-        print(f"\nprofile: compiled bf16 class ids, no CUDA graph\n{profile(run, dev)}")
+        print(f"\nprofile: compiled bf16 class ids, no CUDA graph\n{profile_table(run, dev, 5, rows=20)}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from cgnet.cli import ALLOCATOR_ENV
 from cgnet.common import autocast
 from cgnet.engine.config import TrainConfig
 from cgnet.engine.steps import make_compiled_step, make_eager_step, make_graphed_step
+from devices import profile_table, sync  # benchmarks/devices.py
 
 CAMVID_TRAINVAL = 468  # images in the `camvid` preset's training list
 EPOCHS = 800           # the paper's CamVid schedule
@@ -59,23 +60,6 @@ CUDA_MODES = {"fp16+channels_last": (True, "fp16", "eager"),
               "bf16+channels_last+compile+taps": (True, "bf16", "compile", "taps"),
               "bf16+channels_last+compiled-fwdbwd+taps": (True, "bf16", "compiled-fwdbwd", "taps"),
               "bf16+channels_last+compiled-step+taps": (True, "bf16", "compiled-step", "taps")}
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def profile_table(step, x, y, device, steps: int, rows: int = 25) -> str:
-    """torch.profiler's table of `steps` more steps, by self time on the device (CPU: self CPU time)."""
-    from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            step(x, y)
-        sync(device)
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
 
 
 def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks=(3, 21), profile_steps=0):
@@ -123,7 +107,7 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks
     dt = time.perf_counter() - t0
     if not torch.isfinite(loss):
         raise RuntimeError(f"non-finite loss in mode {mode}")
-    table = profile_table(step, x, y, device, profile_steps) if profile_steps else None
+    table = profile_table(lambda: step(x, y), device, profile_steps) if profile_steps else None
     return batch * iters / dt, setup, kind, table
 
 

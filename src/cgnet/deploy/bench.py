@@ -176,7 +176,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for note in notes:
         print(note)
     sizes = args.sizes
-    rows = []
+    rows, base = [], {}  # base: eager fp32's median ms per size
     frames, inputs, reference, agreement = [], [], None, {}
     if args.agreement_frames > 0:
         frames, source = dataset_test_frames(model.meta, args.data_root, args.agreement_frames)
@@ -196,15 +196,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 rows.append({"path": path, "size": f"{h}x{w}", "min_ms": min(times),
                              "median_ms": statistics.median(times), "images_per_s": 1000 / statistics.median(times),
                              "peak_mem_mb": peak})
+                if path == "torch-eager-fp32":
+                    base[f"{h}x{w}"] = statistics.median(times)
                 # the ratio as soon as it is known: a run cut short by a time limit still shows it
-                eager = [r["median_ms"] for r in rows if r["path"] == "torch-eager-fp32" and r["size"] == f"{h}x{w}"]
-                ratio = f" ({eager[0] / statistics.median(times):.2f}x eager fp32)" if eager else ""
+                ratio = f" ({base[f'{h}x{w}'] / statistics.median(times):.2f}x eager fp32)" if f"{h}x{w}" in base else ""
                 print(f"  {path:<29} {h}x{w}: {statistics.median(times):8.1f} ms{ratio}", flush=True)
             if inputs and path != "torch-eager-fp32":
                 reference = reference or torch_runner(model, "fp32", device, channels_last=False, labels=labels)
                 agreement[path] = argmax_agreement(run, reference, inputs)
                 print(f"  {path:<29} argmax agreement with eager fp32: {100 * agreement[path]:.3f}%", flush=True)
-    base = {r["size"]: r["median_ms"] for r in rows if r["path"] == "torch-eager-fp32"}
     for r in rows:
         r["ratio_to_eager_fp32"] = base[r["size"]] / r["median_ms"] if r["size"] in base else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
