@@ -5,7 +5,9 @@ files are given explicitly (see README, "Custom datasets").
 """
 from __future__ import annotations
 
+import argparse
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,27 +92,133 @@ def get_dataset(name: str) -> DatasetInfo:
                          "(or give --classes and --ignore-index for a custom one)") from None
 
 
+class ClassesError(InputError, argparse.ArgumentTypeError):
+    """A bad classes file or list; an argparse type error too, so `--classes` shows the line."""
+
+
+# a colour as the classes file writes it: r,g,b
+_COLOR = re.compile(r"^(\d+),(\d+),(\d+)$")
+
+
+def parse_class_line(line: str, where: str) -> tuple[str, tuple[int, int, int] | None]:
+    """One line of a classes file: `name`, `name r,g,b`, or CamVid's `r g b name` (its
+    label_colors.txt). Returns the name and its colour (None when the line gives none).
+
+    Args:
+        line: the line, without its newline.
+        where: 'file:line' for error messages.
+    """
+    fields = line.split()
+    if len(fields) >= 4 and all(f.isdigit() for f in fields[:3]):
+        name, rgb = " ".join(fields[3:]), fields[:3]
+    elif len(fields) >= 2 and _COLOR.match(fields[-1]):
+        name, rgb = line.strip().rsplit(None, 1)[0].strip(), fields[-1].split(",")
+    else:
+        return line.strip(), None
+    color = tuple(int(v) for v in rgb)
+    if max(color) > 255:
+        raise ClassesError(f"{where}: colour {','.join(rgb)} of {name!r}: each value must be 0..255")
+    return name, color
+
+
+def parse_classes(lines: list[tuple[str, str]], source: str) -> tuple[list[str], list[tuple[int, int, int]] | None]:
+    """Class names and their colours (all or none) from (where, line) pairs.
+
+    Args:
+        lines: ('file:line', text) for each line that names a class.
+        source: the file or option, for the messages that name no line.
+    Returns:
+        (names, palette): palette is None when no line gives a colour.
+    """
+    names, colors, first = [], [], {}
+    for where, line in lines:
+        name, color = parse_class_line(line, where)
+        if name in first:
+            raise ClassesError(f"{where}: class {name!r} repeats ({first[name]})")
+        first[name] = where
+        names.append(name)
+        colors.append(color)
+    if not names:
+        raise ClassesError(f"no class names in {source}")
+    given = [c is not None for c in colors]
+    if any(given) and not all(given):
+        where = lines[given.index(False)][0]
+        raise ClassesError(f"{where}: class {names[given.index(False)]!r} has no colour (r,g,b) but other "
+                           "lines do: give every class one, or none")
+    if not any(given):
+        return names, None
+    seen = {}
+    for (where, _), name, color in zip(lines, names, colors):
+        if color in seen:
+            raise ClassesError(f"{where}: colour {','.join(map(str, color))} of {name!r} is also "
+                               f"{seen[color][0]!r}'s ({seen[color][1]})")
+        seen[color] = (name, where)
+    return names, colors
+
+
+def read_classes_file(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, int, int]] | None]:
+    """A classes file: one class per line, `name` or `name r,g,b` (or CamVid's `r g b name`), in
+    label id order; blank lines and lines starting with '#' are left out.
+
+    Args:
+        path: the file.
+    Returns:
+        (names, palette): palette is None when the file gives no colours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"classes file {path} does not exist")
+    lines = [(f"{path}:{no}", line) for no, line in enumerate(path.read_text().splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    return parse_classes(lines, str(path))
+
+
+def format_class(name: str, color=None) -> str:
+    """A class as a classes-file line: `name` or `name r,g,b`."""
+    return name if color is None else f"{name} {','.join(str(int(v)) for v in color)}"
+
+
 def read_class_names(text: str) -> list[str]:
-    """Class names from 'a,b,c' or from a file with one name per line."""
+    """`--classes`: names from 'a,b,c', or the classes of a file (see `read_classes_file`).
+
+    A file with colours gives each entry as `name r,g,b`, so the colours travel with the names
+    (in the training config too); `split_class_entries` separates them again."""
     path = Path(text)
     if path.is_file():
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    else:
-        names = [n.strip() for n in text.split(",") if n.strip()]
+        names, palette = read_classes_file(path)
+        return [format_class(n, c) for n, c in zip(names, palette or [None] * len(names))]
+    if path.suffix.lower() in (".txt", ".csv", ".names") and "," not in text:
+        raise ClassesError(f"classes file {text} does not exist")
+    names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise InputError(f"no class names in {text!r}")
+        raise ClassesError(f"no class names in {text!r}")
     if len(set(names)) != len(names):
-        raise InputError(f"class names repeat: {names}")
+        raise ClassesError(f"class names repeat: {names}")
     return names
+
+
+def split_class_entries(entries: list[str]) -> tuple[list[str], list[tuple[int, int, int]] | None]:
+    """`read_class_names`' entries as names and colours (None when they carry none)."""
+    return parse_classes([(f"--classes entry {i + 1}", e) for i, e in enumerate(entries)], "--classes")
 
 
 def resolve_dataset(name: str | None, classes: list[str] | None = None, ignore_index: int | None = None,
                     palette=None) -> DatasetInfo:
-    """A known dataset by name, or a custom one when class names are given."""
+    """A known dataset by name, or a custom one when class names are given.
+
+    Args:
+        name: the dataset's name (a known one when no classes are given).
+        classes: the custom dataset's classes, as `read_class_names` gives them: names, or
+            `name r,g,b` entries whose colours become the palette.
+        ignore_index: the label id of unlabelled pixels (custom datasets).
+        palette: colours that replace those of the entries (default: theirs, else `default_palette`).
+    """
     if classes:
         if ignore_index is None:
             raise InputError("a custom dataset needs --ignore-index (the label id that marks unlabelled pixels)")
-        return custom_dataset(classes, ignore_index, {}, palette=palette, name=name or "custom")
+        names, colors = split_class_entries(list(classes))
+        return custom_dataset(names, ignore_index, {}, palette=palette if palette is not None else colors,
+                              name=name or "custom")
     if name is None:
         raise InputError("give --dataset camvid or cityscapes, or --classes and --ignore-index for your own")
     return get_dataset(name)
@@ -160,7 +268,9 @@ def dataset_from_meta(meta: dict, name: str | None = None) -> DatasetInfo:
         name: overrides the dataset the metadata names.
     """
     name = name or meta.get("dataset")
-    if name in DATASETS:
+    # a run trained with --classes under a known dataset's name (`--dataset` defaults to camvid)
+    # is a custom one: its own classes and palette
+    if name in DATASETS and (not meta.get("classes") or list(meta["classes"]) == list(DATASETS[name].classes)):
         return DATASETS[name]
     if name is None or not meta.get("classes"):
         raise InputError("the checkpoint does not say its dataset: give --dataset camvid or cityscapes")

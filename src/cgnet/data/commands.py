@@ -1,4 +1,5 @@
-"""`cgnet data`: list files, Cityscapes train ids, the CamVid download, statistics, augmented samples."""
+"""`cgnet data`: list files, Cityscapes train ids, the CamVid download, statistics, augmented
+samples, and imports of annotation-tool exports."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from ..preprocess import make_spec
 from ..visualize import colorize, denormalize
 from . import camvid, cityscapes
 from .catalog import get_dataset
+from .importer import FORMATS, import_dataset, summary_text
 from .listset import SegDataset
 from .stats import dataset_stats, stats_table
 
@@ -64,6 +66,15 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_import(args: argparse.Namespace) -> int:
+    summary = import_dataset(args.format, args.src, args.root, val_fraction=args.val_fraction, seed=args.seed,
+                             classes=args.classes, ignore_index=args.ignore_index,
+                             ignore_classes=args.ignore_class, masks=args.masks, mask_suffix=args.mask_suffix,
+                             progress=args.progress)
+    print(summary_text(summary, args.ignore_index))
+    return 0
+
+
 def add_data_commands(data: argparse._SubParsersAction) -> None:
     """The `cgnet data TOOL` subcommands, each with its own arguments."""
     p = data.add_parser("lists", help="write the train/val/trainval/test list files from the folder tree")
@@ -100,3 +111,29 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
             p.add_argument("--crop", type=number_type(int, minimum=8), default=360)
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--out", default="augmented.png")
+
+    p = data.add_parser("import", help="an annotation tool's export (CVAT, LabelMe, colour masks) as a dataset folder",
+                        description="Write images/, labels/ (8-bit class ids), classes.txt ('name r,g,b' per "
+                                    "line, id order) and train.txt/val.txt into --root, from a CVAT "
+                                    "'Segmentation mask 1.1' export, a folder of LabelMe JSON files, or a folder "
+                                    "of images and RGB colour masks.")
+    p.add_argument("src", help="the export's folder")
+    p.add_argument("--from", dest="format", choices=FORMATS, required=True,
+                   help="cvat: Segmentation mask 1.1; labelme: JSON files; colors: images and RGB masks")
+    p.add_argument("--root", required=True, help="the dataset folder to write (new or empty)")
+    p.add_argument("--val-fraction", type=number_type(float, minimum=0, maximum=0.99), default=0.2,
+                   help="share of the images listed in val.txt (default 0.2)")
+    p.add_argument("--seed", type=number_type(int, minimum=0), default=0, help="seed of the train/val shuffle")
+    p.add_argument("--classes", metavar="FILE",
+                   help="colors: the classes file ('name r,g,b' per line, required); labelme: fixes the ids "
+                        "and colours (default: the labels found, sorted, with generated colours)")
+    p.add_argument("--ignore-index", type=number_type(int, minimum=0, maximum=255), default=255,
+                   help="label id of unlabelled pixels (default 255)")
+    p.add_argument("--ignore-class", action="append", default=[], metavar="NAME",
+                   help="a class whose pixels become the ignore id and that is left out of classes.txt "
+                        "(repeatable; e.g. CVAT's background, CamVid's Void)")
+    p.add_argument("--masks", metavar="DIR", help="colors: the folder of the masks (default: SRC)")
+    p.add_argument("--mask-suffix", default="", metavar="S",
+                   help="colors: a mask's file stem is the image's plus this (CamVid: _L)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=cmd_data_import)
