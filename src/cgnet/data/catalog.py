@@ -268,9 +268,10 @@ def dataset_from_meta(meta: dict, name: str | None = None) -> DatasetInfo:
         name: overrides the dataset the metadata names.
     """
     name = name or meta.get("dataset")
-    # a run trained with --classes under a known dataset's name (`--dataset` defaults to camvid)
-    # is a custom one: its own classes and palette
-    if name in DATASETS and (not meta.get("classes") or list(meta["classes"]) == list(DATASETS[name].classes)):
+    # a run trained with --classes under a known dataset's name (`cgnet train --dataset` defaults
+    # to camvid) is a custom one: its own classes and palette
+    trained_custom = bool((meta.get("config") or {}).get("classes")) and meta.get("classes")
+    if name in DATASETS and not trained_custom:
         return DATASETS[name]
     if name is None or not meta.get("classes"):
         raise InputError("the checkpoint does not say its dataset: give --dataset camvid or cityscapes")

@@ -217,13 +217,13 @@ def polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
         np.add.at(spans, (row[keep], right[keep]), -1)
     mask = np.cumsum(spans, axis=1)[:, :width] > 0
     for (x0, y0), (x1, y1) in zip(start, end):   # the edges themselves
-        mask |= segment_mask(x0, y0, x1, y1, height, width)
+        ys, xs = segment_pixels(x0, y0, x1, y1, height, width)
+        mask[ys, xs] = True
     return mask
 
 
-def segment_mask(x0: float, y0: float, x1: float, y1: float, height: int, width: int) -> np.ndarray:
-    """The pixels whose points lie on the segment (x0, y0)-(x1, y1)."""
-    mask = np.zeros((height, width), dtype=bool)
+def segment_pixels(x0: float, y0: float, x1: float, y1: float, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (rows, columns) of the pixels whose points lie on the segment (x0, y0)-(x1, y1)."""
     if abs(x1 - x0) >= abs(y1 - y0):   # walk the whole x values
         if x0 > x1:
             x0, y0, x1, y1 = x1, y1, x0, y0
@@ -237,8 +237,7 @@ def segment_mask(x0: float, y0: float, x1: float, y1: float, height: int, width:
     on = (np.abs(xs - np.round(xs)) < EPS) & (np.abs(ys - np.round(ys)) < EPS)
     xs, ys = np.round(xs[on]).astype(int), np.round(ys[on]).astype(int)
     inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
-    mask[ys[inside], xs[inside]] = True
-    return mask
+    return ys[inside], xs[inside]
 
 
 def rectangle_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -256,7 +255,7 @@ def circle_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
     """Pixels within the circle of centre points[0] through points[1], edge included."""
     (cx, cy), (px, py) = points
     r2 = (px - cx) ** 2 + (py - cy) ** 2
-    ys, xs = np.mgrid[0:height, 0:width]
+    ys, xs = np.ogrid[0:height, 0:width]
     return (xs - cx) ** 2 + (ys - cy) ** 2 <= r2 + EPS
 
 
@@ -341,7 +340,18 @@ def rasterize(shapes: list, size: tuple[int, int], ids: dict[str, int], fill: in
             skipped[kind] += 1
             continue
         points = shape_points(shape, kind, f"{path}: shape {index} ({name!r})")
-        label[draw[kind](points, height, width)] = ids[name]
+        if kind == "circle":   # its box: centre +- radius
+            radius = math.hypot(*(points[1] - points[0]))
+            corners = np.array([points[0] - radius, points[0] + radius])
+        else:
+            corners = np.array([points.min(0), points.max(0)])
+        # draw in the shape's box only (the image's part of it): shifted points, a small mask
+        left, top = (max(0, math.floor(v)) for v in corners[0])
+        right, bottom = min(width, math.floor(corners[1][0]) + 2), min(height, math.floor(corners[1][1]) + 2)
+        if left >= right or top >= bottom:
+            continue
+        mask = draw[kind](points - (left, top), bottom - top, right - left)
+        label[top:bottom, left:right][mask] = ids[name]
     return label
 
 
