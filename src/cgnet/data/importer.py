@@ -648,7 +648,7 @@ def summary_text(summary: ImportSummary, ignore_index: int) -> str:
     lines.append(f"skipped images: {skipped_text(summary.skipped) or 'none'}")
     if summary.shapes_skipped:
         lines.append("skipped shapes (they cover no area): "
-                     + ", ".join(f"{n} {kind}" for kind, n in sorted(summary.shapes_skipped.items())))
+                     + ", ".join(f"{n} {kind}{'s' * (n != 1)}" for kind, n in sorted(summary.shapes_skipped.items())))
     val = f"{root / 'val.txt'}" if summary.val else "none"
     lines.append(f"train with: cgnet train --dataset {root.name} --classes {root / 'classes.txt'} "
                  f"--ignore-index {ignore_index} --data-root {root} --train-split {root / 'train.txt'} "
