@@ -18,7 +18,7 @@
 # for a device session too short for two commands; SKIP_BENCH=1 skips the benchmark.
 # EXTRA="--time-budget M" fits the schedule into M minutes of wall-clock over both parts (set-up,
 # compiling and the resume included; the time limit's SIGTERM saves part 1 where it stands).
-# Measured on an H200 (docs/gpu_h200_issue9_run.txt): 149 s of cold compiling, ~1.0 s per epoch,
+# Measured on an H200 (results/gpu_h200_camvid_run.txt): 149 s of cold compiling, ~1.0 s per epoch,
 # ~45 s to resume, so 800 epochs need 15-17 minutes in all (more than a 15-minute device session).
 # Across device sessions: run without FIT and EXTRA, so the schedule stays the preset's 800
 # epochs; each part stops at its command's limit and saves exactly where it stands. Put $OUT's

@@ -1,7 +1,7 @@
 """What each dataset is (class names, colours, ignore id, list-file names) and where its data lives.
 
 A custom dataset is a `DatasetInfo` built from the user's class names and ignore index; its list
-files are given explicitly (see README, "Custom datasets").
+files are given explicitly (see docs/data.md, "Custom datasets").
 """
 from __future__ import annotations
 
