@@ -1,5 +1,6 @@
-"""Exports (ONNX, OpenVINO, TorchScript), the inference simplifications, backends in eval, bench."""
+"""Exports (every format of the formats table), the inference simplifications, backends in eval, bench."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import torch.nn as nn
 from cgnet import CGNet, load_model
 from cgnet.deploy import export as exporter
 from cgnet.deploy import simplify
-from cgnet.cli import main
+from cgnet.cli import main, make_parser
+from cgnet.deploy.bench import PATHS
+from cgnet.deploy.formats import FORMATS
 from cgnet.data.catalog import CAMVID
 from cgnet.deploy.predictor import make_predictor
 from helpers.randomize import randomized
@@ -37,7 +40,7 @@ def test_prelu_as_max_only_when_every_slope_is_at_most_one():
         assert torch.equal(simplify.MaxPReLU(prelu)(x.view(1, 1, 1, -1)), prelu(x.view(1, 1, 1, -1)))
 
 
-@pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("torchscript", "ts")])
+@pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("pt2", "pt2")])
 def test_export_round_trip_with_metadata_and_dynamic_size(randomized_ckpt, camvid, tmp_path, fmt, ext, capsys):
     if fmt == "openvino":
         pytest.importorskip("openvino")
@@ -56,6 +59,46 @@ def test_export_round_trip_with_metadata_and_dynamic_size(randomized_ckpt, camvi
         with torch.no_grad():
             expected = model(torch.from_numpy(pred.input(image)))[0].numpy()
         np.testing.assert_allclose(pred.logits(image), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torchscript_files_of_earlier_versions_still_load(randomized_ckpt, tmp_path):
+    # what cgnet export wrote before .pt2: a trace of the simplified model, metadata inside
+    model = load_model(randomized_ckpt)
+    meta = dict(model.meta, export_format="torchscript", export_precision="fp32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(simplify.simplify_for_inference(model), torch.randn(1, 3, 32, 48), check_trace=False)
+        torch.jit.save(traced, str(tmp_path / "old.ts"), _extra_files={"cgnet_meta.json": json.dumps(meta)})
+        pred = make_predictor(tmp_path / "old.ts")
+        image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(pred.input(image)))[0].numpy()
+        np.testing.assert_allclose(pred.logits(image), expected, rtol=1e-4, atol=1e-4)
+    assert pred.meta["classes"] == list(CAMVID.classes)
+    with pytest.raises(SystemExit):  # TorchScript is read, never written
+        make_parser().parse_args(["export", "--format", "torchscript"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "pt2", "--precision", "int8"], "cgnet export: error: --format pt2 writes fp32, not int8: use --format onnx"),
+    (["--format", "onnx", "--precision", "bf16"], "cgnet export: error: --format onnx writes fp32 or int8, not bf16: "
+                                                  "use --format openvino"),
+    (["--format", "pt2", "--out", "model.onnx"], "cgnet export: error: --out model.onnx: a pt2 file ends in .pt2"),
+])
+def test_export_refuses_what_its_format_cannot_write(argv, message, randomized_ckpt, capsys):
+    assert main(["export", "--checkpoint", str(randomized_ckpt), *argv]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+
+
+def test_every_format_entry_is_complete_and_its_suffix_unique():
+    suffixes = [f.suffix for f in FORMATS.values()]
+    assert len(set(suffixes)) == len(suffixes)
+    for name, entry in FORMATS.items():
+        assert entry.name == name and entry.suffix.startswith(".") and entry.precisions[0] == "fp32"
+        assert callable(entry.load) and callable(entry.read_meta) and entry.verified
+        assert set(entry.calibrated) <= set(entry.precisions)
+        if entry.backend:  # every backend's precisions are benchmark paths
+            assert all(f"{entry.backend}-{p}" in PATHS for p in entry.precisions)
 
 
 def test_export_that_disagrees_is_refused_and_removed(randomized_ckpt, camvid, tmp_path, monkeypatch, capsys):
@@ -81,7 +124,7 @@ def test_int8_and_bf16_exports_verify(randomized_ckpt, camvid, tmp_path, monkeyp
     assert pred.meta["export_precision"] == "int8"
     onnx = pytest.importorskip("onnx")
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
-    with pytest.raises(ValueError, match="use --format openvino"):
+    with pytest.raises(ValueError, match="writes fp32 or int8, not bf16: use --format openvino"):
         exporter.export(load_model(randomized_ckpt), tmp_path / "b.onnx", "onnx", "bf16", data_root=str(camvid))
 
 

@@ -8,7 +8,8 @@ Paths measured (those whose backend is installed):
   (cgnet.deploy.runners.compile_for_inference; bf16: under autocast), static shapes per size;
 - torch compiled-cudagraph fp32 / bf16 / fp16 (CUDA only): the same, compiled with
   mode="reduce-overhead" (inductor replays it as CUDA graphs);
-- onnxruntime fp32 / int8 and openvino fp32 / bf16: the files `cgnet export` writes.
+- every backend and precision of the formats table (`cgnet.deploy.formats`: onnxruntime fp32 /
+  int8, openvino fp32 / bf16, ...): the files `cgnet export` writes.
 Latency: warm-up runs, then the min and median of N timed runs (CUDA: synchronised with events),
 of one call from a normalised float32 array on the host to its result on the host: the logits
 (default), or with --output labels the uint8 class ids, which the torch paths compute where the
@@ -37,11 +38,13 @@ from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import read_image, read_list
 from ..preprocess import to_tensor
 from .export import export
-from .runners import available_backends, compiled_torch_runner, onnxruntime_runner, openvino_runner, torch_runner
+from .formats import FORMATS, available_backends, format_for_backend
+from .runners import compiled_torch_runner, torch_runner
 
+# the torch paths, then one per (backend, precision) of the formats table
 PATHS = ["torch-eager-fp32", "torch-fp32", "torch-bf16", "torch-compiled-cudagraph-fp32",
-         "torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16", "onnxruntime-fp32", "onnxruntime-int8",
-         "openvino-fp32", "openvino-bf16"]
+         "torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16"] + \
+        [f"{f.backend}-{precision}" for f in FORMATS.values() if f.backend for precision in f.precisions]
 CUDA_ONLY = ("torch-compiled-cudagraph-fp32", "torch-compiled-cudagraph-bf16", "torch-compiled-cudagraph-fp16")
 # the model as trained under autocast: measured only when asked for (what a precision alone changes)
 EAGER_AUTOCAST = ["torch-eager-bf16", "torch-eager-fp16"]
@@ -121,10 +124,10 @@ def build_runner(path: str, model, workdir: Path, device: torch.device, data_roo
     if backend in ("torch", "torch-compiled-cudagraph"):  # shapes static per size: one compile (and graph) each
         return compiled_torch_runner(model, precision, device, labels=labels,
                                      cuda_graphs=backend == "torch-compiled-cudagraph")
-    fmt = "onnx" if backend == "onnxruntime" else "openvino"
-    out = export(model, workdir / f"{path}.{'onnx' if fmt == 'onnx' else 'xml'}", fmt, precision,
-                 data_root=data_root, log=lambda *a: None)
-    run = onnxruntime_runner(out) if fmt == "onnx" else openvino_runner(out, precision)
+    fmt = format_for_backend(backend)
+    out = export(model, workdir / f"{path}{fmt.suffix}", fmt.name, precision, data_root=data_root,
+                 log=lambda *a: None)
+    run = fmt.load(out, precision)
     return (lambda x: run(x).argmax(1).astype(np.uint8)) if labels else run
 
 

@@ -1,10 +1,10 @@
-"""`cgnet export`: ONNX, OpenVINO and TorchScript files for CPU and mobile runtimes.
+"""`cgnet export`: inference files for the runtimes of the formats table (`cgnet.deploy.formats`).
 
 Every export is inference-only and simplified first (`cgnet.deploy.simplify`: BatchNorm folded
-into the convolutions, PReLU as max(x, a*x) where that is exact). Height and width are dynamic.
-The file carries the checkpoint's metadata (classes, palette, preprocessing) and is verified
-against eager PyTorch before it is kept: on real frames of the checkpoint's dataset when they are
-found, else on deterministic synthetic frames.
+into the convolutions, PReLU as max(x, a*x) where that is exact). The file carries the
+checkpoint's metadata (classes, palette, preprocessing) and is verified against eager PyTorch,
+through its own runtime, before it gets its name: on real frames of the checkpoint's dataset when
+they are found, else on deterministic synthetic frames.
 """
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import SegDataset, read_image, read_list
 from ..fileio import check_writable
 from ..model import CGNet
-from .runners import Predictor, load_exported, require, torch_runner
+from ..preprocess import check_spec, to_tensor
+from .formats import FORMATS, ExportFormat, writable_formats
+from .runners import torch_runner
 from .simplify import MaxPReLU, simplify_for_inference
 
 class ExportError(CGNetError, ValueError):
@@ -36,76 +38,17 @@ AGREEMENT = {"fp32": 0.999, "bf16": 0.99, "int8": 0.97}
 MAX_ABS_FP32 = 1e-2
 
 
-# ---- writers -------------------------------------------------------------------------------
-
-def export_onnx(model: nn.Module, path: Path, meta: dict, opset: int = 17) -> Path:
-    onnx = require("onnx")
-    x = torch.randn(1, 3, 96, 128)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                    "logits": {0: "batch", 2: "height", 3: "width"}},
-                      opset_version=opset, dynamo=False)
-    proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "cgnet", json.dumps(meta)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
-    return path
-
-
-def export_openvino(model: nn.Module, path: Path, meta: dict) -> Path:
-    ov = require("openvino")
-    onnx_path = export_onnx(model, path.with_suffix(".onnx.tmp"), meta)
-    try:
-        ov_model = ov.convert_model(str(onnx_path))
-    finally:
-        onnx_path.unlink(missing_ok=True)
-    ov_model.set_rt_info(json.dumps(meta), ["cgnet"])
-    ov.save_model(ov_model, str(path), compress_to_fp16=False)
-    return path
-
-
-def export_torchscript(model: nn.Module, path: Path, meta: dict) -> Path:
-    traced = torch.jit.trace(model, torch.randn(1, 3, 96, 128), check_trace=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.jit.save(traced, str(tmp), _extra_files={"cgnet_meta.json": json.dumps(meta)})
-    os.replace(tmp, path)
-    return path
-
-
-def quantize_onnx_int8(fp32_path: Path, path: Path, calibration: list[np.ndarray]) -> Path:
-    """Static post-training quantisation (QDQ, per channel) calibrated on normalised crops."""
-    q = require("onnxruntime.quantization")
-
-    class Reader(q.CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(calibration)
-
-        def get_next(self):
-            x = next(self.items, None)
-            return None if x is None else {"image": x}
-
-    q.quantize_static(str(fp32_path), str(path), Reader(), quant_format=q.QuantFormat.QDQ,
-                      per_channel=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
-    onnx = require("onnx")  # quantize_static drops nothing we need, but keep the metadata explicit
-    proto = onnx.load(str(path))
-    if not any(p.key == "cgnet" for p in proto.metadata_props):
-        src = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = "cgnet", src["cgnet"]
-        onnx.save(proto, str(path))
-    return path
-
-
 # ---- verification --------------------------------------------------------------------------
 
-def verify(predictor: Predictor, reference: CGNet, images: list[np.ndarray], precision: str) -> dict:
-    """Max |logit difference| and argmax agreement of an export against eager fp32 PyTorch."""
-    ref = Predictor(torch_runner(reference, "fp32", "cpu", channels_last=False), reference.meta, "torch")
+def verify(run, reference: CGNet, images: list[np.ndarray], precision: str) -> dict:
+    """Max |logit difference| and argmax agreement of `run` (a runner: normalised N x 3 x H x W in,
+    logits out) against eager fp32 PyTorch on `images` (H x W x 3 uint8 RGB)."""
+    eager = torch_runner(reference, "fp32", "cpu", channels_last=False)
+    spec = check_spec(reference.meta["preprocess"])
     max_abs, agree, total = 0.0, 0, 0
     for image in images:
-        a, b = ref.logits(image), predictor.logits(image)
+        x = to_tensor(image, spec)[None].numpy()
+        a, b = eager(x)[0], np.asarray(run(x), dtype=np.float32)[0]
         max_abs = max(max_abs, float(np.abs(a - b).max()))
         agree += int((a.argmax(0) == b.argmax(0)).sum())
         total += a.shape[1] * a.shape[2]
@@ -189,20 +132,36 @@ def calibration_inputs(model: CGNet, data_root: str | os.PathLike | None, count:
     return [ds[i % len(ds)][0][None].numpy() for i in range(count)]
 
 
+def check_request(fmt: str, precision: str) -> ExportFormat:
+    """The format entry for `fmt`, once it is known to write `precision` and to be installed."""
+    if fmt not in FORMATS or FORMATS[fmt].write is None:
+        raise InputError(f"unknown format {fmt!r}: {', '.join(writable_formats())}")
+    entry = FORMATS[fmt]
+    if precision not in entry.precisions:
+        others = [name for name in writable_formats() if precision in FORMATS[name].precisions]
+        raise InputError(f"--format {fmt} writes {' or '.join(entry.precisions)}, not {precision}"
+                         + (f": use --format {' or '.join(others)}" if others else ""))
+    entry.require()
+    return entry
+
+
 def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_root: str | None = None,
            prelu_as_max: bool | None = None, verify_count: int = 8, log=print) -> Path:
     """Write `model` as an inference file, verified against eager fp32 PyTorch.
 
     BatchNorm is folded into the convolutions and PReLU written as max(x, a*x) where exact; the
-    file carries the checkpoint's metadata. It is run on real frames of the checkpoint's dataset
-    (or deterministic synthetic frames when none are found) and removed again if its argmax
-    agreement or largest logit difference misses the tolerance (`AGREEMENT`, `MAX_ABS_FP32`).
+    file carries the checkpoint's metadata. It is run through its own runtime on real frames of
+    the checkpoint's dataset (or deterministic synthetic frames when none are found) and removed
+    again if its argmax agreement or largest logit difference misses the tolerance
+    (`AGREEMENT`, `MAX_ABS_FP32`).
 
     Args:
         model: a CGNet with `meta` (from `load_model`).
-        out: the file to write (.xml for OpenVINO, whose weights go to the .bin beside it).
-        fmt: 'onnx', 'openvino' or 'torchscript'.
-        precision: 'fp32'; 'bf16' (OpenVINO inference precision); 'int8' (ONNX, static QDQ).
+        out: the file to write; its suffix is set to the format's (.xml for OpenVINO, whose
+            weights go to the .bin beside it).
+        fmt: a writable format of `cgnet.deploy.formats.FORMATS` ('onnx', 'openvino', 'pt2', ...).
+        precision: one of the format's precisions ('fp32'; 'bf16': OpenVINO's inference
+            precision; 'int8': static quantisation calibrated on training crops).
         data_root: frames to verify on (and, for int8, the training list to calibrate on);
             default: the checkpoint's dataset in its default location.
         prelu_as_max: force (True) or forbid (False) PReLU as max; None: where it is exact.
@@ -212,21 +171,14 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
     Returns:
         The path written.
     """
-    if fmt not in ("onnx", "openvino", "torchscript"):
-        raise InputError(f"unknown format {fmt!r}: onnx, openvino or torchscript")
-    if precision == "bf16" and fmt != "openvino":
-        raise InputError("bf16 export is an OpenVINO inference precision: use --format openvino")
-    if precision == "int8" and fmt != "onnx":
-        raise InputError("int8 export is ONNX Runtime static quantisation: use --format onnx")
+    entry = check_request(fmt, precision)
     if model.meta.get("preprocess") is None:
         raise InputError("the checkpoint stores no preprocessing; exports need it (train with cgnet, "
                          "or save the original weights with cgnet.save_checkpoint and a preprocessing spec)")
-    out = Path(out)
-    if fmt == "openvino":
-        out = out.with_suffix(".xml")
+    out = Path(out).with_suffix(entry.suffix)
     # everything that can refuse is checked before a file is written
     frames, source = verification_images(model.meta, data_root, verify_count)
-    calibration = calibration_inputs(model, data_root) if precision == "int8" else None
+    calibration = calibration_inputs(model, data_root) if precision in entry.calibrated else None
     out.parent.mkdir(parents=True, exist_ok=True)
     simple = simplify_for_inference(model, prelu_as_max)
     uses_max = any(isinstance(m, MaxPReLU) for m in simple.modules())
@@ -236,19 +188,8 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
     # export never leaves a file that looks finished (cached exports rely on this)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
     try:
-        if fmt == "onnx" and precision == "int8":
-            fp32 = export_onnx(simple, tmp.with_name(tmp.stem + ".fp32.onnx"), meta)
-            try:
-                quantize_onnx_int8(fp32, tmp, calibration)
-            finally:
-                fp32.unlink(missing_ok=True)
-        elif fmt == "onnx":
-            export_onnx(simple, tmp, meta)
-        elif fmt == "openvino":
-            export_openvino(simple, tmp, meta)
-        else:
-            export_torchscript(simple, tmp, meta)
-        report = verify(load_exported(tmp, precision), model, frames, precision)
+        entry.write(simple, tmp, meta, precision, calibration)
+        report = verify(entry.load(tmp, precision), model, frames, precision)
         log(f"verified on {source} against eager fp32: max |logit diff| "
             f"{report['max_abs_diff']:.3g}, argmax agreement {100 * report['argmax_agreement']:.3f}% "
             f"(needs >= {100 * AGREEMENT[precision]:.1f}%"
@@ -257,25 +198,23 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
             raise ExportError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance "
                              f"(argmax agreement {100 * report['argmax_agreement']:.2f}%, max |diff| "
                              f"{report['max_abs_diff']:.3g}); not kept")
-        if fmt == "openvino":
-            os.replace(tmp.with_suffix(".bin"), out.with_suffix(".bin"))
+        for final, partial in zip(entry.files(out)[1:], entry.files(tmp)[1:]):
+            os.replace(partial, final)
         os.replace(tmp, out)
     finally:
-        _remove_export(tmp)
+        for partial in entry.files(tmp):
+            partial.unlink(missing_ok=True)
     return out
-
-
-def _remove_export(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    if path.suffix == ".xml":
-        path.with_suffix(".bin").unlink(missing_ok=True)
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="default: the shipped camvid weights")
-    p.add_argument("--format", required=True, choices=["onnx", "openvino", "torchscript"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="bf16: OpenVINO inference precision; int8: ONNX Runtime static quantisation")
+    p.add_argument("--format", required=True, choices=writable_formats(),
+                   help="; ".join(f"{name}: {FORMATS[name].suffix} for {FORMATS[name].title}"
+                                  for name in writable_formats()))
+    p.add_argument("--precision", default="fp32", choices=sorted({precision for f in FORMATS.values() for precision in f.precisions}),
+                   help="; ".join(f"{name}: {', '.join(FORMATS[name].precisions)}" for name in writable_formats())
+                   + " (default fp32)")
     p.add_argument("--out", help="output file (default: cgnet_<dataset>_<precision>.<ext>)")
     p.add_argument("--data-root", help="frames to verify (and calibrate int8) on: the checkpoint's dataset folder or a "
                                        "folder of images (default: the dataset's default location, else synthetic "
@@ -285,10 +224,12 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    entry = check_request(args.format, args.precision)
     model = load_model(args.checkpoint or DEFAULT_WEIGHTS)
-    ext = {"onnx": "onnx", "openvino": "xml", "torchscript": "ts"}[args.format]
-    out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}.{ext}")
+    out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}{entry.suffix}")
+    if out.suffix != entry.suffix:
+        raise InputError(f"--out {out}: a {args.format} file ends in {entry.suffix}")
     check_writable(out, "--out", folder=False)
     path = export(model, out, args.format, args.precision, data_root=args.data_root, prelu_as_max=args.prelu_as_max)
-    print(f"wrote {path}" + (f" and {path.with_suffix('.bin')}" if path.suffix == ".xml" else ""))
+    print("wrote " + " and ".join(map(str, entry.files(path))))
     return 0

@@ -40,8 +40,8 @@ import numpy as np
 from ..common import DEFAULT_WEIGHTS, VIDEO_EXTS, CGNetError, number_type
 from ..visualize import blend, colorize
 from .predict import VideoStreams, palette_of, predict_video, video_fps
-from .predictor import add_predictor_args, make_predictor, resolve_backend
-from .runners import MissingBackend, Predictor
+from .predictor import Predictor, add_predictor_args, make_predictor, resolve_backend
+from .runners import MissingBackend
 
 STATIC = Path(__file__).resolve().parent / "serve_static"
 SERVE_MODULES = {"starlette": "starlette", "uvicorn": "uvicorn", "python-multipart": "python_multipart"}

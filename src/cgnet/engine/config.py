@@ -1,16 +1,24 @@
-"""The training configuration: one frozen, typed `TrainConfig`, the paper's presets as overrides
-of it, and `resolve_config` (defaults <- preset <- command line; on --resume, the run's own
-settings <- preset <- command line). The resolved config is printed, written to OUT/config.json
-and stored in every checkpoint; `TrainConfig.from_dict` reads it back. `check_config` refuses
-settings that cannot train before anything touches the disk; `compare_for_resume` refuses a
-resumed run whose command line changes what the run learns.
+"""The training configuration: one frozen, typed `TrainConfig` whose fields each carry their
+command-line option, --help group, value check and --resume policy (`option`); the parser is built
+from them (`add_train_args`). The paper's presets are overrides of it, and `resolve_config` merges
+defaults <- preset <- --config file <- command line (on --resume, the run's own settings come
+first). The resolved config is printed, written to OUT/config.json and stored in every checkpoint;
+`TrainConfig.from_dict` reads it back, and `--config OUT/config.json` starts the same recipe.
+`check_config` refuses settings that cannot train before anything touches the disk;
+`compare_for_resume` refuses a resumed run whose command line changes what the run learns.
+
+A new option is one field here (with its `option(...)`) and the code that uses it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -23,52 +31,170 @@ class ConfigError(CGNetError, ValueError):
     """A training setting that cannot work; the message names the option and the value."""
 
 
+# ---- single-value checks: each raises one ConfigError naming the option and the value ---------
+
+def show(value) -> str:
+    """A value as it is typed on the command line: 0 (not 0.0), 32 32, 0.5,0.5,0.5."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(show(v) for v in value)
+    return str(value)
+
+
+def at_least(low: int, why: str = ""):
+    def check(option: str, value) -> None:
+        if value < low:
+            raise ConfigError(f"{option} {show(value)}: must be at least {low}{why}")
+    return check
+
+
+def positive(what: str = "a positive number"):
+    def check(option: str, value: float) -> None:
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{option} {show(value)}: must be {what}")
+    return check
+
+
+def not_negative(why: str = ""):
+    def check(option: str, value: float) -> None:
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{option} {show(value)}: must be 0 or more{why}")
+    return check
+
+
+def fraction(option: str, value: float) -> None:
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ConfigError(f"{option} {show(value)}: must be in [0, 1)")
+
+
+def three_values(option: str, values) -> None:
+    if len(values) != 3:
+        raise ConfigError(f"{option} {show(values)}: needs 3 values (one per channel), got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option} {show(values)}: must be finite numbers")
+
+
+def adam_betas(option: str, values) -> None:
+    if len(values) != 2 or not all(0 <= b < 1 for b in values):
+        raise ConfigError(f"{option} {show(values)}: two values in [0, 1)")
+
+
+# ---- the options ------------------------------------------------------------------------------
+
+# What --resume does with a setting of the run it continues:
+DEFINES = "defines the run"         # what the run learns: a change is refused
+MAY_CHANGE = "may change"           # how it runs: taken from the run, a change is accepted and logged
+SAME_KIND = "may change within its kind"  # the device: cuda:0 -> cuda:1 yes, cuda -> cpu no
+FRESH = "not inherited"             # where this invocation writes or stops, what training fills in
+POLICIES = (DEFINES, MAY_CHANGE, SAME_KIND, FRESH)
+GROUPS = ("data", "schedule", "model", "speed", "output")
+
+
+def option(default, help: str | None, group: str | None, resume: str, *, flag: str | None = "",
+           check=None, **parser):
+    """A `TrainConfig` field with what the command line, the checks and --resume need to know.
+
+    Args:
+        default: the value when neither a preset, a --config file nor the command line sets it.
+        help: the --help text (None: no command-line option).
+        group: the --help group (one of GROUPS).
+        resume: what --resume does with it (one of POLICIES).
+        flag: the option ('' : --field-name; None: none, set only by presets and config files).
+        check: check(option, value) raising ConfigError, run when the value is not None.
+        parser: argparse keyword arguments (type, choices, nargs, metavar, action).
+    """
+    meta = dict(help=help, group=group, resume=resume, flag=flag, check=check, parser=parser)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything a training run is. Each field carries its command-line option, --help group,
+    value check and --resume policy (`option`); `add_train_args` builds the parser from them."""
+    preset: str | None = option(None, "one of the paper's recipes", None, DEFINES)  # in the recipe group
     # what to train on
-    preset: str | None = None
-    dataset: str = "camvid"
-    classes: tuple[str, ...] | None = None      # a custom dataset's class names
-    ignore_index: int | None = None             # a custom dataset's unlabelled id
-    data_root: str | None = None
-    train_split: str = "train"                  # split name or list file
-    val_split: str | None = "val"               # 'none' skips validation
+    dataset: str = option("camvid", "camvid or cityscapes, or your own dataset's name (with --classes)", "data",
+                          DEFINES)
+    classes: tuple[str, ...] | None = option(
+        None, "your own dataset: class names, 'a,b,c' or a file with one per line (`name r,g,b` lines give colours; "
+              "with --ignore-index, and list files for --train-split/--val-split)", "data", DEFINES,
+        type=read_class_names)
+    ignore_index: int | None = option(None, "label id of unlabelled pixels (custom datasets)", "data", DEFINES,
+                                      type=int)
+    data_root: str | None = option(None, "dataset folder (with the list files)", "data", MAY_CHANGE)
+    train_split: str = option("train", "train, trainval, or a list file", "data", DEFINES)
+    val_split: str | None = option("val", "split or list file validated on ('none' to skip)", "data", DEFINES)
     # the schedule (the paper's: Adam, poly 0.9, every iteration)
-    epochs: int = 800
-    batch_size: int = 8                         # global, split across processes
-    crop: tuple[int, int] = (360, 360)
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    max_iters: int | None = None                # stop early; the schedule still spans `epochs`
-    time_budget: float | None = None            # minutes, setup included: `epochs` is cut to fit after 2 epochs
+    epochs: int = option(800, "epochs of the poly schedule", "schedule", DEFINES, check=at_least(1), type=int)
+    batch_size: int = option(8, "global batch, split across processes", "schedule", DEFINES, check=at_least(1),
+                             type=int)
+    crop: tuple[int, int] = option((360, 360), "crop size: S or H W", "schedule", DEFINES, type=int, nargs="+",
+                                   metavar="PX")
+    lr: float = option(1e-3, "base learning rate", "schedule", DEFINES, check=positive(), type=float)
+    betas: tuple[float, float] = option((0.9, 0.999), None, "schedule", DEFINES, flag=None, check=adam_betas)
+    eps: float = option(1e-8, None, "schedule", DEFINES, flag=None, check=positive())
+    weight_decay: float = option(5e-4, "Adam's L2 weight decay", "schedule", DEFINES, check=not_negative(),
+                                 type=float)
+    poly_power: float = option(0.9, "lr = base * (1 - iteration / iterations) ** power", "schedule", DEFINES,
+                               check=not_negative(" (a negative power makes the learning rate rise)"), type=float)
+    max_iters: int | None = option(None, "stop after this many iterations (schedule still spans --epochs)",
+                                   "schedule", FRESH, check=at_least(1, " (leave it out to train all --epochs)"),
+                                   type=int)
+    time_budget: float | None = option(
+        None, "fit the whole run (data loading and compilation included) into this many minutes: after 2 epochs, "
+              "--epochs is cut to what fits (the poly schedule then spans the shorter run)", "schedule", DEFINES,
+        check=positive("a positive number of minutes"), type=float, metavar="MIN")
+    seed: int = option(0, "seed of the weights, the shuffling and the augmentation", "schedule", DEFINES,
+                       check=at_least(0), type=int)
     # the model and the loss
-    m: int = 3
-    n: int = 21
-    dropout: float = 0.0
-    class_weights: bool = True                  # 1 / ln(1.10 + class share)
-    preprocess: str = "standard"
-    mean: tuple[float, ...] | None = None       # default: the training list's statistics
-    std: tuple[float, ...] | None = None
-    seed: int = 0
+    # one option for both: torchrun rejects a bare --m among the script's arguments as ambiguous
+    m: int = option(3, "blocks in stages 2 and 3 (default 3 21)", "model", DEFINES, flag="--blocks", type=int,
+                    nargs=2, metavar=("M", "N"))
+    n: int = option(21, None, "model", DEFINES, flag=None)
+    dropout: float = option(0.0, "dropout before the classifier", "model", DEFINES, check=fraction, type=float)
+    class_weights: bool = option(True, "weight the loss by 1/ln(1.10 + class share) (default on)", "model", DEFINES,
+                                 action=argparse.BooleanOptionalAction)
+    preprocess: str = option("standard", "standard (RGB, /255, mean/std) or original (the release's BGR mean "
+                                         "subtraction)", "data", DEFINES, choices=["standard", "original"])
+    mean: tuple[float, ...] | None = option(None, "3 values; default: computed on the training list", "data",
+                                            DEFINES, check=three_values, type=parse_floats)
+    std: tuple[float, ...] | None = option(None, "3 values; default: computed on the training list", "data",
+                                           DEFINES, check=three_values, type=parse_floats)
     # how it runs
-    device: str | None = None                   # default: cuda when available
-    amp: str | None = None                      # off, bf16, fp16 (default: bf16 on CUDA, off on CPU)
-    channels_last: bool = True
-    compile: bool = False
-    compile_optimizer: bool = True              # --compile on CUDA: Adam's update compiled with the step
-    cuda_graph: bool | None = None              # default: on where possible
-    sync_bn: bool = False
-    workers: int | None = None
-    loader: str = "auto"                        # workers, memory (decode once, augment on the device)
-    val_every: int = 10
-    save_every: int = 1                         # write last.pt every K epochs (and after the last)
-    out: str = "runs/cgnet"
-    progress: bool = True
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)", "speed", SAME_KIND)
+    amp: str | None = option(None, "mixed precision (default: bf16 on CUDA, off on CPU)", "speed", MAY_CHANGE,
+                             choices=["off", "bf16", "fp16"])
+    channels_last: bool = option(True, "NHWC memory format (default on)", "speed", MAY_CHANGE,
+                                 action=argparse.BooleanOptionalAction)
+    compile: bool = option(False, "torch.compile the model (on CUDA the whole training step)", "speed", MAY_CHANGE,
+                           action=argparse.BooleanOptionalAction)
+    compile_optimizer: bool = option(
+        True, "with --compile on CUDA: compile Adam's update with the step (default); --no-compile-optimizer runs "
+              "it eagerly inside the step's CUDA graph", "speed", MAY_CHANGE, action=argparse.BooleanOptionalAction)
+    cuda_graph: bool | None = option(None, "replay the training step as one CUDA graph (default on where possible)",
+                                     "speed", MAY_CHANGE, action=argparse.BooleanOptionalAction)
+    sync_bn: bool = option(False, "synchronised BatchNorm across GPUs", "speed", MAY_CHANGE,
+                           action=argparse.BooleanOptionalAction)
+    workers: int | None = option(None, "loader workers per process", "speed", MAY_CHANGE, check=at_least(0),
+                                 type=int)
+    loader: str = option("auto", "memory: decode once, augment on the device (auto: memory on CUDA)", "speed",
+                         MAY_CHANGE, choices=["auto", "workers", "memory"])
+    # what it writes
+    val_every: int = option(10, "validate every K epochs (and after the last)", "output", MAY_CHANGE,
+                            check=at_least(1), type=int, metavar="K")
+    save_every: int = option(1, "write last.pt every K epochs and after the last (Ctrl-C and SIGTERM save where "
+                                "the run is in any case)", "output", MAY_CHANGE, check=at_least(1), type=int,
+                             metavar="K")
+    out: str = option("runs/cgnet", "run folder (config, log, checkpoints, curve)", "output", FRESH)
+    progress: bool = option(True, "progress bars (default on)", "output", MAY_CHANGE,
+                            action=argparse.BooleanOptionalAction)
     # filled in by training: the preprocessing the model was trained with
-    resolved_preprocess: dict | None = None
+    resolved_preprocess: dict | None = option(None, None, None, FRESH, flag=None)
 
     def to_dict(self) -> dict:
         """JSON-able (tuples become lists)."""
@@ -80,6 +206,24 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v
                       for k, v in data.items() if k in known})
+
+
+def policy(name: str) -> str:
+    """The --resume policy of a TrainConfig field."""
+    return next(f for f in fields(TrainConfig) if f.name == name).metadata["resume"]
+
+
+def flag_of(f) -> str | None:
+    """A field's command-line option, e.g. '--batch-size' (None: set by presets and files only)."""
+    flag = f.metadata.get("flag", "")
+    return "--" + f.name.replace("_", "-") if flag == "" else flag
+
+
+# Settings that define what a run learns (its data, schedule, model, loss, preprocessing and
+# seed): `--resume` refuses a command line that changes one of them. Derived from the fields.
+RUN_DEFINING = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"] == DEFINES)
+# not taken from the run on --resume: where it writes, and where this invocation stops
+NOT_INHERITED = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"] == FRESH)
 
 
 # The paper's recipes (Wu et al. 2020, section IV; the original release's scripts).
@@ -96,74 +240,112 @@ PRESETS: dict[str, dict] = {
                        workers=1),
 }
 
+GROUP_TITLES = {"data": "data", "schedule": "schedule", "model": "model and loss",
+                "speed": "speed (how it runs; may change on --resume)", "output": "output"}
+
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), help="one of the paper's recipes")
-    p.add_argument("--dataset", help="camvid or cityscapes")
-    p.add_argument("--classes", type=read_class_names,
-                   help="your own dataset: class names, 'a,b,c' or a file with one per line (with --ignore-index, "
-                        "and list files for --train-split/--val-split)")
-    p.add_argument("--ignore-index", type=int, help="label id of unlabelled pixels (custom datasets)")
-    p.add_argument("--data-root", help="dataset folder (with the list files)")
-    p.add_argument("--train-split", help="train, trainval, or a list file")
-    p.add_argument("--val-split", help="split or list file validated on ('none' to skip)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-iters", type=int, help="stop after this many iterations (schedule still spans --epochs)")
-    p.add_argument("--time-budget", type=float, metavar="MIN",
-                   help="fit the whole run (data loading and compilation included) into this many minutes: "
-                        "after 2 epochs, --epochs is cut to what fits (the poly schedule then spans the "
-                        "shorter run)")
-    p.add_argument("--batch-size", type=int, help="global batch, split across processes")
-    p.add_argument("--crop", type=int, nargs="+", metavar="PX", help="crop size: S or H W")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--poly-power", type=float)
-    # one option for both: torchrun rejects a bare --m among the script's arguments as ambiguous
-    p.add_argument("--blocks", type=int, nargs=2, metavar=("M", "N"), help="blocks in stages 2 and 3 (default 3 21)")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
-                   help="weight the loss by 1/ln(1.10 + class share) (default on)")
-    p.add_argument("--preprocess", choices=["standard", "original"])
-    p.add_argument("--mean", type=parse_floats, help="3 values; default: computed on the training list")
-    p.add_argument("--std", type=parse_floats)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="default: bf16 on CUDA, off on CPU")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
-    p.add_argument("--compile-optimizer", action=argparse.BooleanOptionalAction, default=None,
-                   help="with --compile on CUDA: compile Adam's update with the step (default); "
-                        "--no-compile-optimizer runs it eagerly inside the step's CUDA graph (less to "
-                        "compile; its GPU speed is not measured yet)")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay the training step as one CUDA graph (default on where possible)")
-    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--workers", type=int, help="loader workers per process")
-    p.add_argument("--loader", choices=["auto", "workers", "memory"],
-                   help="memory: decode once, augment on the device (auto: memory on CUDA)")
-    p.add_argument("--val-every", type=int, help="validate every K epochs (and after the last)")
-    p.add_argument("--save-every", type=int, metavar="K",
-                   help="write last.pt every K epochs and after the last (default 1; Ctrl-C and SIGTERM "
-                        "save where the run is in any case)")
-    p.add_argument("--out", help="run folder (config, log, checkpoints, curve)")
-    p.add_argument("--resume", nargs="?", const="auto",
-                   help="continue from OUT/last.pt or a given checkpoint, with the run's own settings (options "
-                        "that change what the run learns are refused)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    """The `cgnet train` options, built from `TrainConfig`'s fields, in --help groups; the
+    recipe options (--preset, --config, --resume) first."""
+    recipe = p.add_argument_group("recipe")
+    recipe.add_argument("--preset", choices=sorted(PRESETS), help="one of the paper's recipes")
+    recipe.add_argument("--config", metavar="FILE",
+                        help="a recipe file, TOML or JSON (a run's own config.json works): its settings "
+                             "override the preset's, and command-line options override it")
+    recipe.add_argument("--resume", nargs="?", const="auto",
+                        help="continue from OUT/last.pt or a given checkpoint, with the run's own settings "
+                             "(options that change what the run learns are refused)")
+    groups = {name: p.add_argument_group(GROUP_TITLES[name]) for name in GROUPS}
+    for f in fields(TrainConfig):
+        flag, group = flag_of(f), f.metadata["group"]
+        if f.name == "preset" or flag is None or f.metadata["help"] is None:
+            continue
+        kwargs = dict(f.metadata["parser"])
+        if kwargs.get("action") is argparse.BooleanOptionalAction:
+            kwargs["default"] = None  # None: not given (the preset, file or default decides)
+        dest = "blocks" if flag == "--blocks" else f.name
+        groups[group].add_argument(flag, dest=dest, help=f.metadata["help"], **kwargs)
 
 
-# Settings that define what a run learns (its data, schedule, model, loss, preprocessing and
-# seed): `--resume` refuses a command line that changes one of them. The rest (speed, precision,
-# loader, how often it validates, where it stops this time) may change on resume.
-RUN_DEFINING = ("preset", "dataset", "classes", "ignore_index", "train_split", "val_split", "epochs", "batch_size",
-                "crop", "lr", "betas", "eps", "weight_decay", "poly_power", "time_budget", "m", "n", "dropout",
-                "class_weights", "preprocess", "mean", "std", "seed")
-# not taken from the run on --resume: where it writes, and where this invocation stops
-NOT_INHERITED = ("out", "max_iters", "resolved_preprocess")
+# ---- --config FILE ------------------------------------------------------------------------------
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The settings of a recipe file (TOML or JSON, a flat table of TrainConfig fields), checked
+    for unknown names and types; what is never inherited (--out, --max-iters, ...) is left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        else:
+            data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise ConfigError(f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} "
+                          f"({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a table of settings")
+    hints, known = typing.get_type_hints(TrainConfig), {f.name for f in fields(TrainConfig)}
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"--config {path}: unknown setting {key!r}")
+        if key in NOT_INHERITED:
+            continue
+        try:
+            values[key] = _typed(value, hints[key])
+        except TypeError:
+            raise ConfigError(f"--config {path}: {key} = {json.dumps(value)} is not a {_type_name(hints[key])}") \
+                from None
+    return values
+
+
+def _type_name(hint) -> str:
+    """'float', 'tuple[int, int]', 'int | None'."""
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _typed(value, hint):
+    """`value` (from JSON or TOML) as the field type `hint` wants it; TypeError when it is not one."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option_type in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, option_type)
+            except TypeError:
+                pass
+        raise TypeError(value)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(value)
+        element = args[0]
+        if args[-1] is not Ellipsis and len(args) != len(value):
+            raise TypeError(value)
+        return tuple(_typed(v, element) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(value)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(value)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(value)
+        return float(value)
+    if hint is str or hint is dict:
+        if not isinstance(value, hint):
+            raise TypeError(value)
+        return value
+    raise TypeError(value)
 
 
 def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> TrainConfig:
-    """Defaults <- preset <- command line, with the device-dependent defaults filled in.
+    """Defaults <- preset <- --config file <- command line, with the device-dependent defaults
+    filled in.
 
     With `resumed` (the config stored in the checkpoint being resumed) the run's own settings
     replace the defaults, so `cgnet train --out RUN --resume` continues the run as it was."""
@@ -172,8 +354,13 @@ def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> Tra
         known = {f.name for f in fields(TrainConfig)}
         values.update({k: tuple(v) if isinstance(v, list) else v for k, v in resumed.items()
                        if k in known and k not in NOT_INHERITED})
-    if getattr(args, "preset", None):
-        values.update(PRESETS[args.preset], preset=args.preset)
+    from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    preset = getattr(args, "preset", None) or from_file.get("preset")
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"--config {args.config}: unknown preset {preset!r} ({', '.join(sorted(PRESETS))})")
+        values.update(PRESETS[preset], preset=preset)
+    values.update(from_file)
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is not None:
@@ -194,39 +381,6 @@ def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> Tra
                   loader=cfg.loader if cfg.loader != "auto" else ("memory" if on_cuda else "workers"))
     check_config(cfg)
     return cfg
-
-
-def show(value) -> str:
-    """A value as it is typed on the command line: 0 (not 0.0), 32 32, 0.5,0.5,0.5."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, (tuple, list)):
-        return ",".join(show(v) for v in value)
-    return str(value)
-
-
-def _at_least(option: str, value, low) -> None:
-    if value < low:
-        raise ConfigError(f"{option} {show(value)}: must be at least {low}")
-
-
-def _positive(option: str, value: float, what: str = "a positive number") -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{option} {show(value)}: must be {what}")
-
-
-def _not_negative(option: str, value: float, why: str = "") -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"{option} {show(value)}: must be 0 or more{why}")
-
-
-def _three_values(option: str, values) -> None:
-    if values is not None and len(values) != 3:
-        raise ConfigError(f"{option} {show(values)}: needs 3 values (one per channel), got {len(values)}")
-    if values is not None and not all(math.isfinite(v) for v in values):
-        raise ConfigError(f"{option} {show(values)}: must be finite numbers")
 
 
 def list_file_of(root: Path, info, option: str, split: str) -> Path:
@@ -253,43 +407,25 @@ def check_config(cfg: TrainConfig) -> None:
         # seen with torch 2.13: inductor's CPU bf16 kernels give CGNet zero gradients everywhere
         raise ConfigError("--compile with --amp bf16 on the CPU trains nothing (inductor's CPU bf16 kernels give "
                           "CGNet zero gradients); use --amp off with --compile, or --no-compile with bf16")
-    # the schedule
-    _at_least("--epochs", cfg.epochs, 1)
-    if cfg.max_iters is not None and cfg.max_iters < 1:
-        raise ConfigError(f"--max-iters {cfg.max_iters}: must be at least 1 (leave it out to train all --epochs)")
-    if cfg.time_budget is not None:
-        _positive("--time-budget", cfg.time_budget, "a positive number of minutes")
-    _at_least("--batch-size", cfg.batch_size, 1)
+    # every field's own check (`option(check=...)`), in the order of the fields
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.metadata["check"] is not None and value is not None:
+            f.metadata["check"](_option(f.name), value)
+    # the rules that involve several settings
     world = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size}: the global batch does not split over {world} processes")
     if min(cfg.crop) < 8:
         raise ConfigError(f"--crop {show(cfg.crop[0]) if cfg.crop[0] == cfg.crop[1] else ' '.join(map(str, cfg.crop))}"
                           ": each side must be at least 8 pixels (the network works at 1/8 resolution)")
-    _positive("--lr", cfg.lr)
-    _not_negative("--weight-decay", cfg.weight_decay)
-    _not_negative("--poly-power", cfg.poly_power, " (a negative power makes the learning rate rise)")
-    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
-        raise ConfigError(f"betas {show(cfg.betas)}: two values in [0, 1)")
-    _positive("eps", cfg.eps)
-    # the model, the loss and the preprocessing
     if cfg.m < 2 or cfg.n < 2:
         raise ConfigError(f"--blocks {cfg.m} {cfg.n}: each stage needs at least 2 blocks "
                           "(one down-sampling block plus M-1 or N-1 CG blocks)")
-    if not (math.isfinite(cfg.dropout) and 0 <= cfg.dropout < 1):
-        raise ConfigError(f"--dropout {show(cfg.dropout)}: must be in [0, 1)")
-    _three_values("--mean", cfg.mean)
-    _three_values("--std", cfg.std)
     if cfg.std is not None and cfg.preprocess == "standard" and min(cfg.std) <= 0:
         raise ConfigError(f"--std {show(cfg.std)}: must be positive")
     if cfg.std is not None and cfg.preprocess == "original" and any(v != 1 for v in cfg.std):
         raise ConfigError(f"--std {show(cfg.std)}: the 'original' preprocessing divides by no std; leave --std out")
-    _at_least("--seed", cfg.seed, 0)
-    # how it runs
-    if cfg.workers is not None:
-        _at_least("--workers", cfg.workers, 0)
-    _at_least("--val-every", cfg.val_every, 1)
-    _at_least("--save-every", cfg.save_every, 1)
     try:
         device = torch.device(cfg.device)
     except RuntimeError:
@@ -327,7 +463,8 @@ def check_config(cfg: TrainConfig) -> None:
 # ---- --resume ---------------------------------------------------------------------------------
 
 def _option(name: str) -> str:
-    return {"m": "--blocks", "betas": "betas", "eps": "eps"}.get(name, "--" + name.replace("_", "-"))
+    """How messages name a setting: its option, or the bare name of one set by presets and files."""
+    return flag_of(next(f for f in fields(TrainConfig) if f.name == name)) or name
 
 
 def _flag(name: str, value) -> str:
@@ -357,7 +494,7 @@ def _comparable(config: dict) -> dict:
 def compare_for_resume(saved: dict, cfg: TrainConfig, *, schedule_fixed: bool = False) -> list[str]:
     """Check a resumed run's config against the one stored in its checkpoint.
 
-    A change of a `RUN_DEFINING` setting, or of the device's kind (cpu, cuda), raises one
+    A change of a setting that defines the run (`DEFINES`), or of the device's kind (cpu, cuda), raises one
     ConfigError naming each with its old and new value; `epochs` is not compared once a
     --time-budget has fixed the schedule (`schedule_fixed`), nor what is never inherited (the
     folder, --max-iters). Returns the accepted changes, as `--workers 2 -> 0`, for the log."""
@@ -368,11 +505,11 @@ def compare_for_resume(saved: dict, cfg: TrainConfig, *, schedule_fixed: bool = 
             continue
         if old[name] == new[name]:
             continue
-        if name == "device":
+        if policy(name) == SAME_KIND:
             kinds = [torch.device(d).type if d else None for d in (old[name], new[name])]
             (refused if kinds[0] != kinds[1] else accepted).append(name)
         else:
-            (refused if name in RUN_DEFINING else accepted).append(name)
+            (refused if policy(name) == DEFINES else accepted).append(name)
     if refused:
         name = refused[0]
         if len(refused) == 1 and not isinstance(new[name], bool) and None not in (old[name], new[name]):

@@ -19,14 +19,13 @@ from ..data.catalog import DatasetInfo, data_root_candidates, dataset_from_meta,
 from ..data.cityscapes import train_ids_to_label_ids
 from ..data.listset import SegDataset, read_image
 from ..fileio import check_writable
-from ..deploy.predictor import PredictorModule, make_predictor
+from ..deploy.formats import backends
+from ..deploy.predictor import PredictorModule, all_precisions, make_predictor, resolve_backend
 from ..deploy.runners import compile_for_inference
 from ..metrics import scores_table
 from ..preprocess import check_spec, make_spec
 from ..visualize import colorize
 from .evaluate import evaluate, make_eval_loader, predict_logits, save_prediction
-
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
@@ -44,11 +43,12 @@ def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
                    help="3 values (original mode: B,G,R on 0-255, as the release computed them)")
     p.add_argument("--std", type=parse_floats)
     p.add_argument("--device", default=None)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="torch backend: autocast bf16/fp16; openvino: bf16; onnxruntime: int8 (default fp32)")
+    p.add_argument("--precision", choices=all_precisions(), default="fp32",
+                   help="torch backend: autocast bf16/fp16; an exported backend: the precisions of its "
+                        "format (see cgnet export --help) (default fp32)")
     # the name of --precision before 0.2, kept so that old commands work: off = fp32
     p.add_argument("--amp", dest="precision", choices=["off", "bf16", "fp16"], help=argparse.SUPPRESS)
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch",
+    p.add_argument("--backend", choices=backends(), default="torch",
                    help="run the model through an exported file (see cgnet export) instead of PyTorch")
     p.add_argument("--compile", action="store_true",
                    help="torch backend: BN folded, compiled by inductor, CUDA graphs on CUDA; each image size "
@@ -63,13 +63,13 @@ def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
 def torch_precision(args: argparse.Namespace) -> str:
     """The autocast precision of the torch backend ('fp32' when an exported backend runs)."""
     precision = "fp32" if args.precision == "off" else args.precision
-    if args.backend == "torch" and precision == "int8":
-        raise InputError("--precision int8 needs --backend onnxruntime (torch runs fp32, bf16 or fp16)")
     return precision if args.backend == "torch" else "fp32"
 
 
 def setup_eval(args: argparse.Namespace, split: str):
     """Model, dataset description, dataset and device for eval/test."""
+    # the backend, precision and --compile checked together (as predict and serve check them)
+    resolve_backend(args.backend, "fp32" if args.precision == "off" else args.precision, None, args.compile)
     device = torch.device(args.device or default_device())
     checkpoint = args.checkpoint or DEFAULT_WEIGHTS
     model = load_model(checkpoint, num_classes=args.num_classes, device=device)
@@ -84,10 +84,7 @@ def setup_eval(args: argparse.Namespace, split: str):
         spec = make_spec(args.preprocess, mean=args.mean, std=args.std)
     else:
         spec = check_spec(meta["preprocess"])
-    torch_precision(args)
     if args.compile:
-        if args.backend != "torch":
-            raise InputError(f"--compile needs --backend torch, not {args.backend}")
         model = compile_for_inference(model, device)  # evaluate() runs it under autocast
     if args.backend != "torch":
         precision = "fp32" if args.precision == "off" else args.precision

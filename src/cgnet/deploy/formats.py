@@ -1,0 +1,248 @@
+"""The export formats, in one table.
+
+Each `ExportFormat` says, for one kind of file `cgnet export` writes: its suffix, the writer, the
+loader, the precisions, the pip extra it needs, the backend name that runs a checkpoint through
+it, and how an export is verified. Every consumer reads `FORMATS`: `cgnet export`, `make_predictor`
+and `load_exported`, `bench`, `eval/predict/serve --backend`. A new format is one entry here plus
+its writer and loader.
+
+Writers take the model already simplified for inference (`cgnet.deploy.simplify`), the path to
+write, the metadata to store, the precision and (for int8) calibration inputs. Loaders return
+`run(x)`: a float32 N x 3 x H x W normalised array in, N x C x H x W float32 logits out.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..common import InputError
+from .runners import (exported_program_runner, onnxruntime_runner, openvino_runner, require,
+                      torchscript_runner)
+
+# the input an exported graph is traced with; height and width stay dynamic
+TRACE_INPUT = (1, 3, 96, 128)
+META_FILE = "cgnet_meta.json"  # the metadata's name inside .pt2 (and legacy .ts) archives
+
+
+class MissingMetadata(InputError):
+    """A model file that cgnet export did not write (no cgnet metadata inside)."""
+
+
+# ---- writers ----------------------------------------------------------------------------------
+
+def write_onnx(model: nn.Module, path: Path, meta: dict, precision: str = "fp32",
+               calibration: list[np.ndarray] | None = None, opset: int = 17) -> None:
+    """ONNX with dynamic batch, height and width (the TorchScript-based exporter: see the
+    deployment docs for why not the dynamo one), the metadata in `metadata_props['cgnet']`;
+    int8: static QDQ quantisation by ONNX Runtime, calibrated on `calibration`."""
+    onnx = require("onnx")
+    if precision == "int8":
+        fp32 = path.with_name(path.name + ".fp32.onnx")
+        try:
+            write_onnx(model, fp32, meta)
+            _quantize_onnx_int8(fp32, path, calibration)
+        finally:
+            fp32.unlink(missing_ok=True)
+        return
+    torch.onnx.export(model, (torch.randn(*TRACE_INPUT),), str(path), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                    "logits": {0: "batch", 2: "height", 3: "width"}},
+                      opset_version=opset, dynamo=False)
+    _set_onnx_meta(onnx, path, meta)
+
+
+def _set_onnx_meta(onnx, path: Path, meta: dict) -> None:
+    proto = onnx.load(str(path))
+    for prop in list(proto.metadata_props):
+        if prop.key == "cgnet":
+            proto.metadata_props.remove(prop)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "cgnet", json.dumps(meta)
+    onnx.save(proto, str(path))
+
+
+def _quantize_onnx_int8(fp32_path: Path, path: Path, calibration: list[np.ndarray]) -> None:
+    """Static post-training quantisation (QDQ, per channel) calibrated on normalised crops."""
+    quantization = require("onnxruntime.quantization")
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calibration)
+
+        def get_next(self):
+            x = next(self.items, None)
+            return None if x is None else {"image": x}
+
+    quantization.quantize_static(str(fp32_path), str(path), Reader(), quant_format=quantization.QuantFormat.QDQ,
+                                 per_channel=True, activation_type=quantization.QuantType.QUInt8,
+                                 weight_type=quantization.QuantType.QInt8)
+    # quantize_static keeps metadata_props in the versions tested; set it again in case one drops it
+    _set_onnx_meta(require("onnx"), path, json.loads(_onnx_meta(fp32_path)))
+
+
+def write_openvino(model: nn.Module, path: Path, meta: dict, precision: str = "fp32",
+                   calibration: list[np.ndarray] | None = None) -> None:
+    """OpenVINO IR (.xml and its weights in the .bin beside it), converted from the ONNX export, fp32
+    weights; bf16 is an inference precision the loader applies, stored in the metadata."""
+    openvino = require("openvino")
+    onnx_path = path.with_name(path.name + ".onnx")
+    try:
+        write_onnx(model, onnx_path, meta)
+        converted = openvino.convert_model(str(onnx_path))
+    finally:
+        onnx_path.unlink(missing_ok=True)
+    converted.set_rt_info(json.dumps(meta), ["cgnet"])
+    openvino.save_model(converted, str(path), compress_to_fp16=False)
+
+
+def write_pt2(model: nn.Module, path: Path, meta: dict, precision: str = "fp32",
+              calibration: list[np.ndarray] | None = None) -> None:
+    """A `torch.export` ExportedProgram (.pt2) with dynamic batch, height and width (from 9
+    pixels: the network's 1/8 feature map must be larger than one pixel; traced at batch 2, since
+    export specialises a traced size of 1), the metadata as an extra file in the archive."""
+    size = dict(min=9, max=16384)
+    dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", **size),
+            3: torch.export.Dim("width", **size)}
+    program = torch.export.export(model.eval(), (torch.randn(2, *TRACE_INPUT[1:]),), dynamic_shapes=(dims,),
+                                  strict=False)
+    torch.export.save(program, str(path), extra_files={META_FILE: json.dumps(meta)})
+
+
+# ---- metadata readers --------------------------------------------------------------------------
+
+def _onnx_meta(path: Path) -> str | None:
+    onnx = require("onnx")
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return props.get("cgnet")
+
+
+def _openvino_meta(path: Path) -> str | None:
+    model = require("openvino").Core().read_model(str(path))
+    return model.get_rt_info(["cgnet"]).astype(str) if model.has_rt_info(["cgnet"]) else None
+
+
+def _pt2_meta(path: Path) -> str | None:
+    extra = {META_FILE: ""}
+    torch.export.load(str(path), extra_files=extra)
+    return extra[META_FILE] or None
+
+
+def _torchscript_meta(path: Path) -> str | None:
+    extra = {META_FILE: ""}
+    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return extra[META_FILE] or None
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One kind of file `cgnet export` writes (or, with `write=None`, only reads)."""
+    name: str                      # --format
+    suffix: str                    # the file's suffix
+    title: str                     # the runtime, for messages and the docs
+    precisions: tuple[str, ...]    # what --precision may be; the first is the default
+    extra: str | None              # pip install 'cgnet[EXTRA]' brings what it needs
+    modules: tuple[str, ...]       # what must be importable to write and to run it
+    write: Callable | None         # write(simple_model, path, meta, precision, calibration)
+    load: Callable                 # load(path, precision) -> run(x) -> logits
+    read_meta: Callable            # read_meta(path) -> the metadata JSON, or None
+    verified: str                  # how an export is checked before it gets its name
+    backend: str | None = None     # --backend NAME runs a checkpoint through this format
+    companions: tuple[str, ...] = ()  # suffixes of files written beside it
+    calibrated: tuple[str, ...] = ()  # precisions that need calibration frames
+    precision_at_load: bool = False   # the runtime applies the precision when it loads the file
+
+    def files(self, path: Path) -> list[Path]:
+        """The file and its companions."""
+        return [path] + [path.with_suffix(s) for s in self.companions]
+
+    def installed(self) -> bool:
+        return all(_importable(m) for m in self.modules)
+
+    def require(self) -> None:
+        """Fail with the one line that says how to install what this format needs."""
+        for module in self.modules:
+            require(module, self.extra)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+VERIFIED = ("run through its own runtime on real frames of the checkpoint's dataset (synthetic frames when "
+            "none are found) against eager fp32 PyTorch")
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("onnx", ".onnx", "ONNX Runtime", ("fp32", "int8"), "onnx", ("onnx", "onnxruntime"),
+                 write_onnx, lambda path, precision: onnxruntime_runner(path), _onnx_meta,
+                 VERIFIED + "; fp32: max |logit diff| <= 1e-2 and argmax agreement >= 99.9%; int8 "
+                 "(static QDQ, calibrated on 200 training crops): agreement >= 97%",
+                 backend="onnxruntime", calibrated=("int8",)),
+    ExportFormat("openvino", ".xml", "OpenVINO", ("fp32", "bf16"), "openvino", ("openvino", "onnx"),
+                 write_openvino, openvino_runner, _openvino_meta,
+                 VERIFIED + "; fp32 as ONNX; bf16 (an inference precision): agreement >= 99%",
+                 backend="openvino", companions=(".bin",), precision_at_load=True),
+    ExportFormat("pt2", ".pt2", "PyTorch (torch.export)", ("fp32",), None, (),
+                 write_pt2, lambda path, precision: exported_program_runner(path), _pt2_meta,
+                 VERIFIED + "; fp32 as ONNX"),
+    ExportFormat("torchscript", ".ts", "TorchScript (read only: torch 2.13 deprecates it; export pt2)", ("fp32",),
+                 None, (), None, lambda path, precision: torchscript_runner(path), _torchscript_meta,
+                 "files written by earlier cgnet versions, verified when they were written"),
+)}
+
+
+def writable_formats() -> list[str]:
+    return [name for name, f in FORMATS.items() if f.write is not None]
+
+
+def backends() -> tuple[str, ...]:
+    """The --backend names: torch, then every format that runs checkpoints."""
+    return ("torch",) + tuple(f.backend for f in FORMATS.values() if f.backend)
+
+
+def format_for_backend(backend: str) -> ExportFormat:
+    for f in FORMATS.values():
+        if f.backend == backend:
+            return f
+    raise InputError(f"unknown backend {backend!r}; choose from {', '.join(backends())}")
+
+
+def format_of(path: str | os.PathLike) -> ExportFormat | None:
+    """The format of an exported file, by its suffix (None: not an exported file)."""
+    suffix = Path(path).suffix
+    return next((f for f in FORMATS.values() if f.suffix == suffix), None)
+
+
+def exported_suffixes() -> tuple[str, ...]:
+    return tuple(f.suffix for f in FORMATS.values())
+
+
+def available_backends() -> list[str]:
+    """The backends whose runtime is installed (torch always)."""
+    return ["torch"] + [f.backend for f in FORMATS.values() if f.backend and f.installed()]
+
+
+def read_exported_meta(path: str | os.PathLike) -> dict:
+    """The cgnet metadata stored in a file written by `cgnet export` (classes, palette,
+    preprocessing, export format and precision)."""
+    path = Path(path)
+    fmt = format_of(path)
+    if fmt is None:
+        raise InputError(f"{path}: not an exported model ({', '.join(exported_suffixes())})")
+    fmt.require()
+    text = fmt.read_meta(path)
+    if not text:
+        raise MissingMetadata(f"{path}: a {fmt.title} file without cgnet metadata (not written by cgnet export)")
+    return json.loads(text)

@@ -1,0 +1,103 @@
+"""The training options: one source (TrainConfig's fields) for the parser, the checks and the
+--resume policy; --help groups; recipes from --config files (TOML, JSON, a run's own config.json)."""
+import json
+from dataclasses import fields
+
+import pytest
+
+from cgnet.cli import main, make_parser
+from cgnet.engine.config import (DEFINES, FRESH, GROUPS, NOT_INHERITED, POLICIES, RUN_DEFINING, ConfigError,
+                                 TrainConfig, compare_for_resume, flag_of, resolve_config)
+from helpers.training import TINY, train
+
+
+def test_every_option_has_a_resume_policy_a_group_and_help():
+    for f in fields(TrainConfig):
+        assert f.metadata.get("resume") in POLICIES, f"{f.name} has no --resume policy"
+        if flag_of(f) is not None and f.metadata["help"] is not None and f.name != "preset":
+            assert f.metadata["group"] in GROUPS, f"{f.name} has no --help group"
+    # the lists --resume uses are derived from the fields, not written by hand
+    assert set(RUN_DEFINING) == {f.name for f in fields(TrainConfig) if f.metadata["resume"] == DEFINES}
+    assert {"lr", "crop", "seed", "m", "n", "classes"} <= set(RUN_DEFINING)
+    assert set(NOT_INHERITED) == {"out", "max_iters", "resolved_preprocess"}
+
+
+def test_a_field_defining_the_run_is_refused_on_resume_and_one_that_does_not_is_accepted():
+    saved = TrainConfig(device="cpu").to_dict()
+    for f in fields(TrainConfig):
+        if f.metadata["resume"] != DEFINES or not isinstance(f.default, (int, float)) or isinstance(f.default, bool):
+            continue
+        changed = TrainConfig(device="cpu", **{f.name: f.default + 1})
+        with pytest.raises(ConfigError, match=r"^--resume: the run was trained with "):
+            compare_for_resume(saved, changed)
+    assert compare_for_resume(saved, TrainConfig(device="cpu", val_every=3)) == ["--val-every 10 -> 3"]
+
+
+def test_help_lists_the_options_in_named_groups():
+    text = make_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    headings = [line.rstrip(":") for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings[-6:] == ["recipe", "data", "schedule", "model and loss",
+                             "speed (how it runs; may change on --resume)", "output"]
+    section = text.split("\nschedule:\n")[1].split("\n\n")[0]
+    assert "--batch-size" in section and "--lr" in section and "--channels-last" not in section
+    # set only by presets and config files: no option
+    assert "--betas" not in text and "--resolved-preprocess" not in text
+
+
+def parse(*argv):
+    return make_parser().parse_args(["train", *argv])
+
+
+def test_a_config_file_sits_between_the_preset_and_the_command_line(camvid, tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('preset = "camvid"\nepochs = 5\ncrop = [64, 48]\nlr = 2e-3\nclass_weights = false\n')
+    cfg = resolve_config(parse("--config", str(recipe), "--data-root", str(camvid), "--lr", "0.004",
+                               "--train-split", "train", "--device", "cpu"))
+    assert (cfg.preset, cfg.batch_size) == ("camvid", 8)     # from the preset
+    assert (cfg.epochs, cfg.crop, cfg.class_weights) == (5, (64, 48), False)  # the file over the preset
+    assert cfg.lr == 0.004 and cfg.train_split == "train"    # the command line over the file
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("r.json", '{"epochs": 5, "lr": "fast"}', "--config {path}: lr = \"fast\" is not a float"),
+    ("r.json", '{"epoch": 5}', "--config {path}: unknown setting 'epoch'"),
+    ("r.json", '{"crop": [1, 2, 3]}', "--config {path}: crop = [1, 2, 3] is not a tuple[int, int]"),
+    ("r.json", '{"class_weights": 1}', "--config {path}: class_weights = 1 is not a bool"),
+    ("r.json", '[1, 2]', "--config {path}: expected a table of settings"),
+    ("r.json", '{"epochs": }', "--config {path}: not valid JSON (Expecting value: line 1 column 12 (char 11))"),
+    ("r.toml", 'epochs = ', "--config {path}: not valid TOML (Invalid value (at end of document))"),
+    ("r.json", '{"preset": "camvid-gpu"}', "--config {path}: unknown preset 'camvid-gpu' (camvid, camvid-cpu, "
+                                           "cityscapes, cityscapes-trainval)"),
+])
+def test_a_bad_config_file_is_one_line(camvid, tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--data-root", str(camvid), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"cgnet train: error: {message.format(path=path)}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_config_file_is_one_line(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "no.toml"), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"cgnet train: error: --config {tmp_path}/no.toml: no such file\n"
+
+
+def test_a_runs_own_config_json_starts_the_same_recipe(camvid, tmp_path):
+    train(camvid, tmp_path / "first", "--epochs", "2", "--max-iters", "2", "--lr", "0.002", "--seed", "4")
+    first = json.loads((tmp_path / "first" / "config.json").read_text())
+    assert main(["train", "--config", str(tmp_path / "first" / "config.json"), "--out", str(tmp_path / "second"),
+                 "--max-iters", "2"]) == 0
+    second = json.loads((tmp_path / "second" / "config.json").read_text())
+    assert {k: v for k, v in second.items() if k != "out"} == {k: v for k, v in first.items() if k != "out"}
+    assert second["out"] == str(tmp_path / "second") and second["lr"] == 0.002 and second["seed"] == 4
+    assert TINY[TINY.index("--blocks") + 1:TINY.index("--blocks") + 3] == ["2", "2"] and [second["m"], second["n"]] \
+        == [2, 2]
+
+
+def test_fresh_settings_are_not_taken_from_a_config_file(camvid, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"out": "elsewhere", "max_iters": 3, "resolved_preprocess": {"mode": "standard"},
+                                "epochs": 9}))
+    cfg = resolve_config(parse("--config", str(path), "--data-root", str(camvid), "--device", "cpu"))
+    assert cfg.epochs == 9 and cfg.out == TrainConfig.out and cfg.max_iters is None and cfg.resolved_preprocess is None
+    assert all(next(f for f in fields(TrainConfig) if f.name == n).metadata["resume"] == FRESH for n in NOT_INHERITED)
