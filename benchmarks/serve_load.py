@@ -137,7 +137,8 @@ def street_image(height: int, width: int, seed: int = 0) -> np.ndarray:
         image[top:bottom] = colour
     for _ in range(8):
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        cv2.circle(image, centre, int(rng.integers(4, max(5, height // 8))), [int(c) for c in rng.integers(0, 256, 3)], -1)
+        radius = int(rng.integers(4, max(5, height // 8)))
+        cv2.circle(image, centre, radius, [int(c) for c in rng.integers(0, 256, 3)], -1)
     return np.clip(image.astype(np.int16) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
 
 

@@ -495,7 +495,8 @@ class Jobs:
             cap.release()
         if total > self.max_frames:
             told = str(total) if math.isfinite(count) and count > 0 else f"more than {self.max_frames}"
-            raise UploadError(413, f"video too long: {told} frames, the limit is {self.max_frames} (--max-video-frames)")
+            raise UploadError(413, f"video too long: {told} frames, the limit is {self.max_frames} "
+                                   f"(--max-video-frames)")
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(filename or "video").stem)[:80] or "video"
         job = Job(upload_path.parent, stem, upload_path, total)
         with self.lock:
@@ -837,7 +838,8 @@ def create_app(predictor: Predictor, *, name: str = DEFAULT_WEIGHTS, max_upload_
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(SecurityHeaders), Middleware(GuardHosts, names=served_hosts(host, allowed_hosts)),
+                    middleware=[Middleware(SecurityHeaders),
+                                Middleware(GuardHosts, names=served_hosts(host, allowed_hosts)),
                                 Middleware(LimitBody, limit=limit)],
                     exception_handlers={UploadError: upload_error, HTTPException: http_error,
                                         Exception: server_error})
