@@ -783,3 +783,53 @@ def test_page_in_a_headless_browser(server, predictor, tmp_path):
             assert not [p for p in problems if "400" not in p], problems  # the bad upload logs its 400
         finally:
             browser.close()
+
+
+def test_images_in_work_at_once_are_bounded(monkeypatch, predictor):
+    """--max-concurrent-images: six uploads at once, at most two are decoded and segmented at a
+    time (the ASGI app driven in this process; the others wait without taking a worker thread)."""
+    if MISSING:
+        pytest.skip(MISSING)
+    import asyncio
+
+    lock, state = threading.Lock(), {"active": 0, "peak": 0}
+
+    def slow_segment(self, data, max_pixels):
+        with lock:
+            state["active"] += 1
+            state["peak"] = max(state["peak"], state["active"])
+        time.sleep(0.1)
+        with lock:
+            state["active"] -= 1
+        return {"bytes": len(data)}
+    monkeypatch.setattr(serve.Segmenter, "segment", slow_segment)
+    app = serve.create_app(predictor, max_concurrent_images=2)
+
+    async def post(k: int) -> tuple[int, dict]:
+        body, kind = multipart("image", "a.png", bytes(k + 1))
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/api/segment", "raw_path": b"/api/segment", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 5000 + k), "server": ("127.0.0.1", 8000),
+                 "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", kind.encode()),
+                             (b"content-length", str(len(body)).encode())]}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent = []
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await asyncio.sleep(3600)
+
+        async def send(message):
+            sent.append(message)
+        await app(scope, receive, send)
+        return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+    async def together():
+        return await asyncio.gather(*[post(k) for k in range(6)])
+    try:
+        answers = asyncio.run(together())
+    finally:
+        app.state.jobs.close()
+    assert answers == [(200, {"bytes": k + 1}) for k in range(6)]
+    assert state["peak"] == 2
