@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import http.client
+import socket
+import struct
+import zlib
 import importlib.util
 import json
 import os
@@ -73,6 +76,39 @@ class Server:
     def segment(self, data: bytes, filename: str = "image.png") -> tuple[int, dict]:
         return self.post("/api/segment", "image", filename, data)
 
+    @property
+    def port(self) -> int:
+        return urllib.parse.urlsplit(self.url).port
+
+    def request(self, method: str, path: str, headers: dict, body: bytes | None = None) -> tuple[int, dict, bytes]:
+        """One request with exactly these headers (a Host header given here replaces the real one)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory (VmHWM) in MB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
+
+    def reset_peak_rss(self) -> None:
+        """Set VmHWM back to the present RSS (Linux clear_refs 5); left as is where not allowed."""
+        try:
+            Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -80,7 +116,7 @@ def server():
         pytest.skip(MISSING)
     command = [sys.executable, "-m", "cgnet", "serve", "--backend", "torch", "--device", "cpu", "--port", "0",
                "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
-               "--max-video-frames", "40"]
+               "--max-video-frames", "40", "--allowed-host", "CGNet.test", "--max-queued-videos", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: list[str] = []
@@ -151,7 +187,8 @@ def test_the_server_prints_its_real_address(server):
     assert status == 200 and info["backend"] == "torch" and info["precision"] == "fp32"
     assert [c["name"] for c in info["classes"]][:4] == ["Sky", "Building", "Pole", "Road"]
     assert info["limits"] == {"max_upload_mb": MAX_UPLOAD_MB, "max_megapixels": MAX_MEGAPIXELS,
-                              "max_video_frames": 40}
+                              "max_video_frames": 40, "max_queued_videos": 1, "max_concurrent_images": 4}
+    assert info["videos_pending"] == 0
 
 
 def test_page_and_assets_come_from_the_server(server):
@@ -331,6 +368,320 @@ def test_missing_web_stack_names_the_extra(monkeypatch, capsys):
     assert "uvicorn is not installed: pip install 'cgnet[serve]'" in capsys.readouterr().err
 
 
+# ---- crafted image headers: the sizes are read before anything is decoded -----------------------
+
+def bits_to_bytes(fields: list[tuple[int, int]]) -> bytes:
+    """[(value, bit count), ...] packed least significant bit first (VP8L's order)."""
+    acc, count = 0, 0
+    for value, width in fields:
+        acc |= value << count
+        count += width
+    return acc.to_bytes((count + 7) // 8, "little")
+
+
+def riff_webp(*chunks: tuple[bytes, bytes]) -> bytes:
+    body = b"WEBP" + b"".join(fourcc + struct.pack("<I", len(data)) + data + b"\0" * (len(data) & 1)
+                              for fourcc, data in chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def vp8l_black(width: int, height: int) -> bytes:
+    """A VP8L (lossless WebP) chunk body of a black width x height image: five one-symbol prefix
+    codes, so every pixel takes 0 bits and the file stays 36 bytes whatever its size."""
+    fields = [(width - 1, 14), (height - 1, 14), (0, 1), (0, 3),  # size, alpha hint, version
+              (0, 1), (0, 1), (0, 1)]  # no transform, no colour cache, no meta prefix codes
+    fields += [(1, 1), (0, 1), (0, 1), (0, 1)] * 5  # a simple code of 1 symbol, 1 bit long: 0
+    return b"\x2f" + bits_to_bytes(fields) + bytes(8)  # OpenCV reads at least 32 bytes of a file
+
+
+def vp8x(width: int, height: int) -> tuple[bytes, bytes]:
+    return b"VP8X", bytes(4) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+
+
+def vp8_header(width: int, height: int) -> bytes:
+    """The start of a lossy 'VP8 ' key frame: frame tag, start code, 14-bit sizes (junk after)."""
+    return b"\x10\x02\x00\x9d\x01\x2a" + struct.pack("<HH", width, height) + bytes(16)
+
+
+def tiff_ifd(order: str, entries: list[tuple[int, int, int, int]], tail: bytes = b"") -> bytes:
+    """A TIFF whose IFD 0 holds `entries` (tag, type, count, value inline), then `tail`."""
+    ifd = struct.pack(order + "H", len(entries))
+    for tag, kind, count, value in entries:
+        field = struct.pack(order + "H", value) + b"\0\0" if kind == 3 else struct.pack(order + "I", value)
+        ifd += struct.pack(order + "HHI", tag, kind, count) + field
+    return (b"II*\0" if order == "<" else b"MM\0*") + struct.pack(order + "I", 8) + ifd + bytes(4) + tail
+
+
+def tiff_black(width: int, height: int, rows_per_strip: int = 16, order: str = "<") -> bytes:
+    """A valid deflate-compressed 8-bit grayscale TIFF of zeros whose strips all point at one
+    compressed strip: a few KB whatever its size."""
+    strips = -(-height // rows_per_strip)
+    strip = zlib.compress(bytes(width * rows_per_strip), 9)
+    header = 8 + 2 + 12 * 9 + 4
+    offsets_at, counts_at, data_at = header, header + 4 * strips, header + 8 * strips
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1),
+               (273, 4, strips, offsets_at if strips > 1 else data_at), (277, 3, 1, 1),
+               (278, 4, 1, rows_per_strip), (279, 4, strips, counts_at if strips > 1 else len(strip))]
+    arrays = struct.pack(order + f"{strips}I", *[data_at] * strips) + struct.pack(order + f"{strips}I",
+                                                                                  *[len(strip)] * strips)
+    return tiff_ifd(order, entries, arrays + strip)
+
+
+def bmp_core_header(width: int, height: int) -> bytes:
+    """A BMP with an OS/2 BITMAPCOREHEADER (12 bytes, 16-bit sizes)."""
+    return b"BM" + struct.pack("<IHHI", 26, 0, 0, 26) + struct.pack("<IHHHH", 12, width, height, 1, 24)
+
+
+def gif(screen: tuple[int, int], frame: tuple[int, int, int, int], extension: bool = True) -> bytes:
+    """A GIF header: logical screen, global colour table of 2, a graphic control extension,
+    then an image descriptor (left, top, width, height)."""
+    data = b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0) + bytes(6)
+    if extension:
+        data += b"\x21\xf9\x04\x00\x00\x00\x00\x00"
+    return data + b"\x2c" + struct.pack("<HHHHB", *frame, 0) + b"\x02\x02\x44\x01\x00\x3b"
+
+
+def test_header_readers_on_hand_built_headers():
+    size = serve.header_size
+    # TIFF: both byte orders, SHORT and LONG sizes, tags in any place of IFD 0
+    assert size(tiff_ifd("<", [(256, 3, 1, 640), (257, 3, 1, 480)])) == (640, 480)
+    assert size(tiff_ifd(">", [(254, 4, 1, 0), (256, 4, 1, 70000), (257, 3, 1, 3)])) == (70000, 3)
+    assert size(tiff_ifd(">", [(257, 4, 1, 9), (256, 3, 1, 65535)])) == (65535, 9)
+    assert size(tiff_ifd("<", [(256, 3, 1, 640), (257, 3, 1, 480), (277, 3, 1, 4)])) == (640, 480)
+    assert size(tiff_ifd("<", [(256, 3, 1, 640), (257, 3, 1, 480), (277, 3, 1, 5)])) is None  # 5 samples
+    assert size(tiff_ifd("<", [(256, 3, 1, 640)])) is None  # no ImageLength
+    assert size(tiff_ifd("<", [(256, 3, 1, 640), (257, 3, 1, 480)])[:20]) is None  # IFD cut short
+    assert size(b"II*\0" + struct.pack("<I", 4000)) is None  # IFD beyond the file
+    assert size(tiff_black(20000, 18000)) == (20000, 18000)
+    # WebP: lossy, lossless, extended (the larger of canvas and image)
+    assert size(riff_webp((b"VP8 ", vp8_header(16383, 12000)))) == (16383, 12000)
+    assert size(riff_webp((b"VP8 ", vp8_header(0xC000 | 640, 0x4000 | 480)))) == (640, 480)  # scale bits
+    assert size(riff_webp((b"VP8L", vp8l_black(16384, 1)))) == (16384, 1)
+    assert size(riff_webp((b"VP8L", vp8l_black(3, 16000)))) == (3, 16000)
+    assert size(riff_webp(vp8x(2**24, 5))) == (2**24, 5)
+    assert size(riff_webp(vp8x(100, 80), (b"ICCP", b"abc"), (b"VP8L", vp8l_black(90, 200)))) == (100, 200)
+    assert size(riff_webp((b"VP8 ", b"\x10\x02\x00\x00\x00\x00" + bytes(20)))) is None  # no start code
+    assert size(riff_webp((b"VP8L", b"\x00" + bytes(20)))) is None  # no signature
+    assert size(riff_webp((b"ALPH", bytes(20)))) is None
+    # BMP with the 12-byte core header, GIF with a frame reaching beyond its screen
+    assert size(bmp_core_header(1234, 567)) == (1234, 567)
+    assert size(gif((10, 10), (0, 0, 4, 6))) == (10, 10)
+    assert size(gif((10, 10), (5, 7, 5000, 4000))) == (5005, 4007)
+    assert size(gif((300, 200), (0, 0, 300, 200), extension=False)) == (300, 200)
+    assert size(gif((300, 200), (0, 0, 300, 200))[:24]) is None  # cut before the image descriptor
+    assert size(b"P6\n20000 20000\n255\n") is None
+
+
+def test_header_readers_agree_with_opencv():
+    for ext, params in ((".png", []), (".jpg", []), (".bmp", []), (".tiff", []), (".webp", []),
+                        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), (".gif", [])):
+        for shape in ((23, 37, 3), (5, 300, 3), (301, 2, 3)):
+            data = cv2.imencode(ext, np.zeros(shape, np.uint8), params)[1].tobytes()
+            assert serve.header_size(data) == (shape[1], shape[0]), (ext, params, shape)
+    # the hand-built files are real images of the size their headers claim
+    for data, shape in ((riff_webp((b"VP8L", vp8l_black(37, 23))), (23, 37, 3)),
+                        (riff_webp(vp8x(300, 5), (b"VP8L", vp8l_black(300, 5))), (5, 300, 3)),
+                        (tiff_black(37, 23, rows_per_strip=4), (23, 37)),
+                        (tiff_black(300, 5, rows_per_strip=2, order=">"), (5, 300))):
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert image is not None and image.shape == shape and not image.any()
+        assert serve.header_size(data) == (shape[1], shape[0])
+
+
+def test_shorten_cuts_long_values():
+    assert serve.shorten("abc") == "abc"
+    assert serve.shorten("x" * 64) == "x" * 64
+    assert serve.shorten("x" * 65) == "x" * 61 + "..." and len(serve.shorten("y" * 10**5)) == 64
+
+
+def test_host_names_and_served_hosts():
+    assert serve.host_name("LocalHost:8000") == "localhost"
+    assert serve.host_name("[::1]:8000") == "::1" and serve.host_name("[::1]") == "::1"
+    assert serve.host_name("example.org") == "example.org"
+    for bad in ("", ":80", "a:b", "[::1", "[::1]x", "::1"):
+        assert serve.host_name(bad) is None, bad
+    assert serve.served_hosts() == {"localhost", "127.0.0.1", "::1"}
+    assert serve.served_hosts("0.0.0.0", ["Box.lan", "[fe80::1]"]) == {"localhost", "127.0.0.1", "::1", "box.lan",
+                                                                       "fe80::1"}
+    assert serve.served_hosts("192.168.1.5") == {"localhost", "127.0.0.1", "::1", "192.168.1.5"}
+
+
+def test_crafted_huge_images_are_refused_before_decoding(server):
+    # each decodes to hundreds of MB (the TIFF to 20000x20000, the WebP to 16000x16000x3) from a few KB
+    bombs = {"bomb.tiff": (tiff_black(20000, 20000), (20000, 20000)),
+             "bomb_be.tiff": (tiff_black(19000, 19000, order=">"), (19000, 19000)),
+             "bomb.webp": (riff_webp((b"VP8L", vp8l_black(16000, 16000))), (16000, 16000)),
+             "canvas.webp": (riff_webp(vp8x(16000, 16000), (b"VP8L", vp8l_black(16000, 16000))), (16000, 16000)),
+             "inner.webp": (riff_webp(vp8x(1, 1), (b"VP8L", vp8l_black(12000, 12000))), (12000, 12000)),
+             "lossy.webp": (riff_webp((b"VP8 ", vp8_header(16000, 9000))), (16000, 9000)),
+             "wide.gif": (gif((10, 10), (0, 0, 30000, 30000)), (30000, 30000))}
+    server.reset_peak_rss()
+    before = server.peak_rss_mb()
+    for name, (data, (width, height)) in bombs.items():
+        assert len(data) < 20_000
+        start = time.monotonic()
+        status, answer = server.segment(data, name)
+        assert time.monotonic() - start < 5, name
+        assert status == 413, (name, answer)
+        assert answer["error"] == (f"image too large: {width}x{height} is {width * height / 1e6:.1f} megapixels, "
+                                   f"the limit is 1 (--max-megapixels)")
+    assert server.peak_rss_mb() - before < 100
+    assert server.process.poll() is None
+
+    # a size the header does not tell, and formats OpenCV reads but this server does not size: 400
+    status, answer = server.segment(tiff_ifd("<", [(256, 3, 1, 64)]), "no_length.tiff")
+    assert status == 400 and answer["error"] == ("cannot read the size of this TIFF file from its header "
+                                                 "(corrupt, truncated, or a variant this server does not read)")
+    for name, data in (("huge.ppm", b"P5\n20000 20000\n255\n" + bytes(64)),
+                       ("small.ppm", cv2.imencode(".ppm", np.zeros((8, 8, 3), np.uint8))[1].tobytes()),
+                       ("big.tiff", b"II+\0" + bytes(64))):  # BigTIFF
+        status, answer = server.segment(data, name)
+        assert status == 400 and answer["error"] == ("not an image (or one of an unknown kind): send a PNG, "
+                                                     "JPEG, BMP, TIFF, WebP or GIF file"), name
+    # a small crafted file is decoded and segmented as any other
+    status, answer = server.segment(tiff_black(64, 48), "small.tiff")
+    assert status == 200 and (answer["width"], answer["height"]) == (64, 48) and "image_jpeg" in answer
+    status, answer = server.segment(riff_webp((b"VP8L", vp8l_black(64, 48))), "small.webp")
+    assert status == 200 and (answer["width"], answer["height"]) == (64, 48) and "image_jpeg" not in answer
+
+
+# ---- Host and Origin checks, the video queue, long ids -----------------------------------------
+
+def test_only_served_host_names_are_answered(server):
+    port = server.port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"cgnet.test:{port}", "CGNET.TEST",
+                 "localhost"):
+        status, headers, body = server.request("GET", "/api/info", {"Host": host})
+        assert status == 200 and json.loads(body)["backend"] == "torch", host
+    for host, echoed in (("evil.example", "evil.example"), (f"evil.example:{port}", f"evil.example:{port}"),
+                         (f"127.0.0.2:{port}", f"127.0.0.2:{port}"), ("x" * 500, "x" * 61 + "...")):
+        for path in ("/", "/api/info", "/static/app.js"):
+            status, headers, body = server.request("GET", path, {"Host": host})
+            assert status == 421, (host, path)
+            assert json.loads(body) == {"error": f"host {echoed!r} is not served here (--allowed-host adds names)"}
+            assert headers["content-type"] == "application/json" and "default-src 'self'" in headers[
+                "content-security-policy"]
+    body, kind = multipart("image", "a.png", png(street_like(3, 32, 48)))
+    status, headers, answer = server.request("POST", "/api/segment", {"Host": "evil.example", "Content-Type": kind},
+                                             body)
+    assert status == 421 and "evil.example" in json.loads(answer)["error"]
+
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:  # HTTP/1.0 without a Host header
+        raw.sendall(b"GET /api/info HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := raw.recv(65536):
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and json.loads(payload) == {"error": "the request has no Host header"}
+
+
+def test_posts_from_other_origins_are_refused(server):
+    port = server.port
+    image = png(street_like(4, 32, 48))
+    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://cgnet.test:{port}",
+                   f"http://[::1]:{port}"):
+        body, kind = multipart("image", "a.png", image)
+        status, headers, answer = server.request("POST", "/api/segment", {"Origin": origin, "Content-Type": kind}, body)
+        assert status == 200 and json.loads(answer)["width"] == 48, origin
+    for origin in ("http://evil.example", f"http://evil.example:{port}", f"https://127.0.0.1:{port}",
+                   f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}", "http://127.0.0.1", "null",
+                   "http://" + "e" * 300):
+        for path, field in (("/api/segment", "image"), ("/api/video", "video")):
+            body, kind = multipart(field, "a.png", image)
+            status, headers, answer = server.request("POST", path, {"Origin": origin, "Content-Type": kind}, body)
+            assert status == 403, (origin, path)
+            assert json.loads(answer) == {"error": f"cross-origin request refused: {serve.shorten(origin)!r} "
+                                                   f"is not this server's origin"}
+    # reading is not refused by Origin (the browser keeps another site from reading the answer)
+    status, headers, answer = server.request("GET", "/api/info", {"Origin": "http://evil.example"})
+    assert status == 200 and "access-control-allow-origin" not in headers
+    assert json.loads(server.get("/api/info")[2])["videos_pending"] == 0
+
+
+def wait_for_pending(server, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while json.loads(server.get("/api/info")[2])["videos_pending"] != count:
+        assert time.monotonic() < deadline, f"videos_pending never became {count}"
+        time.sleep(0.05)
+
+
+def test_full_video_queue_is_429_with_retry_after(server, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, 3, size=(16, 16))
+    # an upload still arriving holds the queue's one place (--max-queued-videos 1)
+    boundary = "b" * 20
+    start = f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; filename=\"slow.mp4\"\r\n\r\n".encode()
+    slow = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    slow.putrequest("POST", "/api/video")
+    slow.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+    slow.putheader("Content-Length", str(len(start) + 100_000))
+    slow.endheaders(start + bytes(1000))
+    try:
+        wait_for_pending(server, 1)
+        for _ in range(3):
+            body, kind = multipart("video", "clip.mp4", clip.read_bytes())
+            status, headers, answer = server.request("POST", "/api/video", {"Content-Type": kind}, body)
+            assert status == 429 and headers["retry-after"] == "10"
+            assert json.loads(answer) == {"error": "the video queue is full (1 videos waiting or running, "
+                                                   "--max-queued-videos): try again later"}
+    finally:
+        slow.close()
+    wait_for_pending(server, 0)  # the interrupted upload gave its place back
+    status, job = server.post("/api/video", "video", "clip.mp4", clip.read_bytes())
+    assert status == 202 and job["total"] == 3
+    deadline = time.monotonic() + 240
+    while job["state"] not in ("done", "error"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = json.loads(server.get(f"/api/jobs/{job['id']}")[2])
+    assert job["state"] == "done" and job["frames"] == 3
+    assert json.loads(server.get("/api/info")[2])["videos_pending"] == 0
+
+
+def test_an_image_sent_as_a_video_is_400(server, tmp_path):
+    still = png(street_like(5, 48, 64))
+    for name, data in (("frame.png", still), ("frame.mp4", still),
+                       ("frame.mp4", cv2.imencode(".jpg", street_like(5, 48, 64))[1].tobytes()),
+                       ("frame.mp4", riff_webp((b"VP8L", vp8l_black(64, 48))))):
+        status, answer = server.post("/api/video", "video", name, data)
+        fmt = serve.image_format(data).upper()
+        assert status == 400 and answer == {"error": f"this is a {fmt} image, not a video: send images to /api/segment"}
+    # formats FFmpeg reads as a one-frame stream without a frame count (its count is -2**63)
+    for ext in (".ppm", ".ras", ".hdr"):
+        data = cv2.imencode(ext, street_like(6, 48, 64))[1].tobytes()
+        status, answer = server.post("/api/video", "video", "frame.mp4", data)
+        assert status == 400 and answer["error"] == ("not a video: one frame and no frame count (a still image?): "
+                                                     "send an mp4, avi, mov, mkv or webm file"), ext
+    # OpenCV's image-sequence reader opens a PAM file
+    status, answer = server.post("/api/video", "video", "frame.mp4",
+                                 cv2.imencode(".pam", street_like(6, 48, 64))[1].tobytes())
+    assert status == 400 and answer["error"] == serve.NOT_A_VIDEO
+    assert json.loads(server.get("/api/info")[2])["videos_pending"] == 0
+
+
+def test_not_found_echoes_a_short_id(server):
+    for job_id in ("x" * 100_000, "é" * 70):
+        status, headers, body = server.get("/api/jobs/" + urllib.parse.quote(job_id))
+        assert status == 404 and len(body) < 300
+        assert json.loads(body) == {"error": f"no video job {job_id[:61] + '...'!r} "
+                                             f"(finished jobs are kept until 16 newer ones)"}
+        status, headers, body = server.get("/api/jobs/" + urllib.parse.quote(job_id) + "/video")
+        assert status == 404 and len(body) < 300
+    status, headers, body = server.get("/api/jobs/abc")
+    assert json.loads(body) == {"error": "no video job 'abc' (finished jobs are kept until 16 newer ones)"}
+
+
+def test_serve_options_are_checked(capsys):
+    for argv, message in ((["--allowed-host", "evil.example:80"], "argument --allowed-host: a host name"),
+                          (["--allowed-host", "http://x"], "argument --allowed-host: a host name"),
+                          (["--allowed-host", "fe80::1"], "an IPv6 address in brackets"),
+                          (["--max-queued-videos", "0"], "argument --max-queued-videos: must be at least 1, got '0'"),
+                          (["--max-concurrent-images", "x"], "argument --max-concurrent-images: expected a whole")):
+        with pytest.raises(SystemExit) as raised:
+            main(["serve", "--port", "0", *argv])
+        assert raised.value.code == 2 and message in capsys.readouterr().err, argv
+
+
 # ---- the page, in a real browser ---------------------------------------------------------------
 
 def chromium() -> str | None:
@@ -432,3 +783,53 @@ def test_page_in_a_headless_browser(server, predictor, tmp_path):
             assert not [p for p in problems if "400" not in p], problems  # the bad upload logs its 400
         finally:
             browser.close()
+
+
+def test_images_in_work_at_once_are_bounded(monkeypatch, predictor):
+    """--max-concurrent-images: six uploads at once, at most two are decoded and segmented at a
+    time (the ASGI app driven in this process; the others wait without taking a worker thread)."""
+    if MISSING:
+        pytest.skip(MISSING)
+    import asyncio
+
+    lock, state = threading.Lock(), {"active": 0, "peak": 0}
+
+    def slow_segment(self, data, max_pixels):
+        with lock:
+            state["active"] += 1
+            state["peak"] = max(state["peak"], state["active"])
+        time.sleep(0.1)
+        with lock:
+            state["active"] -= 1
+        return {"bytes": len(data)}
+    monkeypatch.setattr(serve.Segmenter, "segment", slow_segment)
+    app = serve.create_app(predictor, max_concurrent_images=2)
+
+    async def post(k: int) -> tuple[int, dict]:
+        body, kind = multipart("image", "a.png", bytes(k + 1))
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/api/segment", "raw_path": b"/api/segment", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 5000 + k), "server": ("127.0.0.1", 8000),
+                 "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", kind.encode()),
+                             (b"content-length", str(len(body)).encode())]}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent = []
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await asyncio.sleep(3600)
+
+        async def send(message):
+            sent.append(message)
+        await app(scope, receive, send)
+        return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+    async def together():
+        return await asyncio.gather(*[post(k) for k in range(6)])
+    try:
+        answers = asyncio.run(together())
+    finally:
+        app.state.jobs.close()
+    assert answers == [(200, {"bytes": k + 1}) for k in range(6)]
+    assert state["peak"] == 2
