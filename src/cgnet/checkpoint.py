@@ -255,6 +255,47 @@ def load_state_into(model: CGNet, state_dict: dict, where: str = "checkpoint") -
     model.load_state_dict(state_dict, strict=False)
 
 
+def load_matching(model: CGNet, state_dict: dict, where: str = "checkpoint") -> list[str]:
+    """Load trained weights into a model for fine-tuning: every tensor whose name and shape match.
+
+    The classifier (`classifier.weight`) is left as the model initialised it when the class
+    counts differ; any other difference (another M/N, a tensor of another shape) raises one
+    CheckpointError naming the tensor and both shapes.
+
+    Args:
+        model: the CGNet to start from the weights.
+        state_dict: the weights with our names (`load_checkpoint`'s first value).
+        where: how messages name the source.
+
+    Returns:
+        The names of the tensors left as initialised (re-initialised), each with why.
+    """
+    own = model.state_dict()
+    arch = infer_arch(state_dict)
+    if (arch["m"], arch["n"]) != (model.m, model.n):
+        raise CheckpointError(f"{where}: the checkpoint is CGNet M{arch['m']}N{arch['n']}, this model is "
+                              f"M{model.m}N{model.n} (--blocks {arch['m']} {arch['n']} starts from it)")
+    unknown = [k for k in state_dict if k not in own]
+    if unknown:
+        raise CheckpointError(f"{where}: tensor '{unknown[0]}' {tuple(state_dict[unknown[0]].shape)} of the "
+                              "checkpoint is not in the model")
+    reinitialised = []
+    for k, v in own.items():
+        if k not in state_dict:
+            if not k.endswith("num_batches_tracked"):
+                raise CheckpointError(f"{where}: tensor '{k}' of the model is not in the checkpoint")
+            continue
+        if tuple(state_dict[k].shape) != tuple(v.shape):
+            if k != "classifier.weight":
+                raise CheckpointError(f"{where}: tensor '{k}' has shape {tuple(state_dict[k].shape)} in the "
+                                      f"checkpoint but the model expects {tuple(v.shape)}")
+            reinitialised.append(f"{k} {tuple(v.shape)} (the checkpoint's {tuple(state_dict[k].shape)} is for "
+                                 f"{state_dict[k].shape[0]} classes)")
+    model.load_state_dict({k: v for k, v in state_dict.items()
+                           if k in own and tuple(v.shape) == tuple(own[k].shape)}, strict=False)
+    return reinitialised
+
+
 # weights shipped inside the package, by name
 SHIPPED = {DEFAULT_WEIGHTS: "camvid.pt"}
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import resolve_weights
 from ..common import CGNetError, default_device, parse_floats
 from ..data.catalog import DATASETS, read_class_names, resolve_dataset
 
@@ -157,6 +158,14 @@ class TrainConfig:
                     nargs=2, metavar=("M", "N"))
     n: int = option(21, None, "model", DEFINES, flag=None)
     dropout: float = option(0.0, "dropout before the classifier", "model", DEFINES, check=fraction, type=float)
+    init: str | None = option(
+        None, "start from trained weights: 'camvid' (the shipped weights) or a checkpoint, ours or the original "
+              "release's; tensors that match in name and shape are loaded, the classifier is re-initialised when "
+              "the class count differs, and the run keeps the weights' preprocessing unless --mean/--std are given",
+        "model", DEFINES, metavar="WEIGHTS")
+    freeze: str = option("none", "with --init: keep the first stages as loaded: stem (stage 1) or stage2 (stages 1 "
+                                 "and 2); their backward is not computed", "model", DEFINES,
+                         choices=["none", "stem", "stage2"])
     class_weights: bool = option(True, "weight the loss by 1/ln(1.10 + class share) (default on)", "model", DEFINES,
                                  action=argparse.BooleanOptionalAction)
     preprocess: str = option("standard", "standard (RGB, /255, mean/std) or original (the release's BGR mean "
@@ -422,6 +431,10 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.m < 2 or cfg.n < 2:
         raise ConfigError(f"--blocks {cfg.m} {cfg.n}: each stage needs at least 2 blocks "
                           "(one down-sampling block plus M-1 or N-1 CG blocks)")
+    if cfg.freeze != "none" and not cfg.init:
+        raise ConfigError(f"--freeze {cfg.freeze}: freezes loaded weights; give --init too")
+    if cfg.init and not resolve_weights(cfg.init).is_file():
+        raise ConfigError(f"--init {cfg.init}: no such file (give a checkpoint, or 'camvid' for the shipped weights)")
     if cfg.std is not None and cfg.preprocess == "standard" and min(cfg.std) <= 0:
         raise ConfigError(f"--std {show(cfg.std)}: must be positive")
     if cfg.std is not None and cfg.preprocess == "original" and any(v != 1 for v in cfg.std):

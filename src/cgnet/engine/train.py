@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, load_state_into, make_meta, save_checkpoint
+from ..checkpoint import load_checkpoint, load_matching, load_state_into, make_meta, resolve_weights, save_checkpoint
 from ..common import CGNetError
 from ..fileio import FolderLock, remove_leftover_temp_files, write_atomic
 from ..data.catalog import DatasetInfo, resolve_dataset
@@ -37,7 +37,7 @@ from ..data.listset import MemoryTrainSet, SegDataset, seed_worker
 from ..data.stats import dataset_stats
 from ..model import CGNet
 from ..plot import plot_history
-from ..preprocess import make_spec
+from ..preprocess import check_spec, make_spec
 from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
 from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
                           is_main_process)
@@ -198,9 +198,10 @@ class SkipBatches(Sampler):
         return max(0, len(self.sampler) - self.skip * self.per_rank)
 
 
-def build_data(cfg: TrainConfig, device: torch.device, out: Path) -> TrainData:
+def build_data(cfg: TrainConfig, device: torch.device, out: Path, preprocess: dict | None = None) -> TrainData:
     """Datasets and loaders; the training list's statistics (cached in the run folder) give the
-    mean/std and the class weights."""
+    mean/std and the class weights. `preprocess`: the spec to keep (a fine-tuned run keeps its
+    --init weights' preprocessing), unless --mean/--std are given."""
     rank, world = get_rank(), get_world_size()
     info = resolve_dataset(cfg.dataset, list(cfg.classes) if cfg.classes else None, cfg.ignore_index)
     if cfg.batch_size % world:
@@ -215,7 +216,9 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path) -> TrainData:
     barrier()
     if not is_main_process():
         stats = dataset_stats(plain, cache_dir=out, workers=0, progress=False)
-    if cfg.preprocess == "original":
+    if preprocess is not None and cfg.mean is None and cfg.std is None:
+        spec = check_spec(preprocess)
+    elif cfg.preprocess == "original":
         mean = cfg.mean or [255 * v for v in reversed(stats["mean_rgb"])]  # BGR order, 0-255
         spec = make_spec("original", mean=mean)
     else:
@@ -253,9 +256,18 @@ class TrainParts:
     use_graph: bool                 # the step will be captured as a CUDA graph
 
 
-def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.device) -> TrainParts:
-    """CGNet, class-weighted cross-entropy, Adam (a tensor learning rate when the step is a CUDA graph)."""
-    model = CGNet(data.info.num_classes, m=cfg.m, n=cfg.n, dropout=cfg.dropout).to(device)
+# the modules --freeze keeps as loaded
+FROZEN = {"none": (), "stem": ("stem", "bn_act1"), "stage2": ("stem", "bn_act1", "down2", "stage2", "bn_act2")}
+
+
+def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.device,
+                              init: InitWeights | None = None) -> TrainParts:
+    """CGNet (from the --init weights when given), class-weighted cross-entropy, Adam over the
+    trainable weights (a tensor learning rate when the step is a CUDA graph)."""
+    model = CGNet(data.info.num_classes, m=cfg.m, n=cfg.n, dropout=cfg.dropout)
+    if init is not None:
+        start_from(model, init, cfg)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     weight = torch.tensor(data.class_weights, dtype=torch.float32, device=device) if cfg.class_weights else None
@@ -265,15 +277,53 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
     if cfg.cuda_graph is True and not use_graph and is_main_process():
         print("note: --cuda-graph needs CUDA, one process, no fp16 and no dropout; training eagerly "
               "(with --compile on CUDA the compiled step is captured instead)")
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if use_graph:  # a tensor learning rate lets the captured step see each new value
-        optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(cfg.lr, device=device),
+        optimizer = torch.optim.Adam(trainable, lr=torch.tensor(cfg.lr, device=device),
                                      betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                                      capturable=True, foreach=True)
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+        optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                      weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     return TrainParts(model, model, criterion, optimizer, scaler, use_graph)
+
+
+@dataclass
+class InitWeights:
+    """The trained weights a run starts from (--init)."""
+    path: Path
+    state_dict: dict
+    meta: dict
+
+
+def read_init(cfg: TrainConfig) -> InitWeights:
+    """The --init weights, read (and their M/N checked) before anything is written."""
+    path = resolve_weights(cfg.init)
+    state_dict, meta, _ = load_checkpoint(path)
+    arch = meta["arch"]
+    if (arch["m"], arch["n"]) != (cfg.m, cfg.n):
+        raise ConfigError(f"--init {cfg.init}: the weights are CGNet M{arch['m']}N{arch['n']}, this run is "
+                          f"M{cfg.m}N{cfg.n}; add --blocks {arch['m']} {arch['n']} to start from them")
+    return InitWeights(path, state_dict, meta)
+
+
+def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig) -> None:
+    """Load the --init weights into the new model, freeze what --freeze names, and say in one
+    short block what was loaded, what was re-initialised and why."""
+    reinitialised = load_matching(model, init.state_dict, where=f"--init {cfg.init}")
+    frozen = FROZEN[cfg.freeze]
+    for name in frozen:
+        for param in getattr(model, name).parameters():
+            param.requires_grad_(False)
+    if is_main_process():
+        total = len(model.state_dict())
+        print(f"--init {cfg.init} ({init.path}): loaded {total - len(reinitialised)} of {total} tensors")
+        for line in reinitialised:
+            print(f"  re-initialised: {line}")
+        if frozen:
+            count = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+            print(f"  frozen (--freeze {cfg.freeze}): {', '.join(frozen)} ({count:,} weights)")
 
 
 def read_resumable(path: Path, out: Path, auto: bool) -> dict:
@@ -551,6 +601,8 @@ def main(args: argparse.Namespace) -> int:
         resumed = read_resumable(resume_path, out, auto=args.resume == "auto")
     cfg = resolve_config(args, resumed["meta"]["config"] if resumed else None)
     out = Path(cfg.out)
+    # a resumed run's weights and preprocessing come from its checkpoint, not from --init again
+    init = read_init(cfg) if cfg.init and not resumed else None
     changes = []
     if resumed:
         changes = compare_for_resume(resumed["meta"]["config"], cfg,
@@ -562,7 +614,7 @@ def main(args: argparse.Namespace) -> int:
     lock = FolderLock(out, what="cgnet train") if is_main_process() else None
     try:
         on_main_process(lambda: claim_run_folder(lock, out, resuming=resumed is not None))
-        run(cfg, device, out, state, resumed, resume_path, changes)
+        run(cfg, device, out, state, resumed, resume_path, changes, init)
         barrier()  # the ranks leave together: a rank tearing down gloo while another still writes can abort
         return 0
     except KeyboardInterrupt as e:
@@ -579,14 +631,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, resumed: dict | None,
-        resume_path: Path | None, changes: list[str]) -> None:
+        resume_path: Path | None, changes: list[str], init: InitWeights | None = None) -> None:
     """The run in a claimed folder: data, model, restore, the epochs, the closing line."""
     setup_start = time.time()  # elapsed_s counts setup (data, compile) too: see run_epochs
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg, device, out)
+    keep = None  # the preprocessing a fine-tuned run keeps: its --init weights', then its own
+    if cfg.init:
+        keep = resumed["meta"]["preprocess"] if resumed else init.meta.get("preprocess")
+    data = build_data(cfg, device, out, keep)
     torch.manual_seed(cfg.seed)  # the model's initial weights do not depend on cached statistics
     cfg = replace(cfg, resolved_preprocess=data.spec)
-    parts = build_model_and_optimizer(cfg, data, device)
+    parts = build_model_and_optimizer(cfg, data, device, init)
     state.max_iters = cfg.epochs * data.n_batches
     if resumed is not None:
         cfg = restore(resumed, resume_path, parts, cfg, state, data.n_batches, device)

@@ -1,0 +1,132 @@
+"""cgnet train --init: starting a run from trained weights (ours, the shipped ones), on the same
+classes or new ones, with the early stages frozen or not; what is refused."""
+import json
+
+import pytest
+import torch
+
+from cgnet.checkpoint import load_checkpoint, load_matching
+from cgnet.cli import main
+from cgnet.model import CGNet
+from helpers.camvid_like import make_camvid_like
+from helpers.training import TINY, train
+
+# a learning rate so small that one Adam step moves no weight by more than about it: Adam's
+# first bias-corrected update is lr * m / sqrt(v) = lr * g / |g| = +-lr per weight
+TINY_LR = 1e-12
+
+
+@pytest.fixture(scope="module")
+def source(camvid, tmp_path_factory):
+    """A trained tiny run (M2N2, CamVid's 11 classes) to start from."""
+    out = tmp_path_factory.mktemp("source") / "run"
+    train(camvid, out, "--epochs", "1", "--seed", "5")
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory):
+    return make_camvid_like(tmp_path_factory.mktemp("mine") / "mine", num_classes=3, seed=3)
+
+
+def params(state: dict) -> dict:
+    """The learnable tensors of a state dict (BN running statistics move in any training step)."""
+    return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
+
+
+def test_same_classes_every_tensor_is_loaded_and_the_preprocessing_kept(camvid, source, tmp_path, capsys):
+    log, state = train(camvid, tmp_path / "ft", "--init", str(source), "--epochs", "1", "--max-iters", "2",
+                       "--lr", str(TINY_LR))
+    printed = capsys.readouterr().out
+    total = len(CGNet(11, m=2, n=2).state_dict())
+    assert f"--init {source} ({source}): loaded {total} of {total} tensors\n" in printed
+    assert "re-initialised" not in printed
+    start, _, saved = load_checkpoint(source)
+    for k, v in params(start).items():
+        assert float((state["model"][k] - v).abs().max()) <= 2 * 2 * TINY_LR, k  # 2 steps of at most lr
+    assert state["meta"]["preprocess"] == saved["meta"]["preprocess"]
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["init"] == str(source) and state["meta"]["config"]["init"] == str(source)
+
+
+def test_own_statistics_when_asked_for(camvid, source, tmp_path):
+    _, state = train(camvid, tmp_path / "ft", "--init", str(source), "--epochs", "1", "--max-iters", "2",
+                     "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
+    assert state["meta"]["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_new_classes_reinitialise_only_the_classifier(three_classes, source, tmp_path, capsys):
+    argv = ["train", "--data-root", str(three_classes), "--out", str(tmp_path / "ft"), *TINY, "--dataset", "mine",
+            "--classes", "road,grass,sky", "--ignore-index", "11", "--train-split", "camvid_train_list.txt",
+            "--val-split", "camvid_val_list.txt", "--init", str(source), "--epochs", "1", "--lr", str(TINY_LR)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    total = len(CGNet(3, m=2, n=2).state_dict())
+    assert f"loaded {total - 1} of {total} tensors\n" in printed
+    assert ("  re-initialised: classifier.weight (3, 256, 1, 1) (the checkpoint's (11, 256, 1, 1) is for 11 "
+            "classes)\n") in printed
+    state = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
+    start, _, _ = load_checkpoint(source)
+    assert state["model"]["classifier.weight"].shape == (3, 256, 1, 1)
+    for k, v in params(start).items():
+        if k != "classifier.weight":
+            assert float((state["model"][k] - v).abs().max()) <= 2 * 2 * TINY_LR, k
+    assert state["meta"]["classes"] == ["road", "grass", "sky"]
+
+
+def test_frozen_stages_keep_their_loaded_weights(camvid, source, tmp_path, capsys):
+    _, state = train(camvid, tmp_path / "ft", "--init", str(source), "--freeze", "stage2", "--epochs", "1",
+                     "--lr", "0.01")
+    assert "frozen (--freeze stage2): stem, bn_act1, down2, stage2, bn_act2" in capsys.readouterr().out
+    start, _, _ = load_checkpoint(source)
+    for k, v in params(start).items():
+        frozen = k.split(".")[0] in ("stem", "bn_act1", "down2", "stage2", "bn_act2")
+        assert torch.equal(state["model"][k], v) == frozen, k
+
+
+def test_the_shipped_weights_start_a_run(camvid, tmp_path, capsys):
+    argv = [a for a in TINY]
+    argv[argv.index("--blocks") + 1:argv.index("--blocks") + 3] = ["3", "21"]
+    assert main(["train", "--data-root", str(camvid), "--out", str(tmp_path / "ft"), *argv, "--init", "camvid",
+                 "--epochs", "1", "--max-iters", "1"]) == 0
+    total = len(CGNet(11).state_dict())
+    assert f"loaded {total} of {total} tensors" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--blocks", "2", "3"], "--init {src}: the weights are CGNet M2N2, this run is M2N3; add --blocks 2 2 to start "
+                             "from them"),
+    (["--freeze", "stem", "--init", ""], "--freeze stem: freezes loaded weights; give --init too"),
+    (["--init", "{tmp}/none.pt"], "--init {tmp}/none.pt: no such file (give a checkpoint, or 'camvid' for the "
+                                  "shipped weights)"),
+    (["--init", "{tmp}/other.pt"], "{tmp}/other.pt: no classifier weight in the state dict: not a CGNet checkpoint"),
+])
+def test_what_cannot_start_a_run_is_one_line_and_writes_nothing(camvid, source, tmp_path, capsys, extra, message):
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    if "--init" not in extra:
+        extra += ["--init", str(source)]
+    elif extra[extra.index("--init") + 1] == "":
+        extra = extra[:extra.index("--init")]
+    assert main(["train", "--data-root", str(camvid), "--out", str(tmp_path / "run"), *TINY, *extra]) == 2
+    assert capsys.readouterr().err == f"cgnet train: error: {message.format(src=source, tmp=tmp_path)}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_defines_the_run_on_resume(camvid, source, tmp_path, capsys):
+    train(camvid, tmp_path / "ft", "--init", str(source), "--epochs", "2", "--max-iters", "2")
+    assert main(["train", "--data-root", str(camvid), "--out", str(tmp_path / "ft"), *TINY, "--epochs", "2",
+                 "--init", "camvid", "--resume"]) == 2
+    assert capsys.readouterr().err == (f"cgnet train: error: --resume: the run was trained with --init {source}, "
+                                       "this command says camvid; keep it, or start a new run with another --out\n")
+
+
+def test_a_tensor_of_another_shape_is_named_with_both_shapes():
+    model = CGNet(11, m=2, n=2)
+    state = CGNet(11, m=2, n=2).state_dict()
+    key = next(k for k in state if k.startswith("down2.") and k.endswith("weight"))
+    shape = ", ".join(map(str, state[key].shape))
+    state[key] = torch.zeros(1)
+    with pytest.raises(ValueError, match=rf"^w: tensor '{key}' has shape \(1,\) in the checkpoint but the model "
+                                         rf"expects \({shape}\)$"):
+        load_matching(model, state, where="w")
