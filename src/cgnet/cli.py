@@ -21,7 +21,7 @@ from .engine import scoring, train
 from .engine.config import add_train_args
 from .engine.scoring import add_demo_args, add_eval_args
 from .model import CGNet
-from .plot import plot_run
+from .plot import plot_compare, plot_run
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -46,8 +46,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    if len(args.run) > 1 or args.out:
+        print(plot_compare([Path(r) for r in args.run], Path(args.out or "compare.png")))
+        return 0
     for x in ("epoch", "elapsed_s"):
-        print(plot_run(Path(args.run), x=x))
+        print(plot_run(Path(args.run[0]), x=x))
     return 0
 
 
@@ -84,8 +87,10 @@ def make_parser() -> argparse.ArgumentParser:
         add_args(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("plot", help="draw a run's training curves (against epochs and wall-clock time)")
-    p.add_argument("run", help="run folder of cgnet train")
+    p = sub.add_parser("plot", help="draw a run's training curves (against epochs and wall-clock time), or "
+                                    "compare several runs' validation mIoU against wall-clock")
+    p.add_argument("run", nargs="+", help="run folder(s) of cgnet train")
+    p.add_argument("--out", help="with several runs: the comparison PNG (default compare.png)")
     p.set_defaults(func=cmd_plot)
 
     data = sub.add_parser("data", help="dataset tools")
