@@ -273,7 +273,8 @@ def _remove_export(path: Path) -> None:
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="default: the shipped camvid weights")
-    p.add_argument("--format", required=True, choices=["onnx", "openvino", "torchscript"])
+    p.add_argument("--format", required=True, choices=["onnx", "openvino", "torchscript", "web"],
+                   help="web: a static folder (--out) whose page runs the model in the browser")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
                    help="bf16: OpenVINO inference precision; int8: ONNX Runtime static quantisation")
     p.add_argument("--out", help="output file (default: cgnet_<dataset>_<precision>.<ext>)")

@@ -42,17 +42,21 @@ from ..visualize import blend, colorize
 from .predict import VideoStreams, palette_of, predict_video, video_fps
 from .predictor import add_predictor_args, make_predictor, resolve_backend
 from .runners import MissingBackend, Predictor
+from .web import ISOLATION_HEADERS, add_tls_args, tls_options, web_routes
 
 STATIC = Path(__file__).resolve().parent / "serve_static"
 SERVE_MODULES = {"starlette": "starlette", "uvicorn": "uvicorn", "python-multipart": "python_multipart"}
 MAX_JOBS_KEPT = 16  # finished video jobs whose files are kept; older ones are deleted
 BROWSER_IMAGES = ("png", "jpeg", "bmp", "webp", "gif")  # formats a browser shows itself
 SECURITY_HEADERS = {
-    # everything comes from this server; images and videos may also be data:/blob: URLs made by the page
-    "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    # everything comes from this server; images and videos may also be data:/blob: URLs made by the page;
+    # the in-browser mode compiles WebAssembly ('wasm-unsafe-eval') and needs cross-origin isolation
+    "content-security-policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+                               "img-src 'self' data: blob:; media-src 'self' blob:; "
                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
+    **ISOLATION_HEADERS,
 }
 
 
@@ -414,7 +418,8 @@ async def _send_json(send, status: int, payload: dict) -> None:
 
 
 def create_app(predictor: Predictor, *, name: str = DEFAULT_WEIGHTS, max_upload_mb: float = 50,
-               max_megapixels: float = 40, max_video_frames: int = 1500, alpha: float = 0.5):
+               max_megapixels: float = 40, max_video_frames: int = 1500, alpha: float = 0.5,
+               web_source: str | None = None):
     """The ASGI app (Starlette) serving `predictor`.
 
     Args:
@@ -424,6 +429,8 @@ def create_app(predictor: Predictor, *, name: str = DEFAULT_WEIGHTS, max_upload_
         max_megapixels: the largest image (or video frame), in millions of pixels; more is 413.
         max_video_frames: the longest video, in frames; more is 413 (or the job's error).
         alpha: weight of the colours in the server's overlays (the page has its own slider).
+        web_source: the checkpoint or .onnx file the page's in-browser mode runs (`web.web_routes`);
+            None turns that mode off.
     """
     require_serve()
     from starlette.applications import Starlette
@@ -552,6 +559,7 @@ def create_app(predictor: Predictor, *, name: str = DEFAULT_WEIGHTS, max_upload_
         Route("/api/jobs/{job}/preview", job_preview),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+    routes += web_routes(web_source)  # the in-browser mode: /web/model.json, /web/model.onnx, /web/ort/*
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(SecurityHeaders), Middleware(LimitBody, limit=limit)],
                     exception_handlers={UploadError: upload_error, HTTPException: http_error,
@@ -587,9 +595,9 @@ def address_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def run_server(app, sock: socket.socket, on_ready=None) -> None:
+def run_server(app, sock: socket.socket, on_ready=None, tls: dict | None = None) -> None:
     """Serve `app` on `sock` until interrupted (Ctrl+C) or told to stop (SIGTERM); `on_ready()` is
-    called once the server accepts connections."""
+    called once the server accepts connections; `tls`: uvicorn's ssl_certfile/ssl_keyfile."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -598,7 +606,7 @@ def run_server(app, sock: socket.socket, on_ready=None) -> None:
             if on_ready is not None and not self.should_exit:
                 on_ready()
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **(tls or {}))
     Server(config).run(sockets=[sock])
 
 
@@ -623,10 +631,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="longest video in frames (default 1500, 1 minute at 25 fps)")
     p.add_argument("--alpha", type=number_type(float, minimum=0, maximum=1), default=0.5, help="weight of the colours in the server's overlays "
                                                             "(default 0.5; the page has a slider)")
+    add_tls_args(p)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     require_serve()
+    tls = tls_options(args)
     sock = bind(args.host, args.port)  # before loading the model: a busy port fails at once
     try:
         backend = resolve_backend(args.backend, args.precision, args.checkpoint, args.compile)
@@ -635,16 +645,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         name = Path(args.checkpoint).name if args.checkpoint else DEFAULT_WEIGHTS
         app = create_app(predictor, name=name, max_upload_mb=args.max_upload_mb,
                          max_megapixels=args.max_megapixels, max_video_frames=args.max_video_frames,
-                         alpha=args.alpha)
+                         alpha=args.alpha, web_source=args.checkpoint or DEFAULT_WEIGHTS)
     except BaseException:
         sock.close()
         raise
-    url = address_of(sock)
+    url = address_of(sock).replace("http://", "https://" if tls else "http://", 1)
     host = sock.getsockname()[0]
     note = "" if host in ("127.0.0.1", "::1") else " (listening on every interface: others on the network can use it)"
 
     def ready() -> None:
         print(f"cgnet serve: {url} - {name} on {predictor.backend} ({predictor.precision}){note}; "
               f"Ctrl+C stops it", flush=True)
-    run_server(app, sock, ready)
+    run_server(app, sock, ready, tls)
     return 0
