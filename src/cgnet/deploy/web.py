@@ -152,15 +152,18 @@ def fetch_runtime(cache: str | os.PathLike | None = None, *, url: str = ORT_TARB
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             for name in ORT_FILES:
-                member = tar.extractfile(f"package/dist/{name}")
+                try:
+                    member = tar.extractfile(f"package/dist/{name}")
+                except KeyError:
+                    member = None
                 if member is None:
                     raise RuntimeDownloadError(f"{url}: package/dist/{name} is not a file in the tarball")
                 (tmp / name).write_bytes(member.read())
         (tmp / "LICENSE").write_text(ORT_LICENSE.format(version=ORT_VERSION))
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from before the checks existed
         os.replace(tmp, folder)
-    except KeyError as error:
-        raise RuntimeDownloadError(f"{url}: {error.args[0]}") from None
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise RuntimeDownloadError(f"{url}: not a readable gzipped tarball ({error})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
