@@ -507,7 +507,8 @@
     context.putImageData(new ImageData(colorsOf(mask, ready.meta.palette), width, height), 0, 0);
     const colorBlob = await canvasBlob(canvas);
     const maskBlob = await grayPng(mask, width, height);
-    hooks.lastMask = { width, height, ids: toBase64(mask), name: file.name };
+    hooks.lastMask = { width, height, ids: toBase64(mask), name: file.name,
+                       png: toBase64(new Uint8Array(await maskBlob.arrayBuffer())) }; // the mask download's bytes
     return { width, height, latency_ms: ms, backend: ready.label, precision: ready.meta.precision || "fp32",
              color_url: URL.createObjectURL(colorBlob), mask_url: URL.createObjectURL(maskBlob),
              alpha: 0.5, legend: legendOf(mask, ready.meta) };
