@@ -16,6 +16,7 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -406,3 +407,47 @@ def test_static_site_round_trip_with_camera(randomized_ckpt, runtime, static_hos
             assert "one thread only: the page is not cross-origin isolated" in plain.inner_text("#browser-status")
         finally:
             browser.close()
+
+
+# ---- HTTPS for phones --------------------------------------------------------------------------
+
+def test_serve_over_https(tmp_path, capsys):
+    if MISSING:
+        pytest.skip(MISSING)
+    import shutil
+    import ssl
+
+    assert main(["serve", "--port", "0", "--certfile", str(tmp_path / "cert.pem")]) == 2
+    assert "--certfile and --keyfile go together (HTTPS needs both)" in capsys.readouterr().err
+    assert main(["serve", "--port", "0", "--certfile", str(tmp_path / "no.pem"), "--keyfile", str(tmp_path / "no.key")]) == 2
+    assert f"--certfile {tmp_path / 'no.pem'}: no such file" in capsys.readouterr().err
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    process = subprocess.Popen([sys.executable, "-m", "cgnet", "serve", "--backend", "torch", "--device", "cpu",
+                                "--port", "0", "--certfile", str(cert), "--keyfile", str(key)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "https://" in line or "http://" in line:
+                break
+        url = re.search(r"https?://\S+/", "".join(lines))
+        assert url and url.group(0).startswith("https://127.0.0.1:"), "".join(lines)
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False  # the test certificate names 127.0.0.1 as CN only
+        with urllib.request.urlopen(url.group(0) + "api/info", context=context, timeout=60) as response:
+            assert response.status == 200 and json.loads(response.read())["backend"] == "torch"
+        with pytest.raises(OSError):  # plain HTTP gets no page (the connection is closed)
+            urllib.request.urlopen(url.group(0).replace("https://", "http://") + "api/info", timeout=30).read()
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
