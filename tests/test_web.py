@@ -353,22 +353,28 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
             out.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
 
 
-def test_static_site_round_trip_with_camera(randomized_ckpt, runtime, static_host, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_site(randomized_ckpt, runtime, tmp_path_factory):
+    """The static folder of the tiny checkpoint, a street-like frame and its `cgnet predict` ids."""
+    parent = tmp_path_factory.mktemp("web")
+    site = web.write_site(randomized_ckpt, parent / "site", log=lambda *a: None)
+    image = parent / "street.png"
+    rgb = street_like(3, 200, 264)
+    cv2.imwrite(str(image), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return site, image, make_predictor(randomized_ckpt, backend="torch", device="cpu").predict(rgb)
+
+
+def test_static_site_round_trip_with_camera(tiny_site, static_host, tmp_path):
     executable = browser_or_skip()
     from playwright.sync_api import sync_playwright
 
-    site = web.write_site(randomized_ckpt, tmp_path / "site", log=lambda *a: None)
+    site, image, expected = tiny_site
     assert sorted(p.name for p in site.iterdir()) == ["app.js", "index.html", "model.json", "model.onnx", "ort",
                                                       "style.css"]
     assert sorted(p.name for p in (site / "ort").iterdir()) == sorted([*web.ORT_FILES, "LICENSE"])
     html = (site / "index.html").read_text()
     assert 'data-site="static"' in html and "/static/" not in html
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
-
-    image = tmp_path / "street.png"
-    rgb = street_like(3, 200, 264)
-    cv2.imwrite(str(image), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    expected = make_predictor(randomized_ckpt, backend="torch", device="cpu").predict(rgb)
+    assert [p.name for p in site.parent.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
     video = tmp_path / "camera.y4m"
     write_y4m(video, [street_like(20 + k, 240, 320) for k in range(8)])
 
@@ -405,6 +411,34 @@ def test_static_site_round_trip_with_camera(randomized_ckpt, runtime, static_hos
             wait_ready(plain)
             assert plain.evaluate("window.crossOriginIsolated") is False
             assert "one thread only: the page is not cross-origin isolated" in plain.inner_text("#browser-status")
+            mask, latency = browser_mask(plain, image)
+            assert agreement(mask, expected) >= 0.999 and "WebAssembly, 1 thread " in latency
+        finally:
+            browser.close()
+
+
+def test_webgpu_path_on_a_software_adapter(tiny_site, static_host):
+    """WebGPU where the browser has it: Chromium's SwiftShader adapter stands in for a GPU."""
+    executable = browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    site, image, expected = tiny_site
+    flags = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader", "--enable-features=Vulkan"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable,
+                                             args=[a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + flags)
+        try:
+            page = browser.new_page()
+            page.goto(static_host(site))
+            if not page.evaluate("async () => !!(navigator.gpu && await navigator.gpu.requestAdapter())"):
+                pytest.skip("this Chromium offers no WebGPU adapter (SwiftShader)")
+            elsewhere, problems = watch(page, page.url.rstrip("/"))
+            wait_ready(page)
+            assert "onnxruntime-web, WebGPU" in page.inner_text("#browser-status")
+            mask, latency = browser_mask(page, image)
+            print(f"WebGPU (SwiftShader) vs cgnet predict: {100 * agreement(mask, expected):.4f}% of pixels agree")
+            assert agreement(mask, expected) >= 0.999 and "WebGPU" in latency
+            assert not elsewhere, elsewhere
         finally:
             browser.close()
 
