@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, CGNetError, InputError, MissingFileError
+from ..fileio import check_writable
 from .predict import palette_of
 from .predictor import cache_dir, cached_export
 from .runners import read_exported_meta
@@ -275,6 +276,7 @@ def cmd_export_web(args: argparse.Namespace) -> int:
         raise InputError(f"--format web runs fp32 in the browser, not --precision {args.precision}")
     if not args.out:
         raise InputError("--format web needs --out FOLDER (a new folder for the site)")
+    check_writable(Path(args.out).absolute().parent, "--out")
     out = write_site(args.checkpoint or DEFAULT_WEIGHTS, args.out, data_root=args.data_root)
     print(f"wrote {out}: serve it over HTTPS (or on localhost) with the headers Cross-Origin-Opener-Policy: "
           f"same-origin and Cross-Origin-Embedder-Policy: require-corp")

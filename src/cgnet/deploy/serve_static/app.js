@@ -391,7 +391,7 @@
                      "Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp)");
         }
         status.textContent = `model ${meta.model} (${meta.classes.length} classes) runs in this browser: ` +
-          `${ready.label}, ${meta.runtime.name} ${meta.runtime.version}` + (notes.length ? `. ${notes.join("; ")}` : "");
+          `${ready.label} (version ${meta.runtime.version})` + (notes.length ? `. ${notes.join("; ")}` : "");
         if (page.isStatic) {
           document.getElementById("model-info").textContent = `model ${meta.model} (${meta.classes.length} classes)`;
         }
@@ -399,7 +399,8 @@
       }, (error) => {
         status.hidden = true;
         const shown = document.getElementById("browser-error");
-        shown.textContent = `in-browser mode unavailable: ${error.message}`;
+        const prefix = "in-browser mode unavailable: "; // the server's refusals already start with it
+        shown.textContent = error.message.startsWith(prefix) ? error.message : prefix + error.message;
         shown.hidden = false;
         document.body.dataset.browser = "failed";
       });
