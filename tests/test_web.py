@@ -485,3 +485,15 @@ def test_serve_over_https(tmp_path, capsys):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_export_format_web_writes_the_folder(randomized_ckpt, runtime, tmp_path, capsys):
+    out = tmp_path / "site"
+    assert main(["export", "--format", "web", "--checkpoint", str(randomized_ckpt), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"wrote {out}: serve it over HTTPS")
+    assert json.loads((out / "model.json").read_text())["model"] == "tiny.pt"
+    for name in web.ORT_FILES:
+        assert (out / "ort" / name).read_bytes() == (runtime / name).read_bytes()
+    onnx = pytest.importorskip("onnx")
+    stored = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert json.loads(stored["cgnet"])["preprocess"] == json.loads((out / "model.json").read_text())["preprocess"]
