@@ -17,6 +17,7 @@ from .deploy.bench import add_bench_args, cmd_bench
 from .deploy.export import add_export_args, cmd_export
 from .deploy.predict import add_predict_args, cmd_predict
 from .deploy.serve import add_serve_args, cmd_serve
+from .deploy.web import cmd_export_web
 from .engine import scoring, train
 from .engine.config import add_train_args
 from .engine.scoring import add_demo_args, add_eval_args
@@ -54,6 +55,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_command(args: argparse.Namespace) -> int:
+    """`cgnet export`: a file of the formats table (cgnet.deploy.export), or with --format web a
+    static folder whose page runs the model in the browser (cgnet.deploy.web, which builds on
+    export's ONNX file and so sits above it)."""
+    return cmd_export_web(args) if args.format == "web" else cmd_export(args)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgnet", description="CGNet semantic segmentation")
     parser.add_argument("--version", action="version", version=f"cgnet {__version__}")
@@ -75,7 +83,8 @@ def make_parser() -> argparse.ArgumentParser:
          lambda p: add_eval_args(p, test=True), scoring.cmd_test),
         ("demo", "the main job: shipped CamVid weights on the test set, table and pictures",
          add_demo_args, scoring.cmd_demo),
-        ("export", "ONNX / OpenVINO / TorchScript file, verified against PyTorch", add_export_args, cmd_export),
+        ("export", "a model file for a runtime (ONNX, OpenVINO, torch.export, ...) or a static in-browser "
+                   "site, verified against PyTorch", add_export_args, export_command),
         ("predict", "segment images, folders, globs and videos; writes masks, colour masks and overlays",
          add_predict_args, cmd_predict),
         ("bench", "latency and throughput of every backend and precision vs eager fp32", add_bench_args, cmd_bench),

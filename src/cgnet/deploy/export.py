@@ -209,10 +209,12 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="default: the shipped camvid weights")
-    p.add_argument("--format", required=True, choices=writable_formats(),
+    p.add_argument("--format", required=True, choices=[*writable_formats(), "web"],
                    help="; ".join(f"{name}: {FORMATS[name].suffix} for {FORMATS[name].title}"
-                                  for name in writable_formats()))
-    p.add_argument("--precision", default="fp32", choices=sorted({precision for f in FORMATS.values() for precision in f.precisions}),
+                                  for name in writable_formats())
+                   + "; web: a static folder (--out) whose page runs the model in the browser")
+    p.add_argument("--precision", default="fp32",
+                   choices=sorted({precision for f in FORMATS.values() for precision in f.precisions}),
                    help="; ".join(f"{name}: {', '.join(FORMATS[name].precisions)}" for name in writable_formats())
                    + " (default fp32)")
     p.add_argument("--out", help="output file (default: cgnet_<dataset>_<precision>.<ext>)")

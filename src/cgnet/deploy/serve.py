@@ -50,6 +50,7 @@ from ..visualize import blend, colorize
 from .predict import VideoStreams, palette_of, predict_video, video_fps
 from .predictor import Predictor, add_predictor_args, make_predictor, resolve_backend
 from .runners import MissingBackend
+from .web import ISOLATION_HEADERS, add_tls_args, tls_options, web_routes
 
 STATIC = Path(__file__).resolve().parent / "serve_static"
 SERVE_MODULES = {"starlette": "starlette", "uvicorn": "uvicorn", "python-multipart": "python_multipart"}
@@ -62,11 +63,14 @@ NOT_A_VIDEO = ("not a video this server can decode (corrupt, or an unsupported f
                "send an mp4, avi, mov, mkv or webm file")
 BROWSER_IMAGES = ("png", "jpeg", "bmp", "webp", "gif")  # formats a browser shows itself
 SECURITY_HEADERS = {
-    # everything comes from this server; images and videos may also be data:/blob: URLs made by the page
-    "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    # everything comes from this server; images and videos may also be data:/blob: URLs made by the page;
+    # the in-browser mode compiles WebAssembly ('wasm-unsafe-eval') and needs cross-origin isolation
+    "content-security-policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+                               "img-src 'self' data: blob:; media-src 'self' blob:; "
                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
+    **ISOLATION_HEADERS,
 }
 
 
@@ -673,7 +677,8 @@ async def _send_json(send, status: int, payload: dict) -> None:
 def create_app(predictor: Predictor, *, name: str = DEFAULT_WEIGHTS, max_upload_mb: float = 50,
                max_megapixels: float = 40, max_video_frames: int = 1500, alpha: float = 0.5,
                host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] | list[str] = (),
-               max_queued_videos: int = 4, max_concurrent_images: int = 4):
+               max_queued_videos: int = 4, max_concurrent_images: int = 4,
+               web_source: str | None = None):
     """The ASGI app (Starlette) serving `predictor`.
 
     Args:
@@ -689,6 +694,8 @@ def create_app(predictor: Predictor, *, name: str = DEFAULT_WEIGHTS, max_upload_
         max_queued_videos: videos being uploaded, waiting or running at once; one more is 429.
         max_concurrent_images: images decoded, segmented and encoded at once; more wait their turn
             (bounds the memory that decoded images take; the model runs one at a time anyway).
+        web_source: the checkpoint or .onnx file the page's in-browser mode runs (`web.web_routes`);
+            None turns that mode off.
     """
     require_serve()
     from starlette.applications import Starlette
@@ -837,6 +844,7 @@ def create_app(predictor: Predictor, *, name: str = DEFAULT_WEIGHTS, max_upload_
         Route("/api/jobs/{job}/preview", job_preview),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+    routes += web_routes(web_source)  # the in-browser mode: /web/model.json, /web/model.onnx, /web/ort/*
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(SecurityHeaders),
                                 Middleware(GuardHosts, names=served_hosts(host, allowed_hosts)),
@@ -874,9 +882,9 @@ def address_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def run_server(app, sock: socket.socket, on_ready=None) -> None:
+def run_server(app, sock: socket.socket, on_ready=None, tls: dict | None = None) -> None:
     """Serve `app` on `sock` until interrupted (Ctrl+C) or told to stop (SIGTERM); `on_ready()` is
-    called once the server accepts connections."""
+    called once the server accepts connections; `tls`: uvicorn's ssl_certfile/ssl_keyfile."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -885,7 +893,7 @@ def run_server(app, sock: socket.socket, on_ready=None) -> None:
             if on_ready is not None and not self.should_exit:
                 on_ready()
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", **(tls or {}))
     Server(config).run(sockets=[sock])
 
 
@@ -927,10 +935,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="images decoded and segmented at once (default 4); more uploads wait their turn")
     p.add_argument("--alpha", type=number_type(float, minimum=0, maximum=1), default=0.5, help="weight of the colours in the server's overlays "
                                                             "(default 0.5; the page has a slider)")
+    add_tls_args(p)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     require_serve()
+    tls = tls_options(args)
     sock = bind(args.host, args.port)  # before loading the model: a busy port fails at once
     try:
         backend = resolve_backend(args.backend, args.precision, args.checkpoint, args.compile)
@@ -941,11 +951,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_megapixels=args.max_megapixels, max_video_frames=args.max_video_frames,
                          alpha=args.alpha, host=args.host, allowed_hosts=args.allowed_host,
                          max_queued_videos=args.max_queued_videos,
-                         max_concurrent_images=args.max_concurrent_images)
+                         max_concurrent_images=args.max_concurrent_images,
+                         web_source=args.checkpoint or DEFAULT_WEIGHTS)
     except BaseException:
         sock.close()
         raise
-    url = address_of(sock)
+    url = address_of(sock).replace("http://", "https://" if tls else "http://", 1)
     host = sock.getsockname()[0]
     note = ""
     if host not in ("127.0.0.1", "::1"):
@@ -956,5 +967,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready() -> None:
         print(f"cgnet serve: {url} - {name} on {predictor.backend} ({predictor.precision}){note}; "
               f"Ctrl+C stops it", flush=True)
-    run_server(app, sock, ready)
+    run_server(app, sock, ready, tls)
     return 0
