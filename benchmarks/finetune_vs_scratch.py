@@ -1,0 +1,146 @@
+"""Fine-tuning the shipped CamVid weights against training from scratch, on a new labelling, for
+the same CPU time.
+
+The new labelling is a coarse one of CamVid, made as a user would make theirs: 5 classes (flat,
+construction, nature and sky, vehicle, person) drawn as RGB colour masks for 50 training frames,
+then imported with `cgnet data import --from colors`. The shipped weights were trained on these
+very scenes, so this shows the mechanics and the time saved, not transfer to a new domain.
+
+Both runs train at the same time, each pinned to its own core with one thread (the same CPU time
+for each: `--minutes` of wall-clock), with the camvid recipe's crop and batch, `--time-budget`
+fitting the poly schedule to the time, validating on 40 evenly spaced coarse test frames. Then
+both last checkpoints are scored on all 233 test frames, and `cgnet plot` draws both curves.
+
+    python -m benchmarks.finetune_vs_scratch --minutes 15 --work runs/finetune_vs_scratch \\
+        --json results/finetune_vs_scratch.json --plot docs/img/finetune_vs_scratch.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cgnet.data.catalog import CAMVID, find_data_root
+from cgnet.data.listset import read_list
+
+# CamVid's 11 classes -> 5: flat, construction, nature and sky, vehicle, person
+COARSE = {"flat": ("Road", "Sidewalk"), "construction": ("Building", "Pole", "SignSymbol", "Fence"),
+          "nature-sky": ("Sky", "Tree"), "vehicle": ("Car",), "person": ("Pedestrian", "Bicyclist")}
+COLORS = {"flat": (128, 64, 128), "construction": (70, 70, 70), "nature-sky": (107, 142, 35),
+          "vehicle": (0, 0, 142), "person": (220, 20, 60)}
+IGNORE = 255
+
+
+def coarse_lut() -> np.ndarray:
+    """CamVid label id -> coarse id (void and anything else -> IGNORE)."""
+    lut = np.full(256, IGNORE, np.uint8)
+    for new, (name, members) in enumerate(COARSE.items()):
+        for member in members:
+            lut[CAMVID.classes.index(member)] = new
+    return lut
+
+
+def evenly(items: list, count: int) -> list:
+    return [items[i] for i in np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int)]
+
+
+def make_dataset(camvid: Path, work: Path, frames: int, seed: int) -> Path:
+    """Colour masks for `frames` training frames, imported with `cgnet data import --from colors`,
+    and the coarse test labels (ids) with test.txt (all) and test40.txt (40 evenly spaced)."""
+    lut = coarse_lut()
+    palette = np.zeros((256, 3), np.uint8)
+    palette[IGNORE] = (0, 0, 0)
+    for new, name in enumerate(COARSE):
+        palette[new] = COLORS[name]
+    src = work / "export"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    (src / "classes.txt").write_text("".join(f"{n} {','.join(map(str, COLORS[n]))}\n" for n in COARSE) + "void 0,0,0\n")
+    for sample in evenly(read_list(camvid / "camvid_train_list.txt", camvid, progress=False), frames):
+        shutil.copy(sample.image, src / sample.image.name)
+        ids = lut[cv2.imread(str(sample.label), cv2.IMREAD_UNCHANGED)]
+        cv2.imwrite(str(src / f"{sample.image.stem}_L.png"), cv2.cvtColor(palette[ids], cv2.COLOR_RGB2BGR))
+    root = work / "coarse5"
+    shutil.rmtree(root, ignore_errors=True)
+    cgnet("data", "import", "--from", "colors", str(src), "--root", str(root), "--classes", str(src / "classes.txt"),
+          "--mask-suffix", "_L", "--ignore-class", "void", "--val-fraction", "0", "--seed", str(seed), "--no-progress")
+    (root / "testlabels").mkdir()
+    lines = []
+    for sample in read_list(camvid / "camvid_test_list.txt", camvid, progress=False):
+        target = root / "testlabels" / sample.label.name
+        cv2.imwrite(str(target), lut[cv2.imread(str(sample.label), cv2.IMREAD_UNCHANGED)])
+        lines.append(f"{sample.image} {target}\n")
+    (root / "test.txt").write_text("".join(lines))
+    (root / "test40.txt").write_text("".join(evenly(lines, 40)))
+    return root
+
+
+def cgnet(*argv: str, **popen) -> subprocess.Popen | None:
+    command = [sys.executable, "-m", "cgnet", *argv]
+    if popen:
+        return subprocess.Popen(command, **popen)
+    subprocess.run(command, check=True)
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--camvid", help="the real CamVid (default: where cgnet finds it)")
+    parser.add_argument("--work", default="runs/finetune_vs_scratch")
+    parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock (= CPU time) of each run")
+    parser.add_argument("--frames", type=int, default=50, help="training frames of the new labelling")
+    parser.add_argument("--val-every", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--plot", help="the comparison chart (cgnet plot)")
+    args = parser.parse_args()
+    camvid = Path(args.camvid) if args.camvid else find_data_root("camvid")
+    if camvid is None:
+        parser.error("no CamVid found: give --camvid")
+    work = Path(args.work).resolve()
+    root = make_dataset(camvid.resolve(), work, args.frames, args.seed)
+    common = ["train", "--dataset", "coarse5", "--classes", str(root / "classes.txt"), "--ignore-index", str(IGNORE),
+              "--data-root", str(root), "--train-split", "train.txt", "--val-split", "test40.txt",
+              "--crop", "360", "--batch-size", "8", "--epochs", "1000", "--time-budget", str(args.minutes),
+              "--val-every", str(args.val_every), "--workers", "0", "--device", "cpu", "--amp", "off",
+              "--no-compile", "--seed", str(args.seed), "--no-progress"]
+    arms = {"scratch": [], "finetune": ["--init", "camvid"]}
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    running = {}
+    for core, (name, extra) in enumerate(arms.items()):
+        shutil.rmtree(work / name, ignore_errors=True)
+        log = open(work / f"{name}.out", "w")
+        running[name] = cgnet(*common, *extra, "--out", str(work / name), env=env, stdout=log,
+                              stderr=subprocess.STDOUT, preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))
+    failed = [name for name, process in running.items() if process.wait() != 0]
+    if failed:
+        print(f"failed: {failed}; see {work}/*.out")
+        return 1
+    result = {"machine": platform.processor() or platform.machine(), "cores_per_run": 1, "minutes": args.minutes,
+              "frames": args.frames, "classes": list(COARSE), "runs": {}}
+    for name in arms:
+        scores = work / f"{name}_test.json"
+        cgnet("eval", "--checkpoint", str(work / name / "last.pt"), "--data-root", str(root), "--split", "test.txt",
+              "--workers", "0", "--json", str(scores))
+        log = [json.loads(line) for line in (work / name / "log.jsonl").read_text().splitlines()]
+        result["runs"][name] = {"test_miou_233": json.loads(scores.read_text())["miou"], "epochs": log[-1]["epoch"],
+                                "curve": [(r["elapsed_s"] / 60, r["val_miou"]) for r in log if "val_miou" in r]}
+        print(f"{name:<9} {result['runs'][name]['epochs']} epochs in {args.minutes} min: "
+              f"test mIoU {100 * result['runs'][name]['test_miou_233']:.2f} (233 frames)")
+    if args.plot:
+        cgnet("plot", str(work / "scratch"), str(work / "finetune"), "--out", args.plot)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
