@@ -6,7 +6,9 @@ Our format is a dict saved with `torch.save`::
      "model": state_dict,
      "meta": {"arch": {...}, "preprocess": {...}, "classes": [...], "palette": [[r, g, b], ...],
               "ignore_index": int, "dataset": str, "config": {...} | None},
-     ...training state (optimizer, scheduler, scaler, rng, epoch) when saved by `cgnet train`}
+     # saved by `cgnet train`, for --resume:
+     "optimizer": Adam's state_dict, "scaler": the GradScaler's, "rng": the generators' states,
+     "train_state": {"epoch", "iteration", "best_miou", "history", ...}}
 
 Everything under "meta" is JSON-able, so `torch.load(..., weights_only=True)` reads it.
 

@@ -1,8 +1,10 @@
 """`cgnet train`: the paper's recipes, one process or many (torchrun), resumable.
 
-Read top to bottom: the schedule (`poly_lr`) and the training state -> the training step ->
-one epoch -> `main`, which runs the named steps: build the data, build the model and optimiser,
-restore a checkpoint, run the epochs, finish. The same command runs under `torchrun
+Read top to bottom: the schedule (`poly_lr`) and the training state -> one epoch
+(`train_one_epoch`, around a step from `cgnet.engine.steps`) -> the named steps `run` takes:
+build the data, build the model (from --init weights when given) and the optimiser, restore a
+checkpoint, wrap the step (compiled, CUDA graph, DDP), run the epochs, finish -> `main`, which
+resolves the settings (`cgnet.engine.config`) and claims the run folder first. The same command runs under `torchrun
 --nproc_per_node=K cgnet train ...` with DistributedDataParallel (nccl on GPUs, gloo on CPUs); the
 global batch is split across processes and only the main process writes (`save_on_master`).
 
