@@ -95,7 +95,11 @@ def test_predict_compile_writes_the_eager_masks(randomized_ckpt, tmp_path, capsy
                      "--device", "cpu", "--no-progress", "--out", str(tmp_path / name), *extra]) == 0
         masks[name] = cv2.imread(str(tmp_path / name / "masks" / "frame.png"), cv2.IMREAD_UNCHANGED)
     assert "with torch-compiled (fp32)" in capsys.readouterr().out
-    assert (masks["compiled"] == masks["eager"]).mean() > 0.999
+    eager = torch.from_numpy(make_predictor(randomized_ckpt, backend="torch", device="cpu").logits(
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB)))[None]
+    np.testing.assert_array_equal(masks["eager"], eager.argmax(1)[0].numpy())
+    near = near_ties(eager, fp32_difference_bound(load_model(randomized_ckpt), eager))[0].numpy()
+    assert not ((masks["compiled"] != masks["eager"]) & ~near).any()  # only near ties may change class
     predictor = make_predictor(randomized_ckpt, backend="torch", device="cpu", compile=True)
     np.testing.assert_array_equal(predictor.predict(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), masks["compiled"])
 
