@@ -54,6 +54,7 @@ def compiled(request):
     return model, criterion, optimizer, step
 
 
+@pytest.mark.compile
 def test_compiled_step_matches_eager_over_24_poly_steps(compiled):
     model, _, optimizer, step = compiled
     twin, criterion, twin_opt = build()
@@ -84,6 +85,7 @@ def test_compiled_step_matches_eager_over_24_poly_steps(compiled):
             assert torch.equal(a, b), name
 
 
+@pytest.mark.compile
 def test_poly_lr_reaches_the_compiled_step_without_recompiling(compiled):
     model, _, optimizer, step = compiled
     assert torch.is_tensor(optimizer.param_groups[0]["lr"])  # what the compiled Adam reads each call
