@@ -11,11 +11,15 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-.PHONY: setup test demo
+.PHONY: setup test test-fast demo
 setup: $(VENV)/.installed
 
 test: setup
 	$(VENV)/bin/python -m pytest
+
+# the quick loop: no trainings, compiles, browser or real data (see the markers in pyproject.toml)
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow and not compile and not browser and not data"
 
 demo: setup
 	$(VENV)/bin/cgnet demo --out demo

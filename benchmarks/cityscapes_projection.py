@@ -14,8 +14,10 @@ names (2048x1024 frames of random pixels and labels; no Cityscapes data exists h
   rate, without validation and checkpoints. It is a projection from a short run on generated
   frames, not a measured training run: random-pixel PNGs decode slower than real frames, so a
   workers loader here is a pessimistic estimate.
+--json FILE also writes the figures (the raw timings and what the table derives from them).
 """
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -24,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from cgnet.common import default_device
+from cgnet.common import CGNetError, default_device
 from cgnet.data import cityscapes
 from cgnet.engine.config import add_train_args, resolve_config
 from cgnet.engine.train import build_data, build_model_and_optimizer, wrap_for_training
+from cgnet.fileio import check_writable, write_atomic
 from devices import sync  # benchmarks/devices.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -73,9 +76,15 @@ def main() -> None:
                    help="generated frame size (default Cityscapes' 1024 2048)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     p.add_argument("train_args", nargs="*", help="after --: options of cgnet train (e.g. --compile --amp bf16)")
     args = p.parse_args()
     device = torch.device(args.device or default_device())
+    if args.json:
+        try:
+            check_writable(args.json, "--json", folder=False)
+        except CGNetError as e:
+            sys.exit(f"cityscapes_projection.py: error: {e}")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_root
         if root is None:
@@ -120,11 +129,21 @@ def main() -> None:
     print(f"set-up (data statistics, model, step; compiling included): {setup:.1f} s; warm-up "
           f"({args.warmup} steps): {warm_s:.1f} s")
     print(f"{'measured':<34}{'img/s':>9}{'s/step':>9}{'300 epochs, h':>15}")
+    rows = []
     for what, rate in (("pipeline (loader + step)", pipeline), ("step alone (median)", alone)):
         print(f"{what:<34}{rate:>9.1f}{batch / rate:>9.3f}{projection_hours(rate, batch):>15.2f}")
+        rows.append({"measured": what, "images_per_s": rate, "s_per_step": batch / rate,
+                     "projection_hours": projection_hours(rate, batch)})
     print(f"PROJECTION, not a training run: {EPOCHS} epochs x {TRAIN_IMAGES // batch} steps of {batch} "
           f"(2,975 train images), no validation or checkpoints, from {args.iters} steps on "
           f"{'generated' if args.data_root is None else 'the given'} frames")
+    if args.json:
+        figures = {"device": name, "torch": torch.__version__, "step": kind, "loader": cfg.loader,
+                   "crop": list(cfg.crop), "batch": batch, "amp": cfg.amp, "setup_s": setup,
+                   "warmup_steps": args.warmup, "warmup_s": warm_s, "iters": args.iters,
+                   "pipeline_s": pipeline_s, "step_s": per_step, "epochs": EPOCHS, "train_images": TRAIN_IMAGES,
+                   "steps_per_epoch": TRAIN_IMAGES // batch, "generated": args.data_root is None, "rows": rows}
+        write_atomic(args.json, json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

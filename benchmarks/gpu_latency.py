@@ -11,16 +11,20 @@ min and median milliseconds and the ratio to eager fp32 of the same run, and the
 --profile also prints torch.profiler's top kernels by device time for eager fp32 and for the
 compiled bf16 class-id path without CUDA graphs (inside a graph the kernels are not listed).
 --device cpu runs the same rows on the CPU with a wall clock (a dry run of the script).
+--json FILE also writes the rows' figures (the ratio is the first row's median over the row's).
 """
 import argparse
+import json
 import statistics
+import sys
 import time
 
 import torch
 
 from cgnet import CGNet
-from cgnet.common import autocast
+from cgnet.common import CGNetError, autocast
 from cgnet.deploy.runners import compile_for_inference
+from cgnet.fileio import check_writable, write_atomic
 from cgnet.model import use_depthwise_taps
 from devices import profile_table, sync  # benchmarks/devices.py
 
@@ -51,7 +55,7 @@ def timed(fn, runs, device):
             t0 = time.perf_counter()
             fn()
             times.append(1000 * (time.perf_counter() - t0))
-    return min(times), statistics.median(times)
+    return times
 
 
 def build(name, channels_last, precision, how, model, x, device):
@@ -92,7 +96,13 @@ def main():
     p.add_argument("--blocks", type=int, nargs=2, default=[3, 21], metavar=("M", "N"),
                    help="CG blocks in stages 2 and 3 (a smaller net for a dry run)")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--json", metavar="FILE", help="also write the rows' figures to FILE as JSON")
     args = p.parse_args()
+    if args.json:
+        try:
+            check_writable(args.json, "--json", folder=False)
+        except CGNetError as e:
+            sys.exit(f"gpu_latency.py: error: {e}")
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -101,6 +111,7 @@ def main():
     print(f"{'mode':<32}{'min ms':>9}{'median ms':>11}{'ratio':>8}{'setup s':>9}")
     base = None
     rows = [r for r in ROWS if not args.rows or r[0] in args.rows]
+    figures = []
     for row_name, channels_last, precision, how in rows:
         if dev.type != "cuda" and (how == "graph" or precision == "fp16"):
             continue  # captured CUDA graphs and fp16 are for the GPU
@@ -114,12 +125,20 @@ def main():
                 fn()
             sync(dev)
             setup = time.perf_counter() - t0
-            best, med = timed(fn, args.runs, dev)
+            times = timed(fn, args.runs, dev)
+            best, med = min(times), statistics.median(times)
         except Exception as e:  # one failing row (a compile) must not hide the others
             print(f"{row_name:<32}  failed: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}")
+            figures.append({"mode": row_name, "failed": f"{type(e).__name__}: {e}"})
             continue
         base = base or med
         print(f"{row_name:<32}{best:>9.2f}{med:>11.2f}{base / med:>8.2f}{setup:>9.1f}", flush=True)
+        figures.append({"mode": row_name, "min_ms": best, "median_ms": med, "ratio": base / med, "setup_s": setup,
+                        "times_ms": times})
+    if args.json:
+        write_atomic(args.json, json.dumps({"device": name, "torch": torch.__version__, "size": args.size,
+                                            "classes": args.classes, "blocks": args.blocks, "runs": args.runs,
+                                            "rows": figures}, indent=1) + "\n")
     if args.profile:
         torch.manual_seed(0)
         model = CGNet(args.classes, m=args.blocks[0], n=args.blocks[1]).to(dev).eval()

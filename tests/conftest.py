@@ -10,6 +10,14 @@ from helpers.paths import real_camvid
 from helpers.randomize import randomized
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the real CamVid (the camvid_root fixture, directly or through another
+    fixture) is marked `data`, so `-m "not data"` leaves it out."""
+    for item in items:
+        if "camvid_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -52,6 +52,7 @@ def test_make_meta_fills_sensible_defaults():
     assert "preprocess_default" not in given and given["preprocess"]["mean"] == [0.5] * 3
 
 
+@pytest.mark.slow
 def test_readme_api_checkpoint_works_in_predict_export_and_eval(api_checkpoint, bare_machine, capsys):
     model = cgnet.load_model(api_checkpoint)
     x = cgnet.to_tensor(np.zeros((40, 56, 3), np.uint8), model.meta["preprocess"])
@@ -84,6 +85,7 @@ def test_readme_api_checkpoint_works_in_predict_export_and_eval(api_checkpoint, 
     assert scores["dataset"] == "streets" and scores["pixels"] == 3 * 48 * 64
 
 
+@pytest.mark.slow
 def test_predict_with_defaults_and_no_dataset_anywhere(bare_machine, capsys):
     images = frames(bare_machine / "imgs", count=2)
     assert main(["predict", str(images), "--no-progress"]) == 0  # shipped weights, backend auto
@@ -106,6 +108,7 @@ def test_int8_without_training_data_is_refused(api_checkpoint, bare_machine, cap
     assert list(bare_machine.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cityscapes_checkpoint_exports_without_any_data(bare_machine, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     net = cgnet.CGNet(num_classes=19, m=2, n=2)
@@ -114,6 +117,7 @@ def test_cityscapes_checkpoint_exports_without_any_data(bare_machine, tmp_path, 
     assert "verified on 8 synthetic frames (no cityscapes data found)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_verification_uses_the_checkpoints_own_dataset_when_found(api_checkpoint, bare_machine, capsys):
     pytest.importorskip("onnxruntime")
     images = frames(bare_machine / "own", count=4)

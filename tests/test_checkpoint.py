@@ -30,7 +30,9 @@ def original_file(tmp_path, state, *, wrapped, prefixed, with_tracked, dropout, 
     return path
 
 
-VARIANTS = list(itertools.product([False, True], repeat=4))
+# every combination; the quick selection (`-m "not slow"`) keeps one, the full M3N21 forward is seconds each
+VARIANTS = [pytest.param(*v, marks=() if all(v) else pytest.mark.slow)
+            for v in itertools.product([False, True], repeat=4)]
 
 
 @pytest.mark.parametrize("wrapped, prefixed, with_tracked, dropout", VARIANTS)
@@ -50,7 +52,8 @@ def test_original_checkpoints_load_and_match_reference_forward(tmp_path, base_sh
     assert rel < 1e-5
 
 
-@pytest.mark.parametrize("classes, n", [(11, 21), (19, 15), (3, 2)])
+@pytest.mark.parametrize("classes, n", [pytest.param(11, 21, marks=pytest.mark.slow),
+                                        pytest.param(19, 15, marks=pytest.mark.slow), (3, 2)])
 def test_original_architecture_is_inferred_from_tensors(tmp_path, base_shapes, classes, n):
     shapes = ref.variant_shapes(base_shapes, num_classes=classes, n=n)
     state = ref.random_original_state(shapes, torch.Generator().manual_seed(5))

@@ -61,6 +61,7 @@ def test_cli_bad_checkpoint_is_one_clear_line(tmp_path, capsys):
     assert "bad.pt" in err and "not a PyTorch checkpoint" in err
 
 
+@pytest.mark.slow
 def test_cli_bad_size_and_version():
     with pytest.raises(SystemExit):
         main(["info", "--size", "12by3"])

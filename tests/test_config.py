@@ -82,6 +82,7 @@ def test_a_missing_config_file_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == f"cgnet train: error: --config {tmp_path}/no.toml: no such file\n"
 
 
+@pytest.mark.slow
 def test_a_runs_own_config_json_starts_the_same_recipe(camvid, tmp_path):
     train(camvid, tmp_path / "first", "--epochs", "2", "--max-iters", "2", "--lr", "0.002", "--seed", "4")
     first = json.loads((tmp_path / "first" / "config.json").read_text())

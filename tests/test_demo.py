@@ -29,6 +29,7 @@ def bare_clone(tmp_path, monkeypatch):
     return work
 
 
+@pytest.mark.slow
 def test_demo_downloads_camvid_when_missing(bare_clone, tmp_path, capsys):
     site = tmp_path / "site"
     site.mkdir()

@@ -19,6 +19,7 @@ from helpers.paths import ORIGINAL_KEYS
 from helpers.training import train
 
 
+@pytest.mark.slow
 def test_eval_table_matches_an_independent_count(camvid, tmp_path, capsys):
     out = tmp_path / "run"
     train(camvid, out, "--epochs", "1")
@@ -49,6 +50,7 @@ def test_eval_table_matches_an_independent_count(camvid, tmp_path, capsys):
     assert len(list((save / "overlay").glob("*.jpg"))) == 3 and len(list((save / "color").glob("*.png"))) == 3
 
 
+@pytest.mark.slow
 def test_multiscale_flip_eval_runs(camvid, tmp_path, capsys):
     out = tmp_path / "run"
     train(camvid, out, "--epochs", "1")
@@ -181,6 +183,7 @@ def test_flip_views_by_hand():
         torch.testing.assert_close(predict_logits(point, x, flip=True), 2 * point(x).softmax(1))
 
 
+@pytest.mark.slow
 def test_scales_by_hand_and_scale_one_is_plain_eval(camvid, tmp_path):
     from cgnet.engine.evaluate import predict_logits
     from torch.nn import functional

@@ -40,7 +40,12 @@ def test_prelu_as_max_only_when_every_slope_is_at_most_one():
         assert torch.equal(simplify.MaxPReLU(prelu)(x.view(1, 1, 1, -1)), prelu(x.view(1, 1, 1, -1)))
 
 
+<<<<<<< HEAD
 @pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("pt2", "pt2")])
+=======
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("torchscript", "ts")])
+>>>>>>> testsuite
 def test_export_round_trip_with_metadata_and_dynamic_size(randomized_ckpt, camvid, tmp_path, fmt, ext, capsys):
     if fmt == "openvino":
         pytest.importorskip("openvino")
@@ -61,6 +66,7 @@ def test_export_round_trip_with_metadata_and_dynamic_size(randomized_ckpt, camvi
         np.testing.assert_allclose(pred.logits(image), expected, rtol=1e-4, atol=1e-4)
 
 
+<<<<<<< HEAD
 def test_torchscript_files_of_earlier_versions_still_load(randomized_ckpt, tmp_path):
     # what cgnet export wrote before .pt2: a trace of the simplified model, metadata inside
     model = load_model(randomized_ckpt)
@@ -101,6 +107,9 @@ def test_every_format_entry_is_complete_and_its_suffix_unique():
             assert all(f"{entry.backend}-{p}" in PATHS for p in entry.precisions)
 
 
+=======
+@pytest.mark.slow
+>>>>>>> testsuite
 def test_export_that_disagrees_is_refused_and_removed(randomized_ckpt, camvid, tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
     monkeypatch.setitem(exporter.AGREEMENT, "fp32", 1.01)  # unreachable
@@ -110,6 +119,7 @@ def test_export_that_disagrees_is_refused_and_removed(randomized_ckpt, camvid, t
     assert "disagrees with PyTorch" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.slow
 def test_int8_and_bf16_exports_verify(randomized_ckpt, camvid, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     real = exporter.calibration_inputs
@@ -128,6 +138,7 @@ def test_int8_and_bf16_exports_verify(randomized_ckpt, camvid, tmp_path, monkeyp
         exporter.export(load_model(randomized_ckpt), tmp_path / "b.onnx", "onnx", "bf16", data_root=str(camvid))
 
 
+@pytest.mark.slow
 def test_eval_through_onnxruntime_matches_torch(randomized_ckpt, camvid, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("CGNET_CACHE", str(tmp_path / "cache"))
@@ -139,6 +150,7 @@ def test_eval_through_onnxruntime_matches_torch(randomized_ckpt, camvid, tmp_pat
     assert scores["onnxruntime"] == pytest.approx(scores["torch"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_bench_reports_ratio_to_eager(randomized_ckpt, camvid, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"

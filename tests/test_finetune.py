@@ -34,6 +34,7 @@ def params(state: dict) -> dict:
     return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
 
 
+@pytest.mark.slow
 def test_same_classes_every_tensor_is_loaded_and_the_preprocessing_kept(camvid, source, tmp_path, capsys):
     log, state = train(camvid, tmp_path / "ft", "--init", str(source), "--epochs", "1", "--max-iters", "2",
                        "--lr", str(TINY_LR))
@@ -49,12 +50,14 @@ def test_same_classes_every_tensor_is_loaded_and_the_preprocessing_kept(camvid, 
     assert config["init"] == str(source) and state["meta"]["config"]["init"] == str(source)
 
 
+@pytest.mark.slow
 def test_own_statistics_when_asked_for(camvid, source, tmp_path):
     _, state = train(camvid, tmp_path / "ft", "--init", str(source), "--epochs", "1", "--max-iters", "2",
                      "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
     assert state["meta"]["preprocess"]["mean"] == [0.5, 0.5, 0.5]
 
 
+@pytest.mark.slow
 def test_new_classes_reinitialise_only_the_classifier(three_classes, source, tmp_path, capsys):
     argv = ["train", "--data-root", str(three_classes), "--out", str(tmp_path / "ft"), *TINY, "--dataset", "mine",
             "--classes", "road,grass,sky", "--ignore-index", "11", "--train-split", "camvid_train_list.txt",
@@ -74,6 +77,7 @@ def test_new_classes_reinitialise_only_the_classifier(three_classes, source, tmp
     assert state["meta"]["classes"] == ["road", "grass", "sky"]
 
 
+@pytest.mark.slow
 def test_frozen_stages_keep_their_loaded_weights(camvid, source, tmp_path, capsys):
     _, state = train(camvid, tmp_path / "ft", "--init", str(source), "--freeze", "stage2", "--epochs", "1",
                      "--lr", "0.01")
@@ -84,6 +88,7 @@ def test_frozen_stages_keep_their_loaded_weights(camvid, source, tmp_path, capsy
         assert torch.equal(state["model"][k], v) == frozen, k
 
 
+@pytest.mark.slow
 def test_the_shipped_weights_start_a_run(camvid, tmp_path, capsys):
     argv = [a for a in TINY]
     argv[argv.index("--blocks") + 1:argv.index("--blocks") + 3] = ["3", "21"]
@@ -113,6 +118,7 @@ def test_what_cannot_start_a_run_is_one_line_and_writes_nothing(camvid, source, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_init_defines_the_run_on_resume(camvid, source, tmp_path, capsys):
     train(camvid, tmp_path / "ft", "--init", str(source), "--epochs", "2", "--max-iters", "2")
     assert main(["train", "--data-root", str(camvid), "--out", str(tmp_path / "ft"), *TINY, "--epochs", "2",

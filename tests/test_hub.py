@@ -56,6 +56,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_hubconf_works_without_the_package_installed(tmp_path):
     out = tmp_path / "state.pt"
     run = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO), str(out)], cwd=tmp_path,

@@ -469,6 +469,7 @@ def test_a_custom_run_named_like_a_known_dataset_keeps_its_own_classes():
         assert dataset_from_meta(meta).palette == CAMVID.palette
 
 
+@pytest.mark.slow
 def test_import_then_train_carries_the_colours_into_the_checkpoint(tmp_path, capsys):
     """import -> cgnet train (2 iterations of a tiny model) -> the checkpoint's palette and the
     colours predict draws are the classes file's."""

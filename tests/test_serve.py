@@ -180,6 +180,7 @@ def camvid_frame() -> Path | None:
 
 # ---- the JSON API ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_server_prints_its_real_address(server):
     assert server.url.startswith("http://127.0.0.1:") and not server.url.startswith("http://127.0.0.1:0/")
     status, headers, body = server.get("/api/info")
@@ -191,6 +192,7 @@ def test_the_server_prints_its_real_address(server):
     assert info["videos_pending"] == 0
 
 
+@pytest.mark.slow
 def test_page_and_assets_come_from_the_server(server):
     status, headers, body = server.get("/")
     html = body.decode()
@@ -206,6 +208,8 @@ def test_page_and_assets_come_from_the_server(server):
         assert "http://" not in text and "https://" not in text, f"{name} names another host"
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_mask_equals_cgnet_predict(server, tmp_path):
     root = real_camvid()
     frame = root / (root / "camvid_test_list.txt").read_text().split()[0]
@@ -232,6 +236,7 @@ def test_mask_equals_cgnet_predict(server, tmp_path):
     assert "image_jpeg" not in answer  # a PNG: the page shows the upload itself
 
 
+@pytest.mark.slow
 def test_bad_uploads_get_a_clear_error(server, tmp_path):
     status, answer = server.segment(b"this is a text file, not a picture\n", "notes.txt")
     assert status == 400 and "not an image" in answer["error"]
@@ -265,6 +270,7 @@ def test_bad_uploads_get_a_clear_error(server, tmp_path):
     assert server.process.poll() is None
 
 
+@pytest.mark.slow
 def test_too_large_upload_is_413(server):
     data = np.random.default_rng(0).integers(0, 256, (MAX_UPLOAD_MB + 1) * 2**20, dtype=np.uint8).tobytes()
     status, answer = server.segment(data, "huge.png")
@@ -291,6 +297,7 @@ def test_too_large_upload_is_413(server):
     assert status == 200
 
 
+@pytest.mark.slow
 def test_concurrent_requests_get_their_own_results(server, predictor):
     images = [street_like(10 + k, 72 + 8 * k, 96 + 16 * k) for k in range(8)]
     with ThreadPoolExecutor(8) as pool:
@@ -322,6 +329,7 @@ def read_frames(path: Path) -> list[np.ndarray]:
     return frames
 
 
+@pytest.mark.slow
 def test_video_job_gives_the_predict_video_overlay(server, predictor, tmp_path):
     source = tmp_path / "clip.mp4"
     write_video(source, 12)
@@ -706,6 +714,8 @@ def browser_or_skip() -> str:
     return executable
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_page_in_a_headless_browser(server, predictor, tmp_path):
     executable = browser_or_skip()
     from playwright.sync_api import sync_playwright

@@ -21,6 +21,7 @@ def run_script(*argv: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_serve_load_figures_add_up(tmp_path):
     try:
         serve.require_serve()

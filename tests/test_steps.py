@@ -82,6 +82,7 @@ def optimizer_moments(optimizer) -> torch.Tensor:
 LOSS_RTOL, MOMENTS_RTOL, UPDATE_RTOL = 1e-4, 1e-4, 1e-3
 
 
+@pytest.mark.compile
 def test_compiled_step_matches_eager_step_by_step_over_24_poly_steps(compiled):
     model, _, optimizer, step = compiled
     twin, criterion, twin_opt = build()
@@ -124,6 +125,7 @@ def test_the_step_comparison_catches_a_stale_learning_rate():
     assert relative_difference(flat(twin) - before, flat(model) - before) > 10 * UPDATE_RTOL
 
 
+@pytest.mark.compile
 def test_poly_lr_reaches_the_compiled_step_without_recompiling(compiled):
     model, _, optimizer, step = compiled
     assert torch.is_tensor(optimizer.param_groups[0]["lr"])  # what the compiled Adam reads each call

@@ -16,6 +16,7 @@ from cgnet.engine.train import TrainState, fit_schedule_to_budget
 from helpers.training import TINY, same_weights, train
 
 
+@pytest.mark.slow
 def test_train_writes_run_folder_and_checkpoints_are_usable(camvid, tmp_path, capsys):
     log, state = train(camvid, tmp_path / "run", "--epochs", "2")
     assert [r["epoch"] for r in log] == [1, 2] and all("val_miou" in r for r in log)
@@ -32,6 +33,7 @@ def test_train_writes_run_folder_and_checkpoints_are_usable(camvid, tmp_path, ca
     assert model.meta["classes"][0] == "Sky" and model.meta["preprocess"]["mode"] == "standard"
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_other_seed_other_run(camvid, tmp_path):
     log_a, a = train(camvid, tmp_path / "a", "--epochs", "2", "--seed", "7")
     log_b, b = train(camvid, tmp_path / "b", "--epochs", "2", "--seed", "7")
@@ -41,6 +43,7 @@ def test_same_seed_same_run_other_seed_other_run(camvid, tmp_path):
     assert not same_weights(a, c)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(camvid, tmp_path):
     args = ("--epochs", "4", "--dropout", "0.1", "--seed", "3")
     log_full, full = train(camvid, tmp_path / "full", *args)
@@ -52,6 +55,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(camvid, tmp_path):
                for k in full["optimizer"]["state"])
 
 
+@pytest.mark.slow
 def test_resume_with_another_schedule_is_refused(camvid, tmp_path, capsys):
     train(camvid, tmp_path / "r", "--epochs", "2")
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
@@ -63,6 +67,7 @@ def test_resume_with_another_schedule_is_refused(camvid, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_message(camvid, tmp_path, capsys):
     out = tmp_path / "nan"
     assert main(["train", "--data-root", str(camvid), "--out", str(out), *TINY, "--epochs", "3",
@@ -88,6 +93,7 @@ def test_time_budget_cuts_the_schedule():
     assert cfg.epochs == 3 and state.max_iters == 15 and state.planned_epochs == 3
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(camvid, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CGNET_NO_REEXEC": "1"}
@@ -103,6 +109,7 @@ def test_torchrun_two_cpu_processes(camvid, tmp_path):
     assert done.stdout.count("epoch 2:") == 1 and "2 of 4 epochs fit" in done.stdout
 
 
+@pytest.mark.slow
 def test_custom_dataset_trains_and_evaluates_from_its_checkpoint(camvid, tmp_path, capsys):
     names = tmp_path / "classes.txt"
     names.write_text("".join(f"thing{i}\n" for i in range(11)))

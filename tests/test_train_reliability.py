@@ -155,6 +155,7 @@ def test_a_lock_from_another_host_is_refused(camvid, tmp_path, capsys):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_a_stale_lock_and_leftover_temporary_files_are_cleared(camvid, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -173,6 +174,7 @@ def test_a_stale_lock_and_leftover_temporary_files_are_cleared(camvid, tmp_path,
     assert (out / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_a_folder_holding_a_run_needs_resume(camvid, tmp_path, capsys):
     out = tmp_path / "run"
     train(camvid, out, "--epochs", "1")
@@ -195,6 +197,7 @@ def one_epoch_run(camvid, tmp_path_factory):
     return out, snapshot(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, change", [
     (["--lr", "0.002"], "the run was trained with --lr 0.001, this command says 0.002; keep it"),
     (["--blocks", "3", "15"], "the run was trained with --blocks 2 2, this command says 3 15; keep it"),
@@ -221,6 +224,7 @@ def test_resume_without_a_checkpoint_is_one_line(camvid, tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.slow
 def test_resume_accepts_how_the_run_runs_and_says_so(camvid, one_epoch_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(one_epoch_run[0], out)
@@ -260,6 +264,7 @@ def interrupt_on_call(monkeypatch, call: int):
     monkeypatch.setattr(train_module, "train_one_epoch", train_one_epoch)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_continues(camvid, tmp_path, capsys, monkeypatch, reference):
     out = tmp_path / "run"
     interrupt_on_call(monkeypatch, 3)
@@ -302,6 +307,7 @@ def signal_at_step(monkeypatch, at: int, *signums):
     monkeypatch.setattr(train_module, "wrap_for_training", wrap_for_training)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_inside_the_epoch_and_resume_equals_uninterrupted(camvid, tmp_path, capsys, monkeypatch,
                                                                          reference):
     out = tmp_path / "run"
@@ -321,6 +327,7 @@ def test_sigterm_saves_inside_the_epoch_and_resume_equals_uninterrupted(camvid, 
     assert_equals_reference(out, reference)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_from_the_last_checkpoint(camvid, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     signal_at_step(monkeypatch, 3, signal.SIGINT, signal.SIGINT)
@@ -331,6 +338,7 @@ def test_a_second_ctrl_c_stops_at_once_from_the_last_checkpoint(camvid, tmp_path
     assert torch.load(out / "last.pt", weights_only=True)["train_state"]["iteration"] == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_loader_workers_saves_where_the_run_is(camvid, tmp_path):
     """A real Ctrl-C: SIGINT to the whole process group, loader workers included."""
     out = tmp_path / "run"
@@ -358,6 +366,7 @@ def test_ctrl_c_with_loader_workers_saves_where_the_run_is(camvid, tmp_path):
     assert len(read_log(out)) == saved["epoch"]
 
 
+@pytest.mark.slow
 def test_save_every_k_epochs_and_the_log_never_runs_ahead(camvid, tmp_path, capsys, monkeypatch, reference):
     out = tmp_path / "run"
     interrupt_on_call(monkeypatch, 2)  # a hard stop in epoch 2: epoch 1 was not saved
@@ -374,6 +383,7 @@ def test_save_every_k_epochs_and_the_log_never_runs_ahead(camvid, tmp_path, caps
     assert_equals_reference(out, reference)
 
 
+@pytest.mark.slow
 def test_the_time_budget_counts_setup_and_the_time_between_epochs(camvid, tmp_path, monkeypatch):
     real = train_module.build_data
     monkeypatch.setattr(train_module, "build_data", lambda *a, **k: (time.sleep(1.0), real(*a, **k))[1])
@@ -390,6 +400,7 @@ def test_the_time_budget_counts_setup_and_the_time_between_epochs(camvid, tmp_pa
 
 # ---- 5, 9: a run cut short by the time budget or --max-iters -------------------------------
 
+@pytest.mark.slow
 def test_a_time_budget_cut_validates_the_last_epoch(camvid, tmp_path, capsys):
     out = tmp_path / "run"
     # the budget cuts 4 epochs to 2 after epoch 2, which --val-every 3 would not validate
@@ -407,6 +418,7 @@ def test_the_closing_line_lists_only_files_that_exist(camvid, tmp_path, capsys):
     assert not (out / "best.pt").exists()
 
 
+@pytest.mark.slow
 def test_max_iters_inside_the_first_epoch_writes_last_pt_and_resumes_exactly(camvid, tmp_path, capsys, reference):
     out = tmp_path / "run"
     assert run_cli(camvid, out, *RUN, "--max-iters", "1") == 0  # 1 of the 2 batches of epoch 1
@@ -418,6 +430,7 @@ def test_max_iters_inside_the_first_epoch_writes_last_pt_and_resumes_exactly(cam
     assert_equals_reference(out, reference)
 
 
+@pytest.mark.slow
 def test_max_iters_inside_an_epoch_resumes_exactly_with_the_in_memory_loader(camvid, tmp_path):
     args = ("--epochs", "2", "--dropout", "0.1", "--seed", "4", "--loader", "memory")
     reference = train(camvid, tmp_path / "full", *args)
@@ -428,6 +441,7 @@ def test_max_iters_inside_an_epoch_resumes_exactly_with_the_in_memory_loader(cam
 
 # ---- 6: same seed, same run, whether the statistics were cached or not ----------------------
 
+@pytest.mark.slow
 def test_same_seed_same_run_with_or_without_cached_statistics(camvid, tmp_path):
     log_a, a = train(camvid, tmp_path / "a", "--epochs", "1", "--dropout", "0.1", "--seed", "5")
     (tmp_path / "b").mkdir()

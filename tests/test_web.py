@@ -244,6 +244,7 @@ def get(url: str) -> tuple[int, dict, bytes]:
         return e.code, dict(e.headers), e.read()
 
 
+@pytest.mark.slow
 def test_served_files_and_headers(served, runtime):
     status, headers, body = get(served)
     assert status == 200
@@ -266,6 +267,8 @@ def test_served_files_and_headers(served, runtime):
     assert get(served + "web/ort/..%2F..%2Fmodel.onnx")[0] == 404
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_in_browser_matches_cgnet_predict(served, camvid_root):
     executable = browser_or_skip()
     from playwright.sync_api import sync_playwright
@@ -364,6 +367,8 @@ def tiny_site(randomized_ckpt, runtime, tmp_path_factory):
     return site, image, make_predictor(randomized_ckpt, backend="torch", device="cpu").predict(rgb)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_static_site_round_trip_with_camera(tiny_site, static_host, tmp_path):
     executable = browser_or_skip()
     from playwright.sync_api import sync_playwright
@@ -417,6 +422,8 @@ def test_static_site_round_trip_with_camera(tiny_site, static_host, tmp_path):
             browser.close()
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_webgpu_path_on_a_software_adapter(tiny_site, static_host):
     """WebGPU where the browser has it: Chromium's SwiftShader adapter stands in for a GPU."""
     executable = browser_or_skip()
@@ -445,6 +452,7 @@ def test_webgpu_path_on_a_software_adapter(tiny_site, static_host):
 
 # ---- HTTPS for phones --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_serve_over_https(tmp_path, capsys):
     if MISSING:
         pytest.skip(MISSING)
@@ -487,6 +495,7 @@ def test_serve_over_https(tmp_path, capsys):
             process.wait()
 
 
+@pytest.mark.slow
 def test_export_format_web_writes_the_folder(randomized_ckpt, runtime, tmp_path, capsys):
     out = tmp_path / "site"
     assert main(["export", "--format", "web", "--checkpoint", str(randomized_ckpt), "--out", str(out)]) == 0
