@@ -40,12 +40,8 @@ def test_prelu_as_max_only_when_every_slope_is_at_most_one():
         assert torch.equal(simplify.MaxPReLU(prelu)(x.view(1, 1, 1, -1)), prelu(x.view(1, 1, 1, -1)))
 
 
-<<<<<<< HEAD
-@pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("pt2", "pt2")])
-=======
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("torchscript", "ts")])
->>>>>>> testsuite
+@pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("pt2", "pt2")])
 def test_export_round_trip_with_metadata_and_dynamic_size(randomized_ckpt, camvid, tmp_path, fmt, ext, capsys):
     if fmt == "openvino":
         pytest.importorskip("openvino")
@@ -66,7 +62,6 @@ def test_export_round_trip_with_metadata_and_dynamic_size(randomized_ckpt, camvi
         np.testing.assert_allclose(pred.logits(image), expected, rtol=1e-4, atol=1e-4)
 
 
-<<<<<<< HEAD
 def test_torchscript_files_of_earlier_versions_still_load(randomized_ckpt, tmp_path):
     # what cgnet export wrote before .pt2: a trace of the simplified model, metadata inside
     model = load_model(randomized_ckpt)
@@ -107,9 +102,7 @@ def test_every_format_entry_is_complete_and_its_suffix_unique():
             assert all(f"{entry.backend}-{p}" in PATHS for p in entry.precisions)
 
 
-=======
 @pytest.mark.slow
->>>>>>> testsuite
 def test_export_that_disagrees_is_refused_and_removed(randomized_ckpt, camvid, tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
     monkeypatch.setitem(exporter.AGREEMENT, "fp32", 1.01)  # unreachable
