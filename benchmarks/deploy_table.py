@@ -34,7 +34,7 @@ from cgnet.deploy.export import export
 from cgnet.deploy.formats import FORMATS
 from cgnet.deploy.predictor import Predictor, load_exported
 from cgnet.deploy.runners import torch_runner
-from cgnet.metrics import ConfusionMatrix
+from cgnet.confusion import ConfusionMatrix
 
 
 def paths_to_measure(only: list[str] | None) -> list[tuple[str, str]]:

@@ -99,7 +99,7 @@ def _unwritable(tmp_path):
 def test_unwritable_outputs_fail_before_any_work(command, camvid, tiny_ckpt, tmp_path, capsys, monkeypatch):
     target = _unwritable(tmp_path)
     work = []
-    monkeypatch.setattr("cgnet.engine.scoring.setup_eval", lambda *a: work.append(a))
+    monkeypatch.setattr("cgnet.engine.commands.setup_eval", lambda *a: work.append(a))
     monkeypatch.setattr("cgnet.deploy.predict.make_predictor", lambda *a, **k: work.append(a))
     monkeypatch.setattr("cgnet.deploy.export.export", lambda *a, **k: work.append(a))
     frame = camvid / "val" / "0001TP_000000.png"

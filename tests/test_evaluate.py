@@ -11,7 +11,7 @@ import torch
 from cgnet import CGNet, load_model, make_meta, save_checkpoint
 from cgnet.cli import main
 from cgnet.data.catalog import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
-from cgnet.metrics import ConfusionMatrix
+from cgnet.confusion import ConfusionMatrix
 from cgnet.preprocess import make_spec, to_tensor
 from helpers import original_reference as ref
 from helpers.cityscapes_tree import make_cityscapes_tree
@@ -167,7 +167,7 @@ class Pointwise(torch.nn.Module):
 
 
 def test_flip_views_by_hand():
-    from cgnet.engine.evaluate import predict_logits
+    from cgnet.engine.inference import predict_logits
     x = torch.randn(1, 3, 20, 26)
     model = CGNet(4, m=2, n=2).eval()
     with torch.no_grad():
@@ -185,7 +185,7 @@ def test_flip_views_by_hand():
 
 @pytest.mark.slow
 def test_scales_by_hand_and_scale_one_is_plain_eval(camvid, tmp_path):
-    from cgnet.engine.evaluate import predict_logits
+    from cgnet.engine.inference import predict_logits
     from torch.nn import functional
     model = CGNet(4, m=2, n=2).eval()
     x = torch.randn(1, 3, 24, 32)

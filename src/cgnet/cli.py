@@ -18,9 +18,9 @@ from .deploy.export import add_export_args, cmd_export
 from .deploy.predict import add_predict_args, cmd_predict
 from .deploy.serve import add_serve_args, cmd_serve
 from .deploy.web import cmd_export_web
-from .engine import scoring, train
+from .engine import commands as eval_commands, train
 from .engine.config import add_train_args
-from .engine.scoring import add_demo_args, add_eval_args
+from .engine.commands import add_demo_args, add_eval_args
 from .model import CGNet
 from .plot import plot_compare, plot_run
 
@@ -78,11 +78,11 @@ def make_parser() -> argparse.ArgumentParser:
     commands = [
         ("train", "train (a paper preset or your own settings); torchrun for several processes",
          add_train_args, train.main),
-        ("eval", "score a checkpoint on a labelled split (per-class IoU table)", add_eval_args, scoring.cmd_eval),
+        ("eval", "score a checkpoint on a labelled split (per-class IoU table)", add_eval_args, eval_commands.cmd_eval),
         ("test", "Cityscapes: server submission; CamVid: score the test split",
-         lambda p: add_eval_args(p, test=True), scoring.cmd_test),
+         lambda p: add_eval_args(p, test=True), eval_commands.cmd_test),
         ("demo", "the main job: shipped CamVid weights on the test set, table and pictures",
-         add_demo_args, scoring.cmd_demo),
+         add_demo_args, eval_commands.cmd_demo),
         ("export", "a model file for a runtime (ONNX, OpenVINO, torch.export, ...) or a static in-browser "
                    "site, verified against PyTorch", add_export_args, export_command),
         ("predict", "segment images, folders, globs and videos; writes masks, colour masks and overlays",

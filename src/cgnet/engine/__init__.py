@@ -1,3 +1,3 @@
-"""The engine: distributed helpers (`distributed`), evaluation and inference (`evaluate`), the
-training configuration (`config`), step (`steps`) and loop (`train`), and the eval/test/demo
-commands (`scoring`)."""
+"""The engine: distributed helpers (`distributed`), the model over a dataset (`inference`: views,
+the confusion matrix, prediction files), the training configuration (`config`), step (`steps`),
+stopping (`stopping`) and loop (`train`), and the eval/test/demo commands (`commands`)."""

@@ -43,7 +43,7 @@ from ..preprocess import check_spec, make_spec
 from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
 from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
                           is_main_process)
-from .evaluate import evaluate, make_eval_loader
+from .inference import evaluate, make_eval_loader
 from .stopping import GracefulStop, StopRequested
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
                     set_lr, whole_step_compile)

@@ -1,5 +1,6 @@
-"""Evaluation: the confusion matrix over a loader (all-reduced across processes), multi-scale +
-flip inference, and saved prediction pictures. The commands that use it are in `scoring`."""
+"""The model over a dataset: multi-scale + flip inference (`predict_logits`), the confusion matrix
+over a loader, all-reduced across processes (`evaluate`), and saved prediction pictures. The
+commands that use it are in `cgnet.engine.commands`; the scores come from `cgnet.confusion`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from tqdm import tqdm
 from ..common import autocast
 from ..data.catalog import DatasetInfo
 from ..data.listset import read_image
-from ..metrics import ConfusionMatrix
+from ..confusion import ConfusionMatrix
 from ..visualize import blend, colorize
 
 

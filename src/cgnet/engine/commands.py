@@ -22,10 +22,10 @@ from ..fileio import check_writable
 from ..deploy.formats import backends
 from ..deploy.predictor import PredictorModule, all_precisions, make_predictor, resolve_backend
 from ..deploy.runners import compile_for_inference
-from ..metrics import scores_table
+from ..confusion import scores_table
 from ..preprocess import check_spec, make_spec
 from ..visualize import colorize
-from .evaluate import evaluate, make_eval_loader, predict_logits, save_prediction
+from .inference import evaluate, make_eval_loader, predict_logits, save_prediction
 
 
 def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
