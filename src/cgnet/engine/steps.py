@@ -146,6 +146,17 @@ def compile_or_eager(model, cfg: TrainConfig, device, per_rank: int):
 
 # ---- the whole step compiled -----------------------------------------------------------------
 
+# Inductor options of the compiled step on the CPU. With torch 2.13's C++ backend, CGNet's forward,
+# cross-entropy and backward in one graph (batch 8, crop 64 and up) came out with ALL gradients
+# zero: the generated backward wrote the bilinear up-sampling's gradient (a scatter-add of the
+# log-softmax gradient, fused with it) in its LAST kernel, a horizontal fusion of unrelated
+# loops, after the FIRST kernel had already summed the (still zero) scatter buffers into the
+# classifier's gradient. Horizontal fusion off (each kernel fuses only producer -> consumer
+# loops) gives the eager gradients (scripts/compiled_gradient_check.py, --cpu-options).
+# The check against eager stays the guard either way.
+CPU_INDUCTOR_OPTIONS = {"cpp.max_horizontal_fusion_size": 1}
+
+
 def configure_optimizer(optimizer, device, tensor_lr: bool) -> None:
     """Make the optimiser's learning rate (and Adam's implementation flags) fit how the step runs.
 
@@ -267,7 +278,8 @@ def _first_moments(optimizer, params) -> torch.Tensor | None:
 
 def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainConfig, per_rank: int,
                        num_classes: int, *, cuda_graph: bool | None = None, mode: str | None = None,
-                       fallback=None, check: bool = True, compile_optimizer: bool = True):
+                       fallback=None, check: bool = True, compile_optimizer: bool = True,
+                       options: dict | None = None):
     """Forward (autocast), fp32 loss, backward and the Adam step as one torch.compile'd function:
     inductor fuses the BN/PReLU/gating/concat/add kernels of the forward and the backward and the
     optimiser's per-parameter updates. Dynamo splits it at `backward()` and around the optimiser
@@ -287,7 +299,11 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
     eagerly after them (inside the same CUDA graph on CUDA, as the CUDA-graph step does), so
     inductor compiles no optimiser graphs; its compile time and speed on a GPU are still to be
     measured (`benchmarks/train_throughput.py` mode `compiled-fwdbwd`, column `setup s`). Its
-    kind then reads `compiled-fwdbwd`."""
+    kind then reads `compiled-fwdbwd`.
+
+    `options`: inductor options for torch.compile (not together with `mode`). None: on the CPU
+    `CPU_INDUCTOR_OPTIONS` (the work-around for zero gradients described there), elsewhere none;
+    `{}` compiles with inductor's defaults."""
     t0 = time.perf_counter()
     graph_wanted = device.type == "cuda" and cuda_graph is not False and mode != "reduce-overhead"
 
@@ -308,12 +324,15 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
     configure_optimizer(optimizer, device, tensor_lr=True)
 
     name = "compiled" if compile_optimizer else "compiled-fwdbwd"
+    if options is None and device.type == "cpu" and mode is None:
+        options = CPU_INDUCTOR_OPTIONS
+    how = {"mode": mode, "options": dict(options) if options else None}  # both: torch.compile refuses
     snapshot = _Snapshot(model, optimizer)
     try:
         if compile_optimizer:
-            compiled = torch.compile(step_body(model, criterion, optimizer, device, cfg), mode=mode)
+            compiled = torch.compile(step_body(model, criterion, optimizer, device, cfg), **how)
         else:
-            compiled_grads = torch.compile(step_body(model, criterion, None, device, cfg), mode=mode)
+            compiled_grads = torch.compile(step_body(model, criterion, None, device, cfg), **how)
 
             def compiled(images, labels):
                 loss = compiled_grads(images, labels)
@@ -362,10 +381,11 @@ def _capture(compiled, model, optimizer, device, cfg: TrainConfig, per_rank: int
 
 
 def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
-    """Whether `cgnet train --compile` compiles the whole step (`make_compiled_step`): on CUDA,
-    in one process (DDP's gradient hooks do not capture), without fp16 (GradScaler syncs with the
-    host) and without dropout (inductor's random masks differ from eager ones, so the check
-    against eager could not pass). On the CPU --compile keeps compiling the model only: the
-    `camvid-cpu` recipe was measured and converged that way."""
-    return (bool(cfg.compile) and torch.device(device).type == "cuda" and world_size == 1
+    """Whether `cgnet train --compile` compiles the whole step (`make_compiled_step`): on CUDA or
+    the CPU, in one process (DDP's gradient hooks do not capture), without fp16 (GradScaler syncs
+    with the host) and without dropout (inductor's random masks differ from eager ones, so the
+    check against eager could not pass). On the CPU the step compiles with `CPU_INDUCTOR_OPTIONS`;
+    where its check against eager fails, train.py falls back to the compiled model in the eager
+    step (what the `camvid-cpu` recipe was measured and converged with)."""
+    return (bool(cfg.compile) and torch.device(device).type in ("cuda", "cpu") and world_size == 1
             and cfg.amp != "fp16" and cfg.dropout == 0)
