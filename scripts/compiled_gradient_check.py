@@ -20,12 +20,19 @@ compiled whole step passed cgnet's check against eager and trained the shipped w
 
 The cause (M2N2, crop 64, batch 8, TORCH_LOGS=output_code): in the generated backward, the
 bilinear up-sampling's gradient -- four scatter-adds (atomic_add) of the log-softmax gradient
-into zero-filled buffers -- is emitted in the LAST C++ kernel, a horizontal fusion with unrelated
-reductions of the network's backward, while the FIRST kernel zero-fills those buffers and at once
-sums them into the gradient of the classifier's output: it sums zeros, and every gradient behind
-the classifier is zero. One inductor switch, tried one at a time:
-  loop_ordering_after_fusion=False          1.000e+00  (still zero)
-  cpp.max_horizontal_fusion_size=1          1.961e-06  (agrees: horizontal fusion off)
+into zero-filled buffers -- runs in the LAST C++ kernel, while the FIRST kernel zero-fills those
+buffers and at once sums them into the gradient of the classifier's output: it sums zeros, and
+every gradient behind the classifier is zero. (The C++ backend writes consecutive scheduled
+nodes into one kernel up to the next library call, so this is the order of the nodes, not a
+fusion.) One inductor switch at a time (model and unweighted loss compiled as by --compiled loss, NCHW):
+  loop_ordering_after_fusion=False                                  1.000e+00  (still zero)
+  loop_reindexing_after_fusion=False, loop_index_inversion_in_fusion=False  1.000e+00
+  cpp.max_horizontal_fusion_size=1                                  1.961e-06  (agrees)
+  reorder_for_peak_memory=False                                     1.960e-06  (agrees)
+The peak-memory reordering runs after fusion, so without it the same kernels run in the order
+fusion left them: that pass puts the scatter after its reader. At full size (M3N21, crop 360,
+batch 8, --compiled step) both switches give 1.005e-03, the size of fp32 rounding for this
+network: eager fp32 against eager fp64 differs by 9.3e-04 there.
 --option KEY=VALUE (repeatable) compiles with such inductor options; --cpu-options uses
 cgnet.engine.steps.CPU_INDUCTOR_OPTIONS, what `make_compiled_step` uses on the CPU.
 """
