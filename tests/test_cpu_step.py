@@ -108,3 +108,39 @@ def test_without_the_work_around_the_eager_check_catches_zero_gradients(capsys):
     assert "the compiled step disagrees with eager: gradient differs from eager by" in out
     rel = float(out.split("gradient differs from eager by ")[1].split()[0])
     assert rel > 0.9  # zero gradients: ~1 of the eager gradient's norm
+
+
+def test_train_falls_back_to_the_compiled_model_when_the_cpu_step_disagrees(monkeypatch, capsys):
+    """`cgnet train --compile` on the CPU: a whole step that fails its check against eager gives way
+    to the eager step running the torch.compile'd model (torch.compile and the check replaced by
+    stand-ins: the compiled model is recognisable, the check always disagrees)."""
+    from types import SimpleNamespace
+
+    import cgnet.engine.train as train
+
+    class Compiled(nn.Module):  # what torch.compile(model) returns here
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    monkeypatch.setattr(steps.torch, "compile", lambda fn, **how: Compiled(fn) if isinstance(fn, nn.Module) else fn)
+    monkeypatch.setattr(steps, "check_against_eager", lambda *args, **kwargs: "forced disagreement")
+    model, criterion, optimizer = build()
+    parts = SimpleNamespace(model=model, bare=model, criterion=criterion, optimizer=optimizer,
+                            scaler=no_scaler(), use_graph=False)
+    data = SimpleNamespace(per_rank=2, info=SimpleNamespace(num_classes=CLASSES))
+    cfg = TrainConfig(crop=(32, 32), amp="off", channels_last=True, batch_size=2, compile=True)
+    step = train.wrap_for_training(parts, cfg, data, CPU)
+    out = capsys.readouterr().out
+    assert "warning: compiling the training step failed (RuntimeError: the compiled step disagrees with " \
+           "eager: forced disagreement); using the fallback step" in out
+    assert step.kind == "compile"
+    assert not torch.is_tensor(optimizer.param_groups[0]["lr"])  # a float lr again, as the eager step wants
+    images, labels = batch()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    loss = step(images[:2, :, :32, :32], labels[:2, :32, :32])
+    assert torch.isfinite(loss)
+    assert not torch.equal(before, torch.cat([p.detach().flatten() for p in model.parameters()]))
