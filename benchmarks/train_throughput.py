@@ -10,7 +10,9 @@ the seconds of pure steps per CamVid train+val epoch (468 images: 468 // batch s
 minutes for the paper's 800 epochs (without data loading, validation and checkpoints), and the
 seconds spent before the first timed step (compiling, capturing, checking against eager and the
 warm-up). A compiled step that fell back (see its warning) is marked and not reported as
-compiled. Evaluation throughput is forward-only at 360x480, batch 1. --profile N then runs N more
+compiled. On the CPU the compiled-step modes compile with cgnet.engine.steps.CPU_INDUCTOR_OPTIONS
+(inductor's peak-memory reordering off: with it, torch 2.13 gave zero gradients there);
++no-hfusion compiles with the other work-around instead (horizontal fusion off). Evaluation throughput is forward-only at 360x480, batch 1. --profile N then runs N more
 steps of each mode under torch.profiler and prints its operators and kernels by self device time
 (CUDA: kernels replayed inside a CUDA graph may show as the graph launch only; the modes without a
 graph show every kernel). On Linux the script
@@ -51,6 +53,10 @@ MODES = {  # name -> (channels_last, amp, how): eager, compile (the model), cuda
     # +taps: the depthwise convolutions as nine multiply-adds that inductor fuses into its own
     # kernels (cgnet.model.use_depthwise_taps), instead of the convolution library's kernels
     "fp32+channels_last+compile+taps": (True, "off", "compile", "taps"),
+    # the other inductor work-around for the CPU's zero gradients (see steps.CPU_INDUCTOR_OPTIONS):
+    # horizontal fusion off, peak-memory reordering left on; the plain compiled-step modes use
+    # CPU_INDUCTOR_OPTIONS on the CPU
+    "fp32+channels_last+compiled-step+no-hfusion": (True, "off", "compiled-step", "no-hfusion"),
 }
 CUDA_MODES = {"fp16+channels_last": (True, "fp16", "eager"),
               "fp32+channels_last+cudagraph": (True, "off", "cudagraph"),
@@ -91,7 +97,8 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks
     elif how.startswith("compiled-"):
         step = make_compiled_step(model, crit, opt, scaler, device, cfg, batch, classes,
                                   mode="reduce-overhead" if how.endswith("-ro") else None,
-                                  compile_optimizer=how != "compiled-fwdbwd")
+                                  compile_optimizer=how != "compiled-fwdbwd",
+                                  options={"cpp.max_horizontal_fusion_size": 1} if "no-hfusion" in variant else None)
         kind = step.kind
     else:
         step = make_eager_step(torch.compile(model) if how == "compile" else model, crit, opt, scaler, device, cfg)

@@ -17,14 +17,34 @@ scripts, M2N2, crop 64, batch 8, one graph each): a mean-square loss agrees (1.8
 cross-entropy gives zero gradients too, with or without channels_last; bilinear upsampling by 8
 followed by cross-entropy, without the network, agrees (3e-7). On an H200 (torch 2.11) the
 compiled whole step passed cgnet's check against eager and trained the shipped weights.
+
+The cause (M2N2, crop 64, batch 8, TORCH_LOGS=output_code): in the generated backward, the
+bilinear up-sampling's gradient -- four scatter-adds (atomic_add) of the log-softmax gradient
+into zero-filled buffers -- runs in the LAST C++ kernel, while the FIRST kernel zero-fills those
+buffers and at once sums them into the gradient of the classifier's output: it sums zeros, and
+every gradient behind the classifier is zero. (The C++ backend writes consecutive scheduled
+nodes into one kernel up to the next library call, so this is the order of the nodes, not a
+fusion.) One inductor switch at a time (model and unweighted loss compiled as by --compiled loss, NCHW):
+  loop_ordering_after_fusion=False                                  1.000e+00  (still zero)
+  loop_reindexing_after_fusion=False, loop_index_inversion_in_fusion=False  1.000e+00
+  cpp.max_horizontal_fusion_size=1                                  1.961e-06  (agrees)
+  reorder_for_peak_memory=False                                     1.960e-06  (agrees)
+The peak-memory reordering runs after fusion, so without it the same kernels run in the order
+fusion left them: that pass puts the scatter after its reader. At full size (M3N21, crop 360,
+batch 8, --compiled step) both switches give 1.005e-03, the size of fp32 rounding for this
+network: eager fp32 against eager fp64 differs by 9.3e-04 there.
+--option KEY=VALUE (repeatable) compiles with such inductor options; --cpu-options uses
+cgnet.engine.steps.CPU_INDUCTOR_OPTIONS, what `make_compiled_step` uses on the CPU.
 """
 import argparse
+import ast
 import time
 
 import torch
 import torch.nn as nn
 
 from cgnet import CGNet
+from cgnet.engine.steps import CPU_INDUCTOR_OPTIONS
 
 
 def main():
@@ -34,7 +54,17 @@ def main():
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inductor option for torch.compile, e.g. cpp.max_horizontal_fusion_size=1")
+    p.add_argument("--cpu-options", action="store_true", help="compile with steps.CPU_INDUCTOR_OPTIONS")
     args = p.parse_args()
+    options = dict(CPU_INDUCTOR_OPTIONS) if args.cpu_options else {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--option {item!r}: expected KEY=VALUE")
+        options[key] = ast.literal_eval(value)
+    compile_kwargs = {"options": options} if options else {}
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = CGNet(11, m=args.blocks[0], n=args.blocks[1]).to(device).train().to(memory_format=torch.channels_last)
@@ -55,22 +85,22 @@ def main():
 
     t0 = time.perf_counter()
     if args.compiled == "model":
-        loss_of(torch.compile(model)).backward()
+        loss_of(torch.compile(model, **compile_kwargs)).backward()
     elif args.compiled == "loss":
-        torch.compile(lambda: loss_of(model))().backward()
+        torch.compile(lambda: loss_of(model), **compile_kwargs)().backward()
     else:
         def step():
             loss = loss_of(model)
             loss.backward()
             return loss.detach()
-        torch.compile(step)()
+        torch.compile(step, **compile_kwargs)()
     seconds = time.perf_counter() - t0
 
     compiled = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in model.named_parameters()}
     diff = torch.cat([(eager[k] - compiled[k]).flatten() for k in eager]).norm()
     total = torch.cat([g.flatten() for g in eager.values()]).norm()
     print(f"torch {torch.__version__}, {device}, CGNet M{args.blocks[0]}N{args.blocks[1]}, crop {args.crop}, "
-          f"batch {args.batch}, compiled: {args.compiled} ({seconds:.0f} s to compile and run)")
+          f"batch {args.batch}, compiled: {args.compiled}, options {options} ({seconds:.0f} s to compile and run)")
     print(f"gradients, all together: |compiled - eager| / |eager| = {float(diff / total):.3e}")
     worst = sorted(((float((eager[k] - compiled[k]).norm() / eager[k].norm().clamp_min(1e-12)), k) for k in eager),
                    reverse=True)[:5]

@@ -146,6 +146,19 @@ def compile_or_eager(model, cfg: TrainConfig, device, per_rank: int):
 
 # ---- the whole step compiled -----------------------------------------------------------------
 
+# Inductor options of the compiled step on the CPU. With torch 2.13's C++ backend, CGNet's forward,
+# cross-entropy and backward in one graph (batch 8, crop 64 and up) came out with ALL gradients
+# zero: the generated backward ran the bilinear up-sampling's gradient (scatter-adds of the
+# log-softmax gradient into zero-filled buffers) in its LAST kernel, after the FIRST kernel had
+# summed those (still zero) buffers into the classifier's gradient. The node order comes from
+# inductor's peak-memory reordering, which runs after fusion; without it the same kernels run
+# in dependency order and the gradients agree with eager (M3N21, crop 360, batch 8: 1.0e-3 of
+# the gradient's norm, as eager fp32 against fp64: 9.3e-4). Horizontal fusion off
+# (cpp.max_horizontal_fusion_size=1) also avoided it, with more, smaller kernels.
+# The check against eager stays the guard. See scripts/compiled_gradient_check.py.
+CPU_INDUCTOR_OPTIONS = {"reorder_for_peak_memory": False}
+
+
 def configure_optimizer(optimizer, device, tensor_lr: bool) -> None:
     """Make the optimiser's learning rate (and Adam's implementation flags) fit how the step runs.
 
@@ -267,7 +280,8 @@ def _first_moments(optimizer, params) -> torch.Tensor | None:
 
 def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainConfig, per_rank: int,
                        num_classes: int, *, cuda_graph: bool | None = None, mode: str | None = None,
-                       fallback=None, check: bool = True, compile_optimizer: bool = True):
+                       fallback=None, check: bool = True, compile_optimizer: bool = True,
+                       options: dict | None = None):
     """Forward (autocast), fp32 loss, backward and the Adam step as one torch.compile'd function:
     inductor fuses the BN/PReLU/gating/concat/add kernels of the forward and the backward and the
     optimiser's per-parameter updates. Dynamo splits it at `backward()` and around the optimiser
@@ -287,7 +301,11 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
     eagerly after them (inside the same CUDA graph on CUDA, as the CUDA-graph step does), so
     inductor compiles no optimiser graphs; its compile time and speed on a GPU are still to be
     measured (`benchmarks/train_throughput.py` mode `compiled-fwdbwd`, column `setup s`). Its
-    kind then reads `compiled-fwdbwd`."""
+    kind then reads `compiled-fwdbwd`.
+
+    `options`: inductor options for torch.compile (not together with `mode`). None: on the CPU
+    `CPU_INDUCTOR_OPTIONS` (the work-around for zero gradients described there), elsewhere none;
+    `{}` compiles with inductor's defaults."""
     t0 = time.perf_counter()
     graph_wanted = device.type == "cuda" and cuda_graph is not False and mode != "reduce-overhead"
 
@@ -308,12 +326,15 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
     configure_optimizer(optimizer, device, tensor_lr=True)
 
     name = "compiled" if compile_optimizer else "compiled-fwdbwd"
+    if options is None and device.type == "cpu" and mode is None:
+        options = CPU_INDUCTOR_OPTIONS
+    how = {"mode": mode, "options": dict(options) if options else None}  # both: torch.compile refuses
     snapshot = _Snapshot(model, optimizer)
     try:
         if compile_optimizer:
-            compiled = torch.compile(step_body(model, criterion, optimizer, device, cfg), mode=mode)
+            compiled = torch.compile(step_body(model, criterion, optimizer, device, cfg), **how)
         else:
-            compiled_grads = torch.compile(step_body(model, criterion, None, device, cfg), mode=mode)
+            compiled_grads = torch.compile(step_body(model, criterion, None, device, cfg), **how)
 
             def compiled(images, labels):
                 loss = compiled_grads(images, labels)
@@ -362,10 +383,11 @@ def _capture(compiled, model, optimizer, device, cfg: TrainConfig, per_rank: int
 
 
 def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
-    """Whether `cgnet train --compile` compiles the whole step (`make_compiled_step`): on CUDA,
-    in one process (DDP's gradient hooks do not capture), without fp16 (GradScaler syncs with the
-    host) and without dropout (inductor's random masks differ from eager ones, so the check
-    against eager could not pass). On the CPU --compile keeps compiling the model only: the
-    `camvid-cpu` recipe was measured and converged that way."""
-    return (bool(cfg.compile) and torch.device(device).type == "cuda" and world_size == 1
+    """Whether `cgnet train --compile` compiles the whole step (`make_compiled_step`): on CUDA or
+    the CPU, in one process (DDP's gradient hooks do not capture), without fp16 (GradScaler syncs
+    with the host) and without dropout (inductor's random masks differ from eager ones, so the
+    check against eager could not pass). On the CPU the step compiles with `CPU_INDUCTOR_OPTIONS`;
+    where its check against eager fails, train.py falls back to the compiled model in the eager
+    step (what the `camvid-cpu` recipe was measured and converged with)."""
+    return (bool(cfg.compile) and torch.device(device).type in ("cuda", "cpu") and world_size == 1
             and cfg.amp != "fp16" and cfg.dropout == 0)

@@ -373,11 +373,12 @@ def restore(ckpt: dict, path: Path, parts: TrainParts, cfg: TrainConfig, state: 
 
 
 def wrap_for_training(parts: TrainParts, cfg: TrainConfig, data: TrainData, device: torch.device):
-    """DDP (and SyncBatchNorm) under torchrun, then the step. --compile on CUDA (one process, no
-    fp16, no dropout): the whole step compiled by inductor and captured as one CUDA graph, checked
-    against eager (if that fails: the eager step's CUDA graph, then eager). --compile elsewhere
-    (the CPU, `camvid-cpu`): a torch.compile'd model in the eager step. Without --compile: the
-    eager step as a CUDA graph where possible, else eager."""
+    """DDP (and SyncBatchNorm) under torchrun, then the step. --compile in one process (no fp16,
+    no dropout): the whole step compiled by inductor, checked against eager; on CUDA captured as
+    one CUDA graph (if that fails: the eager step's CUDA graph, then eager), on the CPU with
+    `steps.CPU_INDUCTOR_OPTIONS` (if that fails: a torch.compile'd model in the eager step, what
+    `camvid-cpu` was measured and converged with). --compile otherwise (torchrun): that compiled
+    model. Without --compile: the eager step as a CUDA graph where possible, else eager."""
     if get_world_size() > 1:
         if cfg.sync_bn:
             parts.bare = parts.model = nn.SyncBatchNorm.convert_sync_batchnorm(parts.model)
@@ -386,7 +387,13 @@ def wrap_for_training(parts: TrainParts, cfg: TrainConfig, data: TrainData, devi
     if whole_step_compile(cfg, device, get_world_size()):
         parts.model.train()
 
-        def fallback():  # the fastest step without inductor
+        def fallback():  # the fastest step without inductor (on the CPU: with the compiled model)
+            if device.type != "cuda":
+                configure_optimizer(parts.optimizer, device, tensor_lr=False)
+                compiled_model = compile_or_eager(parts.model, cfg, device, data.per_rank).train()
+                step = make_eager_step(compiled_model, parts.criterion, parts.optimizer, parts.scaler, device, cfg)
+                step.kind = "compile" if compiled_model is not parts.model else "eager"
+                return step
             graphed = None
             if cfg.cuda_graph is not False:
                 graphed = make_graphed_step(parts.model, parts.criterion, parts.optimizer, device, cfg,
