@@ -13,8 +13,8 @@ from cgnet import CGNet
 from cgnet.cli import main, make_parser
 from cgnet.deploy.bench import argmax_agreement, select_paths
 from cgnet.engine.config import TrainConfig, compare_for_resume
-from cgnet.engine.steps import (check_against_eager, configure_optimizer, make_compiled_step, make_eager_step,
-                                set_lr, whole_step_compile)
+from cgnet.engine.steps import check_against_eager, configure_optimizer, make_compiled_step, make_eager_step, set_lr
+from cgnet.engine.train import whole_step_compile
 
 CPU = torch.device("cpu")
 CFG = TrainConfig(crop=(32, 32), amp="off", channels_last=True, batch_size=2)
@@ -151,33 +151,52 @@ def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, cap
         raise RuntimeError("no compiler here\nsecond line")
     monkeypatch.setattr(torch, "compile", broken)
     model, criterion, optimizer = build()
+    before = flat(model).clone()
     step = make_compiled_step(model, criterion, optimizer, no_scaler(), CPU, CFG, BATCH, CLASSES)
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
-    assert step.kind == "eager"
-    assert len(lines) == 1 and lines[0].startswith("warning: compiling the training step failed")
-    assert "no compiler here" in lines[0] and "second line" not in lines[0]
-    assert not torch.is_tensor(optimizer.param_groups[0]["lr"])  # back to what the eager step uses
+    assert step is None  # the caller takes the next step of its chain (train.choose_step)
+    assert lines == ["warning: compiling the training step failed (RuntimeError: no compiler here); using the "
+                     "next step of the chain"]
+    assert torch.equal(before, flat(model))
+
+
+def test_a_disagreement_with_eager_is_refused_and_the_weights_left_as_they_were(monkeypatch, capsys):
+    monkeypatch.setattr(steps, "check_against_eager", lambda *a, **k: "loss 9.0 vs eager 1.0")
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # no inductor: the check is what fails
+    model, criterion, optimizer = build()
+    before = flat(model).clone()
+    assert make_compiled_step(model, criterion, optimizer, no_scaler(), CPU, CFG, BATCH, CLASSES) is None
+    assert "disagrees with eager: loss 9.0 vs eager 1.0" in capsys.readouterr().out
+    assert torch.equal(before, flat(model))
+
+
+@pytest.mark.parametrize("settings, chosen", [
+    (dict(compile=False), "eager"),
+    (dict(compile=True), "compile"),  # the whole step refused (a stand-in check): the compiled model
+])
+def test_the_fallback_chain_ends_in_an_eager_step(monkeypatch, capsys, settings, chosen):
+    from types import SimpleNamespace
+
+    import cgnet.engine.train as train
+    monkeypatch.setattr(steps, "check_against_eager", lambda *a, **k: "forced disagreement")
+    monkeypatch.setattr(steps.torch, "compile", lambda fn, **kw: copy.copy(fn) if isinstance(fn, nn.Module) else fn)
+    model, criterion, optimizer = build()
+    parts = SimpleNamespace(model=model, bare=model, criterion=criterion, optimizer=optimizer, scaler=no_scaler(),
+                            use_graph=False)
+    data = SimpleNamespace(per_rank=BATCH, info=SimpleNamespace(num_classes=CLASSES))
+    step = train.choose_step(parts, TrainConfig(crop=(32, 32), amp="off", batch_size=2, **settings), data, CPU)
+    assert step.kind == chosen
+    assert not torch.is_tensor(optimizer.param_groups[0]["lr"])  # the eager steps take a float lr
     (x, y), = batches(1)
     before = flat(model).clone()
     assert torch.isfinite(step(x, y)) and not torch.equal(before, flat(model))
 
 
-def test_a_disagreement_with_eager_falls_back_to_the_given_step(monkeypatch, capsys):
-    monkeypatch.setattr(steps, "check_against_eager", lambda *a, **k: "loss 9.0 vs eager 1.0")
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # no inductor: the check is what fails
-    model, criterion, optimizer = build()
-    sentinel = lambda images, labels: None  # noqa: E731
-    step = make_compiled_step(model, criterion, optimizer, no_scaler(), CPU, CFG, BATCH, CLASSES,
-                              fallback=lambda: sentinel)
-    assert step is sentinel
-    assert "disagrees with eager: loss 9.0 vs eager 1.0" in capsys.readouterr().out
-
-
 def test_fp16_scaler_is_not_compiled(capsys):
     model, criterion, optimizer = build()
     scaler = torch.amp.GradScaler("cpu", enabled=True)
-    step = make_compiled_step(model, criterion, optimizer, scaler, CPU, CFG, BATCH, CLASSES)
-    assert step.kind == "eager" and "GradScaler" in capsys.readouterr().out
+    assert make_compiled_step(model, criterion, optimizer, scaler, CPU, CFG, BATCH, CLASSES) is None
+    assert "GradScaler" in capsys.readouterr().out
 
 
 def test_check_against_eager_passes_eager_and_catches_wrong_steps():
@@ -233,10 +252,10 @@ def test_configure_optimizer_switches_lr_kind_and_keeps_the_state():
     make_eager_step(fresh_model, criterion, fresh, no_scaler(), CPU, CFG)(x, y)
 
 
-def test_only_cuda_single_process_runs_compile_the_whole_step():
+def test_single_process_runs_compile_the_whole_step():
     on = TrainConfig(compile=True, amp="bf16")
     assert whole_step_compile(on, "cuda", 1)
-    assert not whole_step_compile(on, "cpu", 1)  # the CPU keeps its measured compiled model
+    assert whole_step_compile(on, "cpu", 1)  # the CPU too, with its inductor workaround (steps.CPU_INDUCTOR_OPTIONS)
     assert not whole_step_compile(on, "cuda", 2)
     assert not whole_step_compile(TrainConfig(compile=True, amp="fp16"), "cuda", 1)
     assert not whole_step_compile(TrainConfig(compile=True, amp="bf16", dropout=0.1), "cuda", 1)

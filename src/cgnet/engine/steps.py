@@ -1,16 +1,35 @@
 """The training step in its forms: eager (with autocast and a GradScaler), with a torch.compile'd
 model, captured once as a CUDA graph, and the whole step (forward, loss, backward, Adam) compiled
 with inductor and, on CUDA, captured as one CUDA graph. Each is a function (images, labels) ->
-loss tensor that also takes the optimiser step; `set_lr` updates the learning rate it will use."""
+loss tensor that also takes the optimiser step; `set_lr` updates the learning rate it will use.
+The steps need only a `StepSpec` of the run's settings; which one a run takes, and what it falls
+back to, is train.py's `choose_step`."""
 from __future__ import annotations
 
 import time
 
 import torch
 
+from dataclasses import dataclass
+
 from ..common import autocast
-from .config import TrainConfig
 from .distributed import is_main_process
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What a training step needs of the run's settings (a `TrainConfig` has these fields too)."""
+    amp: str = "off"                    # autocast precision: off, bf16, fp16
+    channels_last: bool = True          # NHWC inputs
+    crop: tuple[int, int] = (360, 360)  # the batch's H x W (static buffers, checks, warm-ups)
+
+
+def single_program(amp: str, dropout: float, world_size: int) -> bool:
+    """Whether the training step may run as one captured or compiled program (the eager step as a
+    CUDA graph, or the whole step compiled): one process (DDP's gradient hooks do not capture),
+    no fp16 (the GradScaler syncs with the host each step) and no dropout (compiled random masks
+    differ from eager ones, so no check against eager could pass)."""
+    return world_size == 1 and amp != "fp16" and dropout == 0
 
 
 def set_lr(optimizer, lr: float) -> None:
@@ -21,12 +40,12 @@ def set_lr(optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def make_eager_step(model, criterion, optimizer, scaler, device, cfg: TrainConfig):
+def make_eager_step(model, criterion, optimizer, scaler, device, spec: StepSpec):
     """forward (autocast), loss in fp32, backward, optimiser step; returns the loss tensor."""
     def step(images, labels):
-        if cfg.channels_last:
+        if spec.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, cfg.amp):
+        with autocast(device, spec.amp):
             logits = model(images)
         loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -37,12 +56,12 @@ def make_eager_step(model, criterion, optimizer, scaler, device, cfg: TrainConfi
     return step
 
 
-def step_body(model, criterion, optimizer, device, cfg: TrainConfig):
+def step_body(model, criterion, optimizer, device, spec: StepSpec):
     """forward (autocast without its weight cache, which a capture cannot hold), loss in fp32,
     backward, optimiser step (none when `optimizer` is None): the function that CUDA graphs
     capture and inductor compiles. The caller clears the gradients between calls."""
     def body(images, labels):
-        with autocast(device, cfg.amp, cache=False):
+        with autocast(device, spec.amp, cache=False):
             logits = model(images)
         loss = criterion(logits.float(), labels)
         loss.backward()
@@ -52,16 +71,16 @@ def step_body(model, criterion, optimizer, device, cfg: TrainConfig):
     return body
 
 
-def capture_graph(run, device, cfg: TrainConfig, per_rank: int, num_classes: int):
+def capture_graph(run, device, spec: StepSpec, per_rank: int, num_classes: int):
     """Static input buffers filled with a seeded random batch, three warm-up calls of
     `run(x, y)` on a side stream (they compile whatever needs compiling), then one call captured
     as a CUDA graph. Returns (graph, the captured call's output, x, y); replaying the graph after
     copying a batch into x and y runs the step again. The warm-up steps change model and
     optimiser state: callers restore it. `run.zero_grad()` clears the gradients between calls."""
-    x = torch.zeros(per_rank, 3, *cfg.crop, device=device)
-    if cfg.channels_last:
+    x = torch.zeros(per_rank, 3, *spec.crop, device=device)
+    if spec.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.zeros(per_rank, *cfg.crop, dtype=torch.long, device=device)
+    y = torch.zeros(per_rank, *spec.crop, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     x.normal_(generator=gen)
     y.random_(0, num_classes, generator=gen)
@@ -79,7 +98,7 @@ def capture_graph(run, device, cfg: TrainConfig, per_rank: int, num_classes: int
     return graph, output, x, y
 
 
-def make_graphed_step(model, criterion, optimizer, device, cfg: TrainConfig, per_rank: int, num_classes: int):
+def make_graphed_step(model, criterion, optimizer, device, spec: StepSpec, per_rank: int, num_classes: int):
     """The whole training step captured once as a CUDA graph and replayed each iteration (it is
     hundreds of small kernels, so launching them costs more than running them). The capture is
     checked against an eager step on the same data; on any failure this returns None and training
@@ -88,18 +107,18 @@ def make_graphed_step(model, criterion, optimizer, device, cfg: TrainConfig, per
     saved_opt = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
                  for p, st in optimizer.state.items()}
 
-    body = step_body(model, criterion, optimizer, device, cfg)
+    body = step_body(model, criterion, optimizer, device, spec)
     body.zero_grad = lambda: optimizer.zero_grad(set_to_none=True)
 
     graph = None
     try:
-        graph, loss, x, y = capture_graph(body, device, cfg, per_rank, num_classes)
-        with torch.no_grad(), autocast(device, cfg.amp):
+        graph, loss, x, y = capture_graph(body, device, spec, per_rank, num_classes)
+        with torch.no_grad(), autocast(device, spec.amp):
             expected = criterion(model(x).float(), y)
         probe = model.classifier.weight.detach().clone()
         graph.replay()
         torch.cuda.synchronize(device)
-        tol = 1e-3 if cfg.amp == "off" else 3e-2
+        tol = 1e-3 if spec.amp == "off" else 3e-2
         if not torch.allclose(loss, expected, rtol=tol, atol=tol) or torch.equal(probe, model.classifier.weight):
             raise RuntimeError(f"replayed step disagrees with eager (loss {float(loss):.5f} vs "
                                f"{float(expected):.5f}, or no weight update)")
@@ -127,12 +146,12 @@ def make_graphed_step(model, criterion, optimizer, device, cfg: TrainConfig, per
     return step
 
 
-def compile_or_eager(model, cfg: TrainConfig, device, per_rank: int):
+def compile_or_eager(model, spec: StepSpec, device, per_rank: int):
     """torch.compile, tried on one dummy step first; eager (with a warning) if it fails."""
     compiled = torch.compile(model)
     try:
-        x = torch.zeros(per_rank, 3, *cfg.crop, device=device)
-        with autocast(device, cfg.amp):
+        x = torch.zeros(per_rank, 3, *spec.crop, device=device)
+        with autocast(device, spec.amp):
             compiled(x).float().mean().backward()
         model.zero_grad(set_to_none=True)
         return compiled
@@ -218,7 +237,7 @@ class _Snapshot:
         return torch.cat(parts)
 
 
-def check_against_eager(step, model, criterion, optimizer, device, cfg: TrainConfig, per_rank: int,
+def check_against_eager(step, model, criterion, optimizer, device, spec: StepSpec, per_rank: int,
                         num_classes: int) -> str | None:
     """One step of `step` and one eager step from the same state on the same (seeded random)
     batch. Returns None when they agree, else why not: the losses differ by more than `loss_tol`;
@@ -230,14 +249,14 @@ def check_against_eager(step, model, criterion, optimizer, device, cfg: TrainCon
     weight, so every weight whose gradient is ~0 may flip sign with rounding (bf16 against fp32
     gives a cosine of ~0.9 for CGNet). Model and optimiser state are restored afterwards."""
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(per_rank, 3, *cfg.crop, device=device, generator=gen)
-    y = torch.randint(0, num_classes, (per_rank, *cfg.crop), device=device, generator=gen)
+    x = torch.randn(per_rank, 3, *spec.crop, device=device, generator=gen)
+    y = torch.randint(0, num_classes, (per_rank, *spec.crop), device=device, generator=gen)
     params = [p for p in model.parameters() if p.requires_grad]
     snapshot = _Snapshot(model, optimizer)
     before = _flat(params)
     try:
         eager = make_eager_step(model, criterion, optimizer, torch.amp.GradScaler(device.type, enabled=False),
-                                device, cfg)
+                                device, spec)
         expected = float(eager(x, y))
         eager_update, eager_moment = _flat(params) - before, _first_moments(optimizer, params)
         snapshot.restore()
@@ -248,7 +267,7 @@ def check_against_eager(step, model, criterion, optimizer, device, cfg: TrainCon
     # fp32: the same sums in another order (~1e-5 of the gradient's norm). bf16/fp16: eager
     # rounds after every op, inductor after each fused kernel; for CGNet bf16 against fp32
     # gradients differ by ~0.2 of their norm. A broken gradient differs by ~1 (zero) or more.
-    loss_tol, grad_tol = (1e-3, 2e-2) if cfg.amp == "off" else (3e-2, 0.5)
+    loss_tol, grad_tol = (1e-3, 2e-2) if spec.amp == "off" else (3e-2, 0.5)
     if not abs(got - expected) <= loss_tol * (1 + abs(expected)):
         return f"loss {got:.5f} vs eager {expected:.5f}"
     if not bool(update.abs().max() > 0):
@@ -278,10 +297,9 @@ def _first_moments(optimizer, params) -> torch.Tensor | None:
     return _flat([st["exp_avg"] for st in states])
 
 
-def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainConfig, per_rank: int,
+def make_compiled_step(model, criterion, optimizer, scaler, device, spec: StepSpec, per_rank: int,
                        num_classes: int, *, cuda_graph: bool | None = None, mode: str | None = None,
-                       fallback=None, check: bool = True, compile_optimizer: bool = True,
-                       options: dict | None = None):
+                       check: bool = True, compile_optimizer: bool = True, options: dict | None = None):
     """Forward (autocast), fp32 loss, backward and the Adam step as one torch.compile'd function:
     inductor fuses the BN/PReLU/gating/concat/add kernels of the forward and the backward and the
     optimiser's per-parameter updates. Dynamo splits it at `backward()` and around the optimiser
@@ -292,8 +310,9 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
     `configure_optimizer`), so the poly schedule's `set_lr` does not recompile.
 
     The step is checked against an eager step (`check_against_eager`); a compile or capture
-    failure or a disagreement prints one warning and returns `fallback()` (default: the eager
-    step). GradScaler (fp16) needs a host sync each step, so fp16 also falls back. The returned
+    failure or a disagreement prints one warning and returns None, with model and optimiser as
+    they were (the caller takes the next step of its fallback chain: train.py's `choose_step`).
+    GradScaler (fp16) needs a host sync each step, so fp16 returns None too. The returned
     function has `.kind` (what runs) and `.compile_s` (seconds spent compiling, capturing and
     checking).
 
@@ -311,15 +330,8 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
 
     def fall_back(reason: str):
         if is_main_process():
-            print(f"warning: compiling the training step failed ({reason}); "
-                  + ("using the fallback step" if fallback is not None else "training eagerly"))
-        step = fallback() if fallback is not None else None
-        if step is None:
-            configure_optimizer(optimizer, device, tensor_lr=False)
-            step = make_eager_step(model, criterion, optimizer, scaler, device, cfg)
-            step.kind = "eager"
-        step.compile_s = time.perf_counter() - t0
-        return step
+            print(f"warning: compiling the training step failed ({reason}); using the next step of the chain")
+        return None
 
     if scaler is not None and scaler.is_enabled():
         return fall_back("fp16 needs GradScaler, which syncs with the host every step")
@@ -332,20 +344,20 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
     snapshot = _Snapshot(model, optimizer)
     try:
         if compile_optimizer:
-            compiled = torch.compile(step_body(model, criterion, optimizer, device, cfg), **how)
+            compiled = torch.compile(step_body(model, criterion, optimizer, device, spec), **how)
         else:
-            compiled_grads = torch.compile(step_body(model, criterion, None, device, cfg), **how)
+            compiled_grads = torch.compile(step_body(model, criterion, None, device, spec), **how)
 
             def compiled(images, labels):
                 loss = compiled_grads(images, labels)
                 optimizer.step()
                 return loss
         if graph_wanted:
-            step = _capture(compiled, model, optimizer, device, cfg, per_rank, num_classes)
+            step = _capture(compiled, model, optimizer, device, spec, per_rank, num_classes)
             step.kind = name + "+cudagraph"
         else:
             def step(images, labels):
-                if cfg.channels_last:
+                if spec.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 optimizer.zero_grad(set_to_none=True)
                 if mode == "reduce-overhead":  # a new iteration: inductor's graphs may reuse their outputs
@@ -354,7 +366,7 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
                 return compiled(images, labels)
             step.kind = name + ("+inductor-cudagraphs" if mode == "reduce-overhead" else "")
         snapshot.restore()
-        problem = check_against_eager(step, model, criterion, optimizer, device, cfg, per_rank,
+        problem = check_against_eager(step, model, criterion, optimizer, device, spec, per_rank,
                                       num_classes) if check else None
         if problem is not None:
             raise RuntimeError(f"the compiled step disagrees with eager: {problem}")
@@ -365,13 +377,13 @@ def make_compiled_step(model, criterion, optimizer, scaler, device, cfg: TrainCo
     return step
 
 
-def _capture(compiled, model, optimizer, device, cfg: TrainConfig, per_rank: int, num_classes: int):
+def _capture(compiled, model, optimizer, device, spec: StepSpec, per_rank: int, num_classes: int):
     """Warm the compiled step up on a side stream (compiling it), then capture one call of it as
     a CUDA graph with static input buffers; returns the replaying step (state to be restored)."""
     def run(x, y):
         return compiled(x, y)
     run.zero_grad = lambda: optimizer.zero_grad(set_to_none=True)
-    graph, loss, x, y = capture_graph(run, device, cfg, per_rank, num_classes)
+    graph, loss, x, y = capture_graph(run, device, spec, per_rank, num_classes)
 
     def step(images, labels):
         x.copy_(images, non_blocking=True)
@@ -380,14 +392,3 @@ def _capture(compiled, model, optimizer, device, cfg: TrainConfig, per_rank: int
         return loss
     step.graph = graph  # keeps the graph (and its memory pool) alive with the step
     return step
-
-
-def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
-    """Whether `cgnet train --compile` compiles the whole step (`make_compiled_step`): on CUDA or
-    the CPU, in one process (DDP's gradient hooks do not capture), without fp16 (GradScaler syncs
-    with the host) and without dropout (inductor's random masks differ from eager ones, so the
-    check against eager could not pass). On the CPU the step compiles with `CPU_INDUCTOR_OPTIONS`;
-    where its check against eager fails, train.py falls back to the compiled model in the eager
-    step (what the `camvid-cpu` recipe was measured and converged with)."""
-    return (bool(cfg.compile) and torch.device(device).type in ("cuda", "cpu") and world_size == 1
-            and cfg.amp != "fp16" and cfg.dropout == 0)

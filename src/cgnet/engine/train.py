@@ -46,7 +46,7 @@ from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world
 from .inference import evaluate, make_eval_loader
 from .stopping import GracefulStop, StopRequested
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
-                    set_lr, whole_step_compile)
+                    set_lr, single_program)
 
 
 class NonFiniteLoss(CGNetError, RuntimeError):
@@ -274,8 +274,7 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
         model = model.to(memory_format=torch.channels_last)
     weight = torch.tensor(data.class_weights, dtype=torch.float32, device=device) if cfg.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=data.info.ignore_index)
-    use_graph = (cfg.cuda_graph is not False and device.type == "cuda" and get_world_size() == 1
-                 and not cfg.compile and cfg.amp != "fp16" and cfg.dropout == 0)
+    use_graph = graphed_step_wanted(cfg, device, get_world_size()) and not cfg.compile
     if cfg.cuda_graph is True and not use_graph and is_main_process():
         print("note: --cuda-graph needs CUDA, one process, no fp16 and no dropout; training eagerly "
               "(with --compile on CUDA the compiled step is captured instead)")
@@ -372,56 +371,67 @@ def restore(ckpt: dict, path: Path, parts: TrainParts, cfg: TrainConfig, state: 
     return cfg
 
 
+def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
+    """Whether --compile compiles the whole step (forward, loss, backward, Adam): where the step
+    may be one program (`steps.single_program`), on CUDA or the CPU (there with
+    `steps.CPU_INDUCTOR_OPTIONS`)."""
+    return bool(cfg.compile) and torch.device(device).type in ("cuda", "cpu") and \
+        single_program(cfg.amp, cfg.dropout, world_size)
+
+
+def graphed_step_wanted(cfg: TrainConfig, device, world_size: int) -> bool:
+    """Whether the eager step may be captured as a CUDA graph: on CUDA, where the step may be one
+    program, unless --no-cuda-graph."""
+    return cfg.cuda_graph is not False and torch.device(device).type == "cuda" and \
+        single_program(cfg.amp, cfg.dropout, world_size)
+
+
+def choose_step(parts: TrainParts, cfg: TrainConfig, data: TrainData, device: torch.device):
+    """The training step: the first of this chain that the run allows and that builds (and passes
+    its check against eager), each failure one warning line:
+
+    1. --compile, one program allowed: the whole step compiled by inductor (on CUDA captured as one
+       CUDA graph, on the CPU with `steps.CPU_INDUCTOR_OPTIONS`);
+    2. on CUDA, one program allowed: the eager step captured as a CUDA graph;
+    3. --compile: the eager step around the torch.compile'd model (torchrun; the CPU's measured
+       `camvid-cpu` step);
+    4. the eager step."""
+    world = get_world_size()
+    if whole_step_compile(cfg, device, world):
+        parts.model.train()
+        step = make_compiled_step(parts.model, parts.criterion, parts.optimizer, parts.scaler, device, cfg,
+                                  data.per_rank, data.info.num_classes, cuda_graph=cfg.cuda_graph is not False,
+                                  compile_optimizer=cfg.compile_optimizer)
+        if step is not None:
+            if is_main_process():
+                print(f"training step compiled by inductor ({step.kind}; compiled, captured and checked "
+                      f"against eager in {step.compile_s:.0f} s)")
+            return step
+    if graphed_step_wanted(cfg, device, world):
+        configure_optimizer(parts.optimizer, device, tensor_lr=True)  # the captured step reads a tensor lr
+        step = make_graphed_step(parts.model, parts.criterion, parts.optimizer, device, cfg, data.per_rank,
+                                 data.info.num_classes)
+        if step is not None:
+            step.kind = "cudagraph"
+            if is_main_process():
+                print("training step captured as a CUDA graph")
+            return step
+    # a resumed optimiser (or a failed capture) may carry a tensor lr: the eager steps want a float
+    configure_optimizer(parts.optimizer, device, tensor_lr=False)
+    model = compile_or_eager(parts.model, cfg, device, data.per_rank) if cfg.compile else parts.model
+    step = make_eager_step(model.train(), parts.criterion, parts.optimizer, parts.scaler, device, cfg)
+    step.kind = "compile" if model is not parts.model else "eager"
+    return step
+
+
 def wrap_for_training(parts: TrainParts, cfg: TrainConfig, data: TrainData, device: torch.device):
-    """DDP (and SyncBatchNorm) under torchrun, then the step. --compile in one process (no fp16,
-    no dropout): the whole step compiled by inductor, checked against eager; on CUDA captured as
-    one CUDA graph (if that fails: the eager step's CUDA graph, then eager), on the CPU with
-    `steps.CPU_INDUCTOR_OPTIONS` (if that fails: a torch.compile'd model in the eager step, what
-    `camvid-cpu` was measured and converged with). --compile otherwise (torchrun): that compiled
-    model. Without --compile: the eager step as a CUDA graph where possible, else eager."""
+    """DDP (and SyncBatchNorm) under torchrun, then the step (`choose_step`)."""
     if get_world_size() > 1:
         if cfg.sync_bn:
             parts.bare = parts.model = nn.SyncBatchNorm.convert_sync_batchnorm(parts.model)
         parts.model = nn.parallel.DistributedDataParallel(
             parts.model, device_ids=[device.index] if device.type == "cuda" else None)
-    if whole_step_compile(cfg, device, get_world_size()):
-        parts.model.train()
-
-        def fallback():  # the fastest step without inductor (on the CPU: with the compiled model)
-            if device.type != "cuda":
-                configure_optimizer(parts.optimizer, device, tensor_lr=False)
-                compiled_model = compile_or_eager(parts.model, cfg, device, data.per_rank).train()
-                step = make_eager_step(compiled_model, parts.criterion, parts.optimizer, parts.scaler, device, cfg)
-                step.kind = "compile" if compiled_model is not parts.model else "eager"
-                return step
-            graphed = None
-            if cfg.cuda_graph is not False:
-                graphed = make_graphed_step(parts.model, parts.criterion, parts.optimizer, device, cfg,
-                                            data.per_rank, data.info.num_classes)
-            if graphed is not None:
-                graphed.kind = "cudagraph"
-                if is_main_process():
-                    print("training step captured as a CUDA graph")
-            return graphed
-
-        step = make_compiled_step(parts.model, parts.criterion, parts.optimizer, parts.scaler, device, cfg,
-                                  data.per_rank, data.info.num_classes, cuda_graph=cfg.cuda_graph is not False,
-                                  fallback=fallback, compile_optimizer=cfg.compile_optimizer)
-        if step.kind.startswith("compiled") and is_main_process():
-            print(f"training step compiled by inductor ({step.kind}; compiled, captured and checked "
-                  f"against eager in {step.compile_s:.0f} s)")
-        return step
-    # a resumed optimiser carries the lr type and flags of the run that saved it
-    configure_optimizer(parts.optimizer, device, tensor_lr=parts.use_graph)
-    train_model = compile_or_eager(parts.model, cfg, device, data.per_rank) if cfg.compile else parts.model
-    train_model.train()
-    step = None
-    if parts.use_graph:
-        step = make_graphed_step(parts.model, parts.criterion, parts.optimizer, device, cfg, data.per_rank,
-                                 data.info.num_classes)
-        if step is not None and is_main_process():
-            print("training step captured as a CUDA graph")
-    return step or make_eager_step(train_model, parts.criterion, parts.optimizer, parts.scaler, device, cfg)
+    return choose_step(parts, cfg, data, device)
 
 
 def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state: TrainState,
