@@ -1,6 +1,6 @@
 """Cityscapes-scale training throughput, and the wall-clock it projects for the paper's recipe.
 
-    python benchmarks/cityscapes_projection.py --device cuda [--images 64] [--iters 30] [-- --compile]
+    python -m benchmarks.cityscapes_projection --device cuda [--images 64] [--iters 30] [-- --compile]
 
 Runs the `cityscapes` preset's training step (680x680 crops, batch 16, class-weighted loss,
 Adam, poly schedule) exactly as `cgnet train` builds it (data, statistics, model, optimiser and
@@ -31,7 +31,7 @@ from cgnet.data import cityscapes
 from cgnet.engine.config import add_train_args, resolve_config
 from cgnet.engine.train import build_data, build_model_and_optimizer, wrap_for_training
 from cgnet.fileio import check_writable, write_atomic
-from devices import sync  # benchmarks/devices.py
+from benchmarks.devices import sync
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.cityscapes_tree import make_cityscapes_tree  # noqa: E402  (the tests' generator)

@@ -2,11 +2,10 @@
 the input already on the device, the output left there. Timed with CUDA events after warm-up:
 eager fp32, channels_last, bf16/fp16 autocast, the same replayed as a CUDA graph, and the
 compiled path (`cgnet.deploy.runners.compile_for_inference`: BN folded, PReLU as max, inductor,
-CUDA graphs) returning logits, or class ids with the argmax inside the compiled graph (also with
-the depthwise convolutions as inductor-fused taps). Prints
+CUDA graphs) returning logits, or class ids with the argmax inside the compiled graph. Prints
 min and median milliseconds and the ratio to eager fp32 of the same run, and the compile time.
 
-    python benchmarks/gpu_latency.py [--size 1024 2048] [--runs 50] [--profile]
+    python -m benchmarks.gpu_latency [--size 1024 2048] [--runs 50] [--profile]
 
 --profile also prints torch.profiler's top kernels by device time for eager fp32 and for the
 compiled bf16 class-id path without CUDA graphs (inside a graph the kernels are not listed).
@@ -25,8 +24,7 @@ from cgnet import CGNet
 from cgnet.common import CGNetError, autocast
 from cgnet.deploy.runners import compile_for_inference
 from cgnet.fileio import check_writable, write_atomic
-from cgnet.model import use_depthwise_taps
-from devices import profile_table, sync  # benchmarks/devices.py
+from benchmarks.devices import profile_table, sync
 
 ROWS = [  # name, channels_last, precision, how: eager | graph (captured here) | compiled | compiled-ids
     ("fp32", False, "fp32", "eager"), ("fp32+channels_last", True, "fp32", "eager"),
@@ -36,8 +34,6 @@ ROWS = [  # name, channels_last, precision, how: eager | graph (captured here) |
     ("compiled+graph fp32", True, "fp32", "compiled"), ("compiled+graph bf16", True, "bf16", "compiled"),
     ("compiled+graph fp16", True, "fp16", "compiled"), ("compiled+graph bf16 class ids", True, "bf16", "compiled-ids"),
     ("compiled+graph fp16 class ids", True, "fp16", "compiled-ids"),
-    # the depthwise convolutions as nine multiply-adds that inductor fuses (cgnet.model.use_depthwise_taps)
-    ("compiled+graph fp16 class ids, taps", True, "fp16", "compiled-ids-taps"),
 ]
 
 
@@ -61,7 +57,6 @@ def timed(fn, runs, device):
 def build(name, channels_last, precision, how, model, x, device):
     """The callable to time for one row (compiled rows: compiled and warmed up here)."""
     if how.startswith("compiled"):
-        use_depthwise_taps(model, how.endswith("-taps"))
         compiled = compile_for_inference(model, device, labels=how.startswith("compiled-ids"))
 
         def run():

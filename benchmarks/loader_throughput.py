@@ -1,6 +1,6 @@
 """Data-loader throughput (images/s) of the CamVid training pipeline at the paper's 360x360 crops.
 
-    python benchmarks/loader_throughput.py [--root ../shared/datasets/CamVid] [--images 200]
+    python -m benchmarks.loader_throughput [--root ../shared/datasets/CamVid] [--images 200]
 
 Reads the real CamVid train+val list with 0, 1 and 2 loader workers (decode, validate, scale,
 normalise, pad, crop, flip) and prints images/s with the ratio to 0 workers measured in the same

@@ -1,6 +1,6 @@
 """Load benchmark of `cgnet serve`: N clients post one image to /api/segment at once, two rounds.
 
-    python benchmarks/serve_load.py [--clients 8] [--requests 20 | --seconds S] [--size 360 480]
+    python -m benchmarks.serve_load [--clients 8] [--requests 20 | --seconds S] [--size 360 480]
         [--image FILE] [--json FILE] [--url http://127.0.0.1:PORT/ [--pid PID]] [-- SERVE OPTIONS]
 
 Starts `cgnet serve --host 127.0.0.1 --port 0 SERVE OPTIONS` itself (or uses a running server on

@@ -1,6 +1,6 @@
 """Training and evaluation throughput of CGNet for several execution modes, on CPU or CUDA.
 
-    python benchmarks/train_throughput.py [--device cuda] [--batch 8 32] [--iters 20]
+    python -m benchmarks.train_throughput [--device cuda] [--batch 8 32] [--iters 20]
 
 Each mode builds the engine's own training step (cgnet.engine.steps), runs warm-up steps, then
 timed steps (forward, class-weighted loss, backward, Adam) on random data at 360x360 (11
@@ -28,12 +28,11 @@ import torch
 import torch.nn as nn
 
 from cgnet import CGNet
-from cgnet.model import use_depthwise_taps
 from cgnet.cli import ALLOCATOR_ENV
 from cgnet.common import autocast
 from cgnet.engine.config import TrainConfig
 from cgnet.engine.steps import make_compiled_step, make_eager_step, make_graphed_step
-from devices import profile_table, sync  # benchmarks/devices.py
+from benchmarks.devices import profile_table, sync
 
 CAMVID_TRAINVAL = 468  # images in the `camvid` preset's training list
 EPOCHS = 800           # the paper's CamVid schedule
@@ -50,9 +49,6 @@ MODES = {  # name -> (channels_last, amp, how): eager, compile (the model), cuda
     # forward, loss and backward compiled; Adam eager after them (in the same CUDA graph on CUDA)
     "fp32+channels_last+compiled-fwdbwd": (True, "off", "compiled-fwdbwd"),
     "bf16+channels_last+compiled-fwdbwd": (True, "bf16", "compiled-fwdbwd"),
-    # +taps: the depthwise convolutions as nine multiply-adds that inductor fuses into its own
-    # kernels (cgnet.model.use_depthwise_taps), instead of the convolution library's kernels
-    "fp32+channels_last+compile+taps": (True, "off", "compile", "taps"),
     # the other inductor work-around for the CPU's zero gradients (see steps.CPU_INDUCTOR_OPTIONS):
     # horizontal fusion off, peak-memory reordering left on; the plain compiled-step modes use
     # CPU_INDUCTOR_OPTIONS on the CPU
@@ -62,10 +58,7 @@ CUDA_MODES = {"fp16+channels_last": (True, "fp16", "eager"),
               "fp32+channels_last+cudagraph": (True, "off", "cudagraph"),
               GRAPH_BASELINE: (True, "bf16", "cudagraph"),
               # inductor's own CUDA graphs (mode="reduce-overhead") instead of one captured here
-              "bf16+channels_last+compiled-step-ro": (True, "bf16", "compiled-step-ro"),
-              "bf16+channels_last+compile+taps": (True, "bf16", "compile", "taps"),
-              "bf16+channels_last+compiled-fwdbwd+taps": (True, "bf16", "compiled-fwdbwd", "taps"),
-              "bf16+channels_last+compiled-step+taps": (True, "bf16", "compiled-step", "taps")}
+              "bf16+channels_last+compiled-step-ro": (True, "bf16", "compiled-step-ro")}
 
 
 def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks=(3, 21), profile_steps=0):
@@ -74,7 +67,6 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks
     channels_last, amp, how, *variant = mode
     torch.manual_seed(0)
     model = CGNet(classes, m=blocks[0], n=blocks[1]).to(device).train()
-    use_depthwise_taps(model, "taps" in variant)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if how == "cudagraph":
@@ -124,7 +116,7 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks
 @torch.no_grad()
 def bench_eval(device, mode, warmup, iters, size=(360, 480), classes=11):
     channels_last, amp, how, *variant = mode
-    model = use_depthwise_taps(CGNet(classes).to(device).eval(), "taps" in variant)
+    model = CGNet(classes).to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     run = torch.compile(model) if how.startswith("compile") else model

@@ -74,11 +74,11 @@ if [ "$PART" = 1 ]; then
     2>&1 | tee "$OUT/env.txt"
   if [ -z "${SKIP_BENCH:-}" ]; then
     # shellcheck disable=SC2086
-    timeout "${BENCH_TIMEOUT:-400}" "$PY" benchmarks/train_throughput.py --device "$DEVICE" $BENCH_ARGS \
+    timeout "${BENCH_TIMEOUT:-400}" "$PY" -m benchmarks.train_throughput --device "$DEVICE" $BENCH_ARGS \
       --modes $BENCH_MODES 2>&1 | tee "$OUT/throughput.txt"
   fi
   if [ -n "${LATENCY:-}" ] && [ "$DEVICE" = cuda ]; then
-    timeout 40 "$PY" benchmarks/gpu_latency.py --runs 30 2>&1 | tee "$OUT/latency.txt"
+    timeout 40 "$PY" -m benchmarks.gpu_latency --runs 30 2>&1 | tee "$OUT/latency.txt"
   fi
 fi
 

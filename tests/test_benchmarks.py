@@ -23,7 +23,7 @@ def run_script(*argv: str) -> str:
 
 
 def test_cityscapes_projection_on_a_generated_tree(tmp_path):
-    out = run_script("benchmarks/cityscapes_projection.py", "--device", "cpu", "--images", "4", "--size", "64", "128",
+    out = run_script("-m", "benchmarks.cityscapes_projection", "--device", "cpu", "--images", "4", "--size", "64", "128",
                      "--warmup", "1", "--iters", "2", "--json", str(tmp_path / "figures.json"), "--",
                      "--crop", "48", "48", "--batch-size", "2", "--blocks", "2", "2")
     figures = json.loads((tmp_path / "figures.json").read_text())
@@ -49,7 +49,7 @@ def test_cityscapes_projection_on_a_generated_tree(tmp_path):
 
 
 def test_gpu_latency_dry_run_ratios(tmp_path):
-    out = run_script("benchmarks/gpu_latency.py", "--device", "cpu", "--size", "32", "48", "--runs", "3",
+    out = run_script("-m", "benchmarks.gpu_latency", "--device", "cpu", "--size", "32", "48", "--runs", "3",
                      "--blocks", "2", "2", "--json", str(tmp_path / "figures.json"),
                      "--rows", "fp32", "fp32+channels_last")
     rows = json.loads((tmp_path / "figures.json").read_text())["rows"]

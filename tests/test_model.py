@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from cgnet import CGNet
-from cgnet.model import CGBlock, use_depthwise_taps
+from cgnet.model import CGBlock
 from helpers.paths import DATA
 from helpers.reference_weights import ARCH, seeded_model
 
@@ -89,25 +89,3 @@ def test_depthwise_convs_stay_fp32_under_cpu_bf16_autocast():
     assert model.stage2[0].sur.weight.grad.dtype == torch.float32
 
 
-def test_depthwise_taps_equal_the_convolutions_forward_and_gradients():
-    torch.manual_seed(0)
-    model = CGNet(5, m=2, n=3)
-    with torch.no_grad():  # non-zero biases in the depthwise convs, as folding BN gives them
-        for block in model.modules():
-            if isinstance(block, CGBlock):
-                block.sur.bias = nn.Parameter(torch.randn(block.sur.out_channels) * 0.1)
-    taps = use_depthwise_taps(copy.deepcopy(model))
-    calls = []
-    taps.stage3[0].sur.register_forward_hook(lambda *args: calls.append(1))  # a convolution that runs
-    x = torch.randn(2, 3, 40, 56)
-    out, out_taps = model(x), taps(x)
-    assert calls == []  # the taps ran instead of the dilation-4 convolution
-    torch.testing.assert_close(out_taps, out, rtol=1e-4, atol=1e-5)
-    out.square().mean().backward()
-    out_taps.square().mean().backward()
-    for (name, a), b in zip(model.named_parameters(), taps.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-6, msg=lambda m: f"{name}: {m}")
-    assert taps.state_dict().keys() == model.state_dict().keys()
-    use_depthwise_taps(taps, False)
-    taps(x)
-    assert calls == [1]

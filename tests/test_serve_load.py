@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_script(*argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    return subprocess.run([sys.executable, "benchmarks/serve_load.py", *argv], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "benchmarks.serve_load", *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -15,7 +15,7 @@ from torch.nn import functional
 
 from .common import InputError
 
-__all__ = ["CGNet", "CGBlock", "CGDownBlock", "GlobalContext", "use_depthwise_taps"]
+__all__ = ["CGNet", "CGBlock", "CGDownBlock", "GlobalContext"]
 
 BN_EPS = 1e-3
 
@@ -43,42 +43,10 @@ def depthwise3x3(chs: int, dilation: int) -> nn.Conv2d:
     return nn.Conv2d(chs, chs, 3, 1, padding=dilation, dilation=dilation, groups=chs, bias=False)
 
 
-def depthwise_taps(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """`conv` (3x3, depthwise, stride 1, padding = dilation) as nine shifted multiply-adds,
-    accumulated in fp32 and returned in x's dtype, as the convolution's kernels do. Slower in
-    eager mode; under torch.compile inductor generates these as its own kernels, fused with their
-    neighbours, instead of calling the convolution library (`use_depthwise_taps`)."""
-    d = conv.dilation[0]
-    height, width = x.shape[-2:]
-    padded = functional.pad(x, (d, d, d, d)).float()
-    weight = conv.weight.float()
-    out = None
-    for i in range(3):
-        for j in range(3):
-            tap = padded[:, :, i * d:i * d + height, j * d:j * d + width] * weight[:, 0, i, j].view(1, -1, 1, 1)
-            out = tap if out is None else out + tap
-    if conv.bias is not None:
-        out = out + conv.bias.float().view(1, -1, 1, 1)
-    return out.to(x.dtype)
-
-
-def use_depthwise_taps(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Run every depthwise convolution of `model`'s CG blocks as `depthwise_taps` (a flag on the
-    convolution, not in its state dict: checkpoints are unchanged). For compiled graphs (an
-    experiment in `benchmarks/train_throughput.py`, modes `...+taps`); returns the model."""
-    for block in model.modules():
-        if isinstance(block, (CGBlock, CGDownBlock)):
-            block.loc.as_taps = block.sur.as_taps = enabled
-    return model
-
-
 def depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Run a depthwise convolution, in fp32 under CPU bf16 autocast: the CPU bf16 kernel's weight
     gradient turned non-finite after ~60 CamVid training steps (stage 2, dilation 2) while every
-    activation and input gradient stayed finite. Depthwise layers are a few % of the FLOPs.
-    With `use_depthwise_taps`, as nine multiply-adds instead."""
-    if getattr(conv, "as_taps", False):
-        return depthwise_taps(conv, x)
+    activation and input gradient stayed finite. Depthwise layers are a few % of the FLOPs."""
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return conv(x.float())
