@@ -239,7 +239,7 @@ def _check_file(path: Path, suffix: str) -> Path:
 def _runner_meta(path: Path, precision: str | None, app_io: bool) -> dict:
     meta = read_mobile_meta(path)
     if precision is not None and precision != meta["export_precision"]:
-        raise InputError(f"{path} is a {meta['export_precision']} model, not {precision}")
+        raise InputError(f"{path} was exported as {meta['export_precision']}, not {precision}")
     if bool(meta.get("app_io")) != app_io:
         kind = "an app-ready (uint8 image in, class ids out)" if meta.get("app_io") else "a plain (logits)"
         other = "executorch_app_runner / litert_app_runner" if meta.get("app_io") else "executorch_runner / litert_runner"
