@@ -103,8 +103,15 @@ class CGDownBlock(nn.Module):
         return self.glo(self.fuse(joint))
 
 
-def inject(x: torch.Tensor) -> torch.Tensor:
-    """Input injection: the image average-pooled to half its resolution."""
+def inject(x: torch.Tensor, explicit_pad: bool = False) -> torch.Tensor:
+    """Input injection: the image average-pooled to half its resolution (3x3, stride 2, one
+    pixel of zero padding counted in the average: count_include_pad, PyTorch's default).
+
+    explicit_pad=True pads with zeros first and pools without padding: the same values (the
+    padded zeros were counted anyway), in the form XNNPACK delegates (it refuses padding inside
+    an average pool); `cgnet.deploy.simplify` switches it on."""
+    if explicit_pad:
+        return functional.avg_pool2d(functional.pad(x, (1, 1, 1, 1)), 3, stride=2)
     return functional.avg_pool2d(x, 3, stride=2, padding=1)
 
 
@@ -141,6 +148,7 @@ class CGNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {dropout}")
         self.num_classes, self.m, self.n, self.dropout = num_classes, m, n, dropout
+        self.explicit_inject_pad = False  # see `inject`; not in the state dict
 
         # stage 1: 1/2 resolution, three plain convolutions, then the image injected
         self.stem = nn.Sequential(ConvBNAct(3, 32, 3, 2), ConvBNAct(32, 32, 3), ConvBNAct(32, 32, 3))
@@ -163,8 +171,9 @@ class CGNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]                                              # (H, W)
-        img2 = inject(x)                                                 # B x 3 x H/2 x W/2
-        img4 = inject(img2)                                              # B x 3 x H/4 x W/4
+        pad = getattr(self, "explicit_inject_pad", False)
+        img2 = inject(x, pad)                                            # B x 3 x H/2 x W/2
+        img4 = inject(img2, pad)                                         # B x 3 x H/4 x W/4
 
         x = self.bn_act1(torch.cat([self.stem(x), img2], 1))             # B x 35 x H/2 x W/2
         d2 = self.down2(x)                                               # B x 64 x H/4 x W/4

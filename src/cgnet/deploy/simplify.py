@@ -5,7 +5,14 @@ split across its two depthwise convolutions), and PReLU is written as max(x, a*x
 runtimes and inductor execute faster than PReLU and which equals it for every slope a <= 1: for
 x >= 0, x >= a*x; for x < 0, a*x >= x (negative slopes included, where a*x > 0 > x). Trained
 CGNets have negative slopes, so the check is a <= 1, not 0 <= a <= 1; PReLU is kept if any slope
-exceeds 1. The bottom of `cgnet.deploy` with `runners`: it imports nothing else of it.
+exceeds 1.
+
+Two rewrites that keep every value put the model in the form XNNPACK (ExecuTorch's CPU
+delegate) runs whole: the global context pools with keepdim=True (B x C x 1 x 1) and reshapes,
+and the input injection pads with zeros explicitly before its average pool (PyTorch's default
+count_include_pad=True counted those zeros anyway). Without them XNNPACK left 26 ops to the
+portable kernels and split the graph into 25 delegate calls. The bottom of `cgnet.deploy` with
+`runners`: it imports nothing else of it.
 """
 from __future__ import annotations
 
@@ -16,7 +23,9 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..common import InputError
-from ..model import CGBlock, CGDownBlock, CGNet, ConvBNAct
+from torch.nn import functional
+
+from ..model import CGBlock, CGDownBlock, CGNet, ConvBNAct, GlobalContext
 
 
 class MaxPReLU(nn.Module):
@@ -28,6 +37,20 @@ class MaxPReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.maximum(x, x * self.slope)
+
+
+class KeepdimGlobalContext(nn.Module):
+    """`GlobalContext` with the same layers and values, pooled with keepdim=True: B x C x 1 x 1,
+    reshaped to B x C for its two linear layers and back for the reweighting."""
+
+    def __init__(self, glo: GlobalContext):
+        super().__init__()
+        self.fc1, self.fc2 = glo.fc1, glo.fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean((2, 3), keepdim=True)                                  # B x C x 1 x 1
+        w = self.fc2(functional.relu(self.fc1(pooled.flatten(1))))            # B x C
+        return x * torch.sigmoid(w).view(w.shape[0], w.shape[1], 1, 1)
 
 
 def prelu_max_is_exact(model: nn.Module) -> bool:
@@ -56,6 +79,12 @@ def simplify_for_inference(model: CGNet, prelu_as_max: bool | None = None) -> nn
             mod.bn = nn.Identity()
         elif isinstance(mod, (CGBlock, CGDownBlock)):
             _fold_joint_bn(mod)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GlobalContext):
+                setattr(parent, name, KeepdimGlobalContext(child))
+    if isinstance(model, CGNet):
+        model.explicit_inject_pad = True
     if prelu_as_max is None:
         prelu_as_max = prelu_max_is_exact(model)
     elif prelu_as_max and not prelu_max_is_exact(model):
