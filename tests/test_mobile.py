@@ -2,6 +2,7 @@
 plain and app-ready, against eager PyTorch; and the two XNNPACK-friendly simplifications."""
 import importlib.util
 import math
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from cgnet import CGNet, load_model
+from cgnet.cli import main
 from cgnet.data.listset import read_image, read_list
 from cgnet.deploy import mobile
 from cgnet.deploy.predictor import make_predictor
@@ -20,11 +22,21 @@ from helpers.randomize import randomized
 HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
 HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None and importlib.util.find_spec("litert_torch") is not None
 needs_executorch = pytest.mark.skipif(not HAS_EXECUTORCH, reason="executorch is not installed "
-                                      "(pip install executorch==1.5.1)")
+                                      "(pip install 'cgnet[executorch]')")
 needs_litert = pytest.mark.skipif(not HAS_LITERT, reason="litert-torch / ai-edge-litert are not installed "
-                                  "(pip install litert-torch==0.10.0 ai-edge-litert==2.3.0)")
+                                  "(pip install 'cgnet[litert]')")
+
+# CI installs the phone runtimes (the extras executorch and litert) and requires them
+REQUIRED = os.environ.get("CGNET_REQUIRE_MOBILE") == "1"
 
 SIZE = (48, 64)  # the tiny model's export size: small, so lowering stays quick
+
+
+def test_the_phone_runtimes_are_installed_where_required():
+    if not REQUIRED:
+        pytest.skip("CGNET_REQUIRE_MOBILE is not set: the phone runtimes are optional")
+    assert HAS_EXECUTORCH, "CGNET_REQUIRE_MOBILE=1 but executorch is missing: pip install -e '.[executorch]'"
+    assert HAS_LITERT, "CGNET_REQUIRE_MOBILE=1 but litert-torch / ai-edge-litert are missing: pip install -e '.[litert]'"
 EPS32 = float(np.finfo(np.float32).eps)
 
 
@@ -114,7 +126,8 @@ def written(tiny, tmp_path_factory):
     return get
 
 
-FORMATS = [pytest.param("executorch", marks=needs_executorch), pytest.param("litert", marks=needs_litert)]
+FORMATS = [pytest.param("executorch", marks=[needs_executorch, pytest.mark.slow]),
+           pytest.param("litert", marks=[needs_litert, pytest.mark.slow])]
 
 
 def runner(fmt, path, precision="fp32"):
@@ -172,7 +185,7 @@ def test_metadata_round_trip(fmt, tiny, written):
     model, _ = tiny
     meta = mobile.read_mobile_meta(written(fmt))
     assert meta == dict(model.meta, export_format=fmt, export_precision="fp32", input_size=list(SIZE), app_io=False)
-    predictor = mobile.load_mobile(written(fmt))
+    predictor = make_predictor(written(fmt))  # through the formats table, as predict / eval / serve open it
     assert predictor.meta["classes"] == model.meta["classes"] and predictor.precision == "fp32"
 
 
@@ -204,6 +217,7 @@ def test_app_io_normalisation_is_to_tensor_bit_for_bit(spec):
 
 
 @needs_executorch
+@pytest.mark.slow
 def test_int8_executorch_runs_and_mostly_agrees(tiny, written, frames):
     model, simple = tiny
     path = written("executorch", "int8")
@@ -249,3 +263,36 @@ def test_shipped_weights_app_ready_file_gives_cgnet_predict_class_ids(fmt, camvi
     ties = near_ties(logits, fp32_tolerance(simple, logits))
     assert ((ids == expected) | ties).all()
     print(f"{fmt}: {int((ids != expected).sum())} of {ids.size} pixels differ, {int(ties.sum())} near-ties")
+
+
+# ---- through cgnet export and the formats table ----------------------------------------------
+
+@needs_executorch
+@pytest.mark.slow
+def test_cgnet_export_app_io_file_predicts_the_eager_class_ids(randomized_ckpt, camvid, tmp_path, capsys):
+    out = tmp_path / "tiny_app.pte"
+    assert main(["export", "--checkpoint", str(randomized_ckpt), "--format", "executorch", "--app-io",
+                 "--size", "40x48", "--out", str(out), "--data-root", str(camvid)]) == 0
+    printed = capsys.readouterr().out
+    assert "resized to the file's 40x48" in printed and "class-id agreement" in printed
+    predictor = make_predictor(out)
+    assert predictor.meta["app_io"] is True and predictor.meta["input_size"] == [40, 48]
+    image = read_image(sorted((camvid / "test").iterdir())[0])  # the generated frames are 40x48
+    eager = make_predictor(randomized_ckpt, backend="torch", device="cpu")
+    logits = eager.logits(image)
+    ties = near_ties(logits, fp32_tolerance(simplify_for_inference(load_model(randomized_ckpt)), logits))
+    assert ((predictor.predict(image) == eager.predict(image)) | ties).all()
+    with pytest.raises(ValueError, match="an app-ready file .* gives class ids from images, not logits"):
+        predictor.logits(image)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "onnx", "--app-io"], "--app-io: --format onnx has no app-ready form (executorch, litert have)"),
+    (["--format", "onnx", "--size", "64x64"], "--size: --format onnx keeps height and width dynamic; --size is for "
+                                              "executorch, litert"),
+    (["--format", "litert", "--precision", "int8"], "--format litert writes fp32, not int8: use --format onnx or "
+                                                    "executorch"),
+])
+def test_export_refuses_phone_options_where_they_do_not_apply(argv, message, randomized_ckpt, capsys):
+    assert main(["export", "--checkpoint", str(randomized_ckpt), *argv]) == 2
+    assert capsys.readouterr().err == f"cgnet export: error: {message}\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import load_model
-from .common import CGNetError, number_type, parse_size
+from .common import CGNetError, InputError, number_type, parse_size
 from .complexity import profile_table
 from .data.commands import add_data_commands
 from .deploy.bench import add_bench_args, cmd_bench
@@ -59,6 +59,8 @@ def export_command(args: argparse.Namespace) -> int:
     """`cgnet export`: a file of the formats table (cgnet.deploy.export), or with --format web a
     static folder whose page runs the model in the browser (cgnet.deploy.web, which builds on
     export's ONNX file and so sits above it)."""
+    if args.format == "web" and (args.size or args.app_io):
+        raise InputError("--size and --app-io are for the phone formats, not --format web (the page takes any size)")
     return cmd_export_web(args) if args.format == "web" else cmd_export(args)
 
 

@@ -19,12 +19,13 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import load_model
-from ..common import DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, MissingFileError
+from ..common import DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, MissingFileError, parse_size
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import SegDataset, read_image, read_list
 from ..fileio import check_writable
 from ..model import CGNet
 from ..preprocess import check_spec, to_tensor
+from . import mobile
 from .formats import FORMATS, ExportFormat, writable_formats
 from .runners import torch_runner
 from .simplify import MaxPReLU, simplify_for_inference
@@ -145,8 +146,25 @@ def check_request(fmt: str, precision: str) -> ExportFormat:
     return entry
 
 
+def verify_app(run_image, reference: CGNet, images: list[np.ndarray], precision: str) -> dict:
+    """Class-id agreement of an app-ready file (`run_image`: H x W x 3 uint8 -> H x W class ids)
+    with eager fp32 PyTorch's argmax on `images`."""
+    eager = torch_runner(reference, "fp32", "cpu", channels_last=False, labels=True)
+    spec = check_spec(reference.meta["preprocess"])
+    agree = total = 0
+    for image in images:
+        expected = eager(to_tensor(image, spec)[None].numpy())[0]
+        got = np.asarray(run_image(image))
+        agree += int((got == expected).sum())
+        total += expected.size
+    report = {"images": len(images), "max_abs_diff": None, "argmax_agreement": agree / total}
+    report["ok"] = report["argmax_agreement"] >= AGREEMENT[precision]
+    return report
+
+
 def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_root: str | None = None,
-           prelu_as_max: bool | None = None, verify_count: int = 8, log=print) -> Path:
+           prelu_as_max: bool | None = None, verify_count: int = 8, size: tuple[int, int] | None = None,
+           app_io: bool = False, log=print) -> Path:
     """Write `model` as an inference file, verified against eager fp32 PyTorch.
 
     BatchNorm is folded into the convolutions and PReLU written as max(x, a*x) where exact; the
@@ -166,18 +184,27 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
             default: the checkpoint's dataset in its default location.
         prelu_as_max: force (True) or forbid (False) PReLU as max; None: where it is exact.
         verify_count: frames used for the verification.
+        size: (height, width) of a fixed-size format's input (ExecuTorch, LiteRT; default 360 x
+            480); the verification frames are resized to it.
+        app_io: the app-ready form (H x W x 3 uint8 RGB in, H x W uint8 class ids out, the
+            preprocessing and the argmax inside), where the format has one; verified on class ids.
         log: where progress lines go.
 
     Returns:
         The path written.
     """
     entry = check_request(fmt, precision)
+    options = entry.writer_options(size, app_io)
     if model.meta.get("preprocess") is None:
         raise InputError("the checkpoint stores no preprocessing; exports need it (train with cgnet, "
                          "or save the original weights with cgnet.save_checkpoint and a preprocessing spec)")
     out = Path(out).with_suffix(entry.suffix)
     # everything that can refuse is checked before a file is written
     frames, source = verification_images(model.meta, data_root, verify_count)
+    if entry.fixed_size:  # a fixed-size file is checked at its own size, where it is exact
+        height, width = size or mobile.DEFAULT_SIZE
+        frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames]
+        source += f", resized to the file's {height}x{width}"
     calibration = calibration_inputs(model, data_root) if precision in entry.calibrated else None
     out.parent.mkdir(parents=True, exist_ok=True)
     simple = simplify_for_inference(model, prelu_as_max)
@@ -188,16 +215,21 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
     # export never leaves a file that looks finished (cached exports rely on this)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
     try:
-        entry.write(simple, tmp, meta, precision, calibration)
-        report = verify(entry.load(tmp, precision), model, frames, precision)
-        log(f"verified on {source} against eager fp32: max |logit diff| "
-            f"{report['max_abs_diff']:.3g}, argmax agreement {100 * report['argmax_agreement']:.3f}% "
-            f"(needs >= {100 * AGREEMENT[precision]:.1f}%"
-            + (f", diff <= {MAX_ABS_FP32}" if precision == "fp32" else "") + ")")
+        entry.write(simple, tmp, meta, precision, calibration, **options)
+        if app_io:
+            report = verify_app(entry.load_app(tmp), model, frames, precision)
+            log(f"verified on {source} against eager fp32: class-id agreement "
+                f"{100 * report['argmax_agreement']:.3f}% (needs >= {100 * AGREEMENT[precision]:.1f}%)")
+        else:
+            report = verify(entry.load(tmp, precision), model, frames, precision)
+            log(f"verified on {source} against eager fp32: max |logit diff| "
+                f"{report['max_abs_diff']:.3g}, argmax agreement {100 * report['argmax_agreement']:.3f}% "
+                f"(needs >= {100 * AGREEMENT[precision]:.1f}%"
+                + (f", diff <= {MAX_ABS_FP32}" if precision == "fp32" else "") + ")")
         if not report["ok"]:
+            diff = f", max |diff| {report['max_abs_diff']:.3g}" if report["max_abs_diff"] is not None else ""
             raise ExportError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance "
-                             f"(argmax agreement {100 * report['argmax_agreement']:.2f}%, max |diff| "
-                             f"{report['max_abs_diff']:.3g}); not kept")
+                             f"(argmax agreement {100 * report['argmax_agreement']:.2f}%{diff}); not kept")
         for final, partial in zip(entry.files(out)[1:], entry.files(tmp)[1:]):
             os.replace(partial, final)
         os.replace(tmp, out)
@@ -221,17 +253,27 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="frames to verify (and calibrate int8) on: the checkpoint's dataset folder or a "
                                        "folder of images (default: the dataset's default location, else synthetic "
                                        "frames; int8 needs real training data)")
+    p.add_argument("--size", type=parse_size, metavar="HxW",
+                   help="fixed-size formats (" + ", ".join(n for n in writable_formats() if FORMATS[n].fixed_size)
+                        + "): the input size (default 360x480, CamVid's frames)")
+    p.add_argument("--app-io", action="store_true",
+                   help="an app-ready file (" + ", ".join(n for n in writable_formats() if FORMATS[n].load_app)
+                        + "): H x W x 3 uint8 RGB in, H x W uint8 class ids out, the preprocessing and the "
+                          "argmax inside")
     p.add_argument("--prelu-as-max", action=argparse.BooleanOptionalAction, default=None,
                    help="write PReLU as max(x, a*x) (default: when every slope is <= 1, where it is exact)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     entry = check_request(args.format, args.precision)
+    entry.writer_options(args.size, args.app_io)  # refused before anything is loaded
     model = load_model(args.checkpoint or DEFAULT_WEIGHTS)
-    out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}{entry.suffix}")
+    kind = "_app" if args.app_io else ""
+    out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}{kind}{entry.suffix}")
     if out.suffix != entry.suffix:
         raise InputError(f"--out {out}: a {args.format} file ends in {entry.suffix}")
     check_writable(out, "--out", folder=False)
-    path = export(model, out, args.format, args.precision, data_root=args.data_root, prelu_as_max=args.prelu_as_max)
+    path = export(model, out, args.format, args.precision, data_root=args.data_root, prelu_as_max=args.prelu_as_max,
+                  size=args.size, app_io=args.app_io)
     print("wrote " + " and ".join(map(str, entry.files(path))))
     return 0

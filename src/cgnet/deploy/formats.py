@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..common import InputError
+from . import mobile
 from .runners import (exported_program_runner, onnxruntime_runner, openvino_runner, require,
                       torchscript_runner)
 
@@ -160,6 +161,9 @@ class ExportFormat:
     companions: tuple[str, ...] = ()  # suffixes of files written beside it
     calibrated: tuple[str, ...] = ()  # precisions that need calibration frames
     precision_at_load: bool = False   # the runtime applies the precision when it loads the file
+    fixed_size: bool = False          # one input size, chosen at export (--size); runners resize to it
+    load_app: Callable | None = None  # load_app(path) -> run_image(H x W x 3 uint8) -> H x W class ids,
+    #                                   for files written app-ready (--app-io)
 
     def files(self, path: Path) -> list[Path]:
         """The file and its companions."""
@@ -172,6 +176,16 @@ class ExportFormat:
         """Fail with the one line that says how to install what this format needs."""
         for module in self.modules:
             require(module, self.extra)
+
+    def writer_options(self, size: tuple[int, int] | None, app_io: bool) -> dict:
+        """The keyword arguments of this format's writer for --size and --app-io."""
+        if app_io and self.load_app is None:
+            apps = [f.name for f in FORMATS.values() if f.load_app is not None]
+            raise InputError(f"--app-io: --format {self.name} has no app-ready form ({', '.join(apps)} have)")
+        if size is not None and not self.fixed_size:
+            raise InputError(f"--size: --format {self.name} keeps height and width dynamic; --size is for "
+                             f"{', '.join(f.name for f in FORMATS.values() if f.fixed_size)}")
+        return {**({"size": size} if size is not None else {}), **({"app_io": True} if app_io else {})}
 
 
 def _importable(module: str) -> bool:
@@ -197,6 +211,17 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("pt2", ".pt2", "PyTorch (torch.export)", ("fp32",), None, (),
                  write_pt2, lambda path, precision: exported_program_runner(path), _pt2_meta,
                  VERIFIED + "; fp32 as ONNX"),
+    ExportFormat("executorch", ".pte", "ExecuTorch (XNNPACK delegate; Android, iOS, Linux)", ("fp32", "int8"),
+                 "executorch", ("executorch", "torchao"), mobile.write_executorch, mobile.executorch_runner,
+                 lambda path: json.dumps(mobile.read_mobile_meta(path)),
+                 VERIFIED + ", through ExecuTorch's own runtime at the file's fixed size; fp32 as ONNX; int8 "
+                 "(PT2E, XNNPACK quantizer, min/max calibration on 200 training crops): agreement >= 97%",
+                 backend="executorch", calibrated=("int8",), fixed_size=True, load_app=mobile.executorch_app_runner),
+    ExportFormat("litert", ".tflite", "LiteRT, formerly TensorFlow Lite (Android, iOS)", ("fp32",), "litert",
+                 ("litert_torch", "ai_edge_litert"), mobile.write_litert, mobile.litert_runner,
+                 lambda path: json.dumps(mobile.read_mobile_meta(path)),
+                 VERIFIED + ", through LiteRT's own interpreter at the file's fixed size; fp32 as ONNX",
+                 backend="litert", fixed_size=True, load_app=mobile.litert_app_runner),
     ExportFormat("torchscript", ".ts", "TorchScript (read only: torch 2.13 deprecates it; export pt2)", ("fp32",),
                  None, (), None, lambda path, precision: torchscript_runner(path), _torchscript_meta,
                  "files written by earlier cgnet versions, verified when they were written"),

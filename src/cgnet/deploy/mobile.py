@@ -4,7 +4,7 @@ fp32), each either with cgnet's usual interface or "app-ready".
 The model is exported at one fixed input size (default 360 x 480, CamVid's frames; batch 1): a
 fixed size lets ExecuTorch plan all memory ahead and LiteRT run without resizing its tensors.
 The runners here accept other sizes: they resize the normalised input to the model's size
-(bilinear) and the logits back (bilinear), as `cgnet.engine.evaluate.predict_logits` does for
+(bilinear) and the logits back (bilinear), as `cgnet.engine.inference.predict_logits` does for
 scales. The size is recorded in the metadata (`input_size`, [H, W]).
 
 Interfaces:
@@ -38,27 +38,15 @@ from tqdm import tqdm
 
 from ..common import InputError, MissingFileError
 from ..preprocess import check_spec
-from .runners import MissingBackend, Predictor, require
+from .runners import require
 
 __all__ = ["AppIOModel", "write_executorch", "executorch_runner", "executorch_app_runner", "write_litert",
-           "litert_runner", "litert_app_runner", "read_mobile_meta", "load_mobile", "DEFAULT_SIZE"]
+           "litert_runner", "litert_app_runner", "read_mobile_meta", "DEFAULT_SIZE"]
 
 DEFAULT_SIZE = (360, 480)
 PRECISIONS = ("fp32", "int8")
 META_METHOD = "cgnet_meta"   # the .pte's constant method holding the metadata
 META_NAME = "cgnet"          # the .tflite's metadata entry
-EXTRAS_HINT = {"executorch": "pip install executorch==1.5.1",
-               "litert": "pip install litert-torch==0.10.0 ai-edge-litert==2.3.0"}
-
-
-def _require(module: str, which: str):
-    """`runners.require` with the install line of the phone toolchains."""
-    try:
-        return require(module)
-    except MissingBackend:
-        raise MissingBackend(f"{module} is not installed: {EXTRAS_HINT[which]}") from None
-
-
 class AppIOModel(nn.Module):
     """`simple` with cgnet's preprocessing in front and the argmax behind it, for apps.
 
@@ -154,10 +142,10 @@ def quantize_xnnpack(simple: nn.Module, calibration: list[np.ndarray], progress:
         The converted (quantize/dequantize) graph module, B x 3 x H x W -> logits.
     """
     _calibration_shapes(calibration)
-    _require("executorch", "executorch")
-    xq = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "executorch")
-    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "executorch")
-    observers = _require("torchao.quantization.pt2e", "executorch")
+    require("executorch", "executorch")
+    xq = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "executorch")
+    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "executorch")
+    observers = require("torchao.quantization.pt2e", "executorch")
     config = xq.get_symmetric_quantization_config(is_per_channel=True)
     act = dataclasses.replace(config.input_activation,
                               observer_or_fake_quant_ctr=observers.MinMaxObserver.with_args(eps=2 ** -12))
@@ -265,8 +253,8 @@ def write_executorch(simple: nn.Module, path: Path, meta: dict, precision: str,
     """
     size = _check_args(precision, calibration, size)
     file_meta = _file_meta(meta, "executorch", precision, size, app_io)
-    exir = _require("executorch.exir", "executorch")
-    xnnpack = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "executorch")
+    exir = require("executorch.exir", "executorch")
+    xnnpack = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "executorch")
     model = _prepare(simple, meta, precision, calibration, app_io)
     program = torch.export.export(model, (_example(size, app_io),))
     lowered = exir.to_edge_transform_and_lower(program, partitioner=[xnnpack.XnnpackPartitioner()],
@@ -275,7 +263,7 @@ def write_executorch(simple: nn.Module, path: Path, meta: dict, precision: str,
 
 
 def _executorch_program(path: Path):
-    runtime = _require("executorch.runtime", "executorch")
+    runtime = require("executorch.runtime", "executorch")
     return runtime.Runtime.get().load_program(Path(path))
 
 
@@ -307,8 +295,8 @@ def executorch_app_runner(path: Path):
 
 def _with_tflite_metadata(model_bytes: bytes, file_meta: dict) -> bytes:
     """The .tflite flatbuffer with a metadata entry `cgnet` holding the JSON."""
-    utils = _require("ai_edge_litert.tools.flatbuffer_utils", "litert")
-    schema = _require("ai_edge_litert.schema_py_generated", "litert")
+    utils = require("ai_edge_litert.tools.flatbuffer_utils", "litert")
+    schema = require("ai_edge_litert.schema_py_generated", "litert")
     model = utils.convert_bytearray_to_object(bytearray(model_bytes))
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(file_meta).encode(), dtype=np.uint8)
@@ -341,7 +329,7 @@ def write_litert(simple: nn.Module, path: Path, meta: dict, precision: str,
     if precision != "fp32":
         raise InputError("LiteRT export is fp32 only (int8: use ExecuTorch, --format executorch)")
     file_meta = _file_meta(meta, "litert", precision, size, app_io)
-    litert_torch = _require("litert_torch", "litert")
+    litert_torch = require("litert_torch", "litert")
     model = _prepare(simple, meta, precision, calibration, app_io)
     edge = litert_torch.convert(model, (_example(size, app_io),))
     content = edge.model_content
@@ -350,7 +338,7 @@ def write_litert(simple: nn.Module, path: Path, meta: dict, precision: str,
 
 
 def _litert_call(path: Path):
-    interpreter_lib = _require("ai_edge_litert.interpreter", "litert")
+    interpreter_lib = require("ai_edge_litert.interpreter", "litert")
     interpreter = interpreter_lib.Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]["index"]
@@ -400,19 +388,10 @@ def read_mobile_meta(path: Path) -> dict:
             raise InputError(f"{path}: an ExecuTorch program without cgnet metadata (not written by cgnet export)")
         return json.loads(program.load_method(META_METHOD).execute([])[0])
     if path.suffix == ".tflite":
-        utils = _require("ai_edge_litert.tools.flatbuffer_utils", "litert")
+        utils = require("ai_edge_litert.tools.flatbuffer_utils", "litert")
         model = utils.read_model_from_bytearray(bytearray(path.read_bytes()))
         for entry in model.metadata or []:
             if _name(entry.name) == META_NAME:
                 return json.loads(bytes(np.asarray(model.buffers[entry.buffer].data, dtype=np.uint8)).decode())
         raise InputError(f"{path}: a LiteRT model without cgnet metadata (not written by cgnet export)")
     raise InputError(f"{path}: not a phone model (.pte or .tflite)")
-
-
-def load_mobile(path: str | os.PathLike) -> Predictor:
-    """A `Predictor` for a plain .pte or .tflite file written here (its own metadata)."""
-    path = Path(path)
-    meta = read_mobile_meta(path)
-    if path.suffix == ".pte":
-        return Predictor(executorch_runner(path), meta, "executorch", meta["export_precision"])
-    return Predictor(litert_runner(path), meta, "litert", meta["export_precision"])

@@ -29,11 +29,13 @@ class Predictor:
 
     `run` maps a float32 N x 3 x H x W array (already normalised) to N x C x H x W logits;
     `run_labels`, when the runner has one, maps it to N x H x W uint8 class ids computed where the
-    model runs (on a GPU only the class ids come back, not the logits)."""
+    model runs (on a GPU only the class ids come back, not the logits). An app-ready export has
+    only `run_image`: H x W x 3 uint8 RGB in, H x W uint8 class ids out (no logits)."""
 
-    def __init__(self, run, meta: dict, backend: str, precision: str = "fp32", run_labels=None):
+    def __init__(self, run, meta: dict, backend: str, precision: str = "fp32", run_labels=None,
+                 run_image=None):
         self.run, self.meta, self.backend, self.precision = run, meta, backend, precision
-        self.run_labels = run_labels
+        self.run_labels, self.run_image = run_labels, run_image
         self.spec = check_spec(meta["preprocess"])
 
     def input(self, image_rgb: np.ndarray) -> np.ndarray:
@@ -45,6 +47,8 @@ class Predictor:
 
     def predict(self, image_rgb: np.ndarray) -> np.ndarray:
         """H x W uint8 class ids."""
+        if self.run_image is not None:  # an app-ready file: the image in, the class ids out
+            return np.asarray(self.run_image(image_rgb), dtype=np.uint8)
         if self.run_labels is not None:
             return np.asarray(self.run_labels(self.input(image_rgb)), dtype=np.uint8)[0]
         return self.logits(image_rgb).argmax(0).astype(np.uint8)
@@ -67,7 +71,16 @@ def load_exported(path: str | os.PathLike, precision: str | None = None) -> Pred
     chosen = meta.get("export_precision", "fp32")
     if precision and fmt.precision_at_load:
         chosen = precision
+    if meta.get("app_io"):
+        return Predictor(_app_file_run(path), meta, fmt.backend or fmt.name, chosen, run_image=fmt.load_app(path))
     return Predictor(fmt.load(path, chosen), meta, fmt.backend or fmt.name, chosen)
+
+
+def _app_file_run(path: Path):
+    def run(x):
+        raise InputError(f"{path}: an app-ready file (--app-io) gives class ids from images, not logits: use "
+                         "predict, or export it without --app-io for eval and bench")
+    return run
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
