@@ -32,6 +32,7 @@ from cgnet.cli import ALLOCATOR_ENV
 from cgnet.common import autocast
 from cgnet.engine.config import TrainConfig
 from cgnet.engine.steps import make_compiled_step, make_eager_step, make_graphed_step
+from cgnet.engine.train import FROZEN
 from benchmarks.devices import profile_table, sync
 
 CAMVID_TRAINVAL = 468  # images in the `camvid` preset's training list
@@ -53,6 +54,9 @@ MODES = {  # name -> (channels_last, amp, how): eager, compile (the model), cuda
     # horizontal fusion off, peak-memory reordering left on; the plain compiled-step modes use
     # CPU_INDUCTOR_OPTIONS on the CPU
     "fp32+channels_last+compiled-step+no-hfusion": (True, "off", "compiled-step", "no-hfusion"),
+    # fine-tuning with --freeze stage2: stages 1 and 2 take no gradient (their backward is skipped)
+    "fp32+channels_last+freeze-stage2": (True, "off", "eager", "freeze-stage2"),
+    "fp32+channels_last+compiled-step+freeze-stage2": (True, "off", "compiled-step", "freeze-stage2"),
 }
 CUDA_MODES = {"fp16+channels_last": (True, "fp16", "eager"),
               "fp32+channels_last+cudagraph": (True, "off", "cudagraph"),
@@ -67,13 +71,17 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks
     channels_last, amp, how, *variant = mode
     torch.manual_seed(0)
     model = CGNet(classes, m=blocks[0], n=blocks[1]).to(device).train()
+    if "freeze-stage2" in variant:  # as cgnet train --init ... --freeze stage2 does
+        for name in FROZEN["stage2"]:
+            getattr(model, name).requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if how == "cudagraph":
-        opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3, device=device), weight_decay=5e-4,
+        opt = torch.optim.Adam(trainable, lr=torch.tensor(1e-3, device=device), weight_decay=5e-4,
                                capturable=True, foreach=True)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4, fused=device.type == "cuda")
+        opt = torch.optim.Adam(trainable, lr=1e-3, weight_decay=5e-4, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     crit = nn.CrossEntropyLoss(weight=torch.rand(classes, device=device) + 1, ignore_index=classes)
     cfg = TrainConfig(channels_last=channels_last, amp=amp, crop=(crop, crop), batch_size=batch)
