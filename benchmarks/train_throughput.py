@@ -166,7 +166,8 @@ def main():
     args = p.parse_args()
     if not args.default_allocator and sys.platform.startswith("linux") and \
             not all(k in os.environ for k in ALLOCATOR_ENV):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.train_throughput", *sys.argv[1:]],
+                  {**os.environ, **ALLOCATOR_ENV})
     device = torch.device(args.device)
     modes = dict(MODES, **(CUDA_MODES if device.type == "cuda" else {}))
     if args.modes:
