@@ -91,7 +91,7 @@ def test_predict_with_defaults_and_no_dataset_anywhere(bare_machine, capsys):
     assert main(["predict", str(images), "--no-progress"]) == 0  # shipped weights, backend auto
     out = capsys.readouterr().out
     assert (bare_machine / "predictions" / "masks" / "f1.png").is_file()
-    from cgnet.deploy.runners import available_backends
+    from cgnet.deploy.formats import available_backends
     if "openvino" in available_backends():  # auto exported once, verified on synthetic frames, cached
         assert "verified on 8 synthetic frames (no camvid data found)" in out
         cached = list((bare_machine.parent / "home" / ".cache" / "cgnet").glob("*.xml"))

@@ -1,11 +1,8 @@
-import copy
-
+"""The model: parameter counts of the paper's release, arguments, any input size, determinism, dropout, stored reference logits, fp32 depthwise convolutions under CPU bf16 autocast."""
 import pytest
 import torch
-import torch.nn as nn
 
 from cgnet import CGNet
-from cgnet.model import CGBlock
 from helpers.paths import DATA
 from helpers.reference_weights import ARCH, seeded_model
 

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -35,6 +34,7 @@ from cgnet.deploy.predict import predict_video
 from cgnet.deploy.predictor import make_predictor
 from cgnet.deploy.runners import MissingBackend
 from helpers.paths import camvid_candidates, real_camvid
+from helpers.server import running_serve
 
 try:
     serve.require_serve()
@@ -114,34 +114,11 @@ def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
 def server():
     if MISSING:
         pytest.skip(MISSING)
-    command = [sys.executable, "-m", "cgnet", "serve", "--backend", "torch", "--device", "cpu", "--port", "0",
-               "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
-               "--max-video-frames", "40", "--allowed-host", "CGNet.test", "--max-queued-videos", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-    found = threading.Event()
-
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if "http://" in line:
-                found.set()
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 240
-        while not found.wait(0.2):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("cgnet serve did not start:\n" + "".join(lines))
-        url = re.search(r"http://\S+/", "".join(lines)).group(0)
+    command = ["--backend", "torch", "--device", "cpu", "--max-upload-mb", str(MAX_UPLOAD_MB),
+               "--max-megapixels", str(MAX_MEGAPIXELS), "--max-video-frames", "40", "--allowed-host", "CGNet.test",
+               "--max-queued-videos", "1"]
+    with running_serve(*command) as (process, url, lines):
         yield Server(url, process, lines)
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ import hashlib
 import io
 import json
 import os
-import re
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -28,6 +26,7 @@ import pytest
 from cgnet.cli import main
 from cgnet.deploy import web
 from cgnet.deploy.predictor import make_predictor
+from helpers.server import running_serve
 from test_serve import CHROMIUM_ARGS, MISSING, browser_or_skip, street_like
 
 FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
@@ -209,31 +208,8 @@ def served(runtime):
     """`cgnet serve` with the shipped weights (torch on the CPU for the server mode)."""
     if MISSING:
         pytest.skip(MISSING)
-    process = subprocess.Popen([sys.executable, "-m", "cgnet", "serve", "--backend", "torch", "--device", "cpu",
-                                "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-    found = threading.Event()
-
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if "http://" in line:
-                found.set()
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 240
-        while not found.wait(0.2):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("cgnet serve did not start:\n" + "".join(lines))
-        yield re.search(r"http://\S+/", "".join(lines)).group(0)
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_serve("--backend", "torch", "--device", "cpu") as (_, url, _):
+        yield url
 
 
 def get(url: str) -> tuple[int, dict, bytes]:
@@ -468,31 +444,15 @@ def test_serve_over_https(tmp_path, capsys):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    process = subprocess.Popen([sys.executable, "-m", "cgnet", "serve", "--backend", "torch", "--device", "cpu",
-                                "--port", "0", "--certfile", str(cert), "--keyfile", str(key)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if "https://" in line or "http://" in line:
-                break
-        url = re.search(r"https?://\S+/", "".join(lines))
-        assert url and url.group(0).startswith("https://127.0.0.1:"), "".join(lines)
+    with running_serve("--backend", "torch", "--device", "cpu", "--certfile", str(cert), "--keyfile", str(key)) \
+            as (_, url, lines):
+        assert url.startswith("https://127.0.0.1:"), "".join(lines)
         context = ssl.create_default_context(cafile=str(cert))
         context.check_hostname = False  # the test certificate names 127.0.0.1 as CN only
-        with urllib.request.urlopen(url.group(0) + "api/info", context=context, timeout=60) as response:
+        with urllib.request.urlopen(url + "api/info", context=context, timeout=60) as response:
             assert response.status == 200 and json.loads(response.read())["backend"] == "torch"
         with pytest.raises(OSError):  # plain HTTP gets no page (the connection is closed)
-            urllib.request.urlopen(url.group(0).replace("https://", "http://") + "api/info", timeout=30).read()
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            urllib.request.urlopen(url.replace("https://", "http://") + "api/info", timeout=30).read()
 
 
 @pytest.mark.slow

@@ -9,14 +9,11 @@ they are found, else on deterministic synthetic frames.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-import torch.nn as nn
 
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, MissingFileError, parse_size
