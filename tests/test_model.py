@@ -1,4 +1,5 @@
-"""The model: parameter counts of the paper's release, arguments, any input size, determinism, dropout, stored reference logits, fp32 depthwise convolutions under CPU bf16 autocast."""
+"""The model: parameter counts of the paper's release, arguments, any input size, determinism, dropout,
+stored reference logits, fp32 depthwise convolutions under CPU bf16 autocast."""
 import pytest
 import torch
 
