@@ -81,7 +81,8 @@ def test_torchscript_files_of_earlier_versions_still_load(randomized_ckpt, tmp_p
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--format", "pt2", "--precision", "int8"], "cgnet export: error: --format pt2 writes fp32, not int8: use --format onnx"),
+    (["--format", "pt2", "--precision", "int8"],
+     "cgnet export: error: --format pt2 writes fp32, not int8: use --format onnx or executorch"),
     (["--format", "onnx", "--precision", "bf16"], "cgnet export: error: --format onnx writes fp32 or int8, not bf16: "
                                                   "use --format openvino"),
     (["--format", "pt2", "--out", "model.onnx"], "cgnet export: error: --out model.onnx: a pt2 file ends in .pt2"),
