@@ -49,11 +49,9 @@ def no_scaler():
     return torch.amp.GradScaler("cpu", enabled=False)
 
 
-def test_whole_step_compiles_on_the_cpu_in_one_process():
-    assert whole_step_compile(TrainConfig(compile=True, amp="off"), "cpu", 1)
-    assert whole_step_compile(TrainConfig(compile=True, amp="bf16"), "cpu", 1)
-    assert not whole_step_compile(TrainConfig(compile=True, amp="off"), "cpu", 2)  # torchrun: DDP
-    assert not whole_step_compile(TrainConfig(compile=True, amp="off", dropout=0.1), "cpu", 1)
+def test_cgnet_train_compiles_the_model_not_the_whole_step_on_the_cpu():
+    # the whole step trains correctly there (below) but measured slower than eager on an AVX2 CPU
+    assert not whole_step_compile(TrainConfig(compile=True, amp="off"), "cpu", 1)
     assert not whole_step_compile(TrainConfig(compile=False, amp="off"), "cpu", 1)
 
 
@@ -115,10 +113,9 @@ def test_without_the_work_around_the_eager_check_catches_zero_gradients(capsys):
     assert rel > 0.9  # zero gradients: ~1 of the eager gradient's norm
 
 
-def test_train_falls_back_to_the_compiled_model_when_the_cpu_step_disagrees(monkeypatch, capsys):
-    """`cgnet train --compile` on the CPU: a whole step that fails its check against eager gives way
-    to the eager step running the torch.compile'd model (torch.compile and the check replaced by
-    stand-ins: the compiled model is recognisable, the check always disagrees)."""
+def test_train_on_the_cpu_takes_the_compiled_model_step(monkeypatch, capsys):
+    """`cgnet train --compile` on the CPU: the chain skips the whole compiled step and runs the
+    eager step around the torch.compile'd model (torch.compile replaced by a recognisable stand-in)."""
     from types import SimpleNamespace
 
     import cgnet.engine.train as train
@@ -132,18 +129,15 @@ def test_train_falls_back_to_the_compiled_model_when_the_cpu_step_disagrees(monk
             return self.inner(x)
 
     monkeypatch.setattr(steps.torch, "compile", lambda fn, **how: Compiled(fn) if isinstance(fn, nn.Module) else fn)
-    monkeypatch.setattr(steps, "check_against_eager", lambda *args, **kwargs: "forced disagreement")
     model, criterion, optimizer = build()
     parts = SimpleNamespace(model=model, bare=model, criterion=criterion, optimizer=optimizer,
                             scaler=no_scaler(), use_graph=False)
     data = SimpleNamespace(per_rank=2, info=SimpleNamespace(num_classes=CLASSES))
     cfg = TrainConfig(crop=(32, 32), amp="off", channels_last=True, batch_size=2, compile=True)
     step = train.wrap_for_training(parts, cfg, data, CPU)
-    out = capsys.readouterr().out
-    assert "warning: compiling the training step failed (RuntimeError: the compiled step disagrees with " \
-           "eager: forced disagreement); using the next step of the chain" in out
+    assert "warning" not in capsys.readouterr().out
     assert step.kind == "compile"
-    assert not torch.is_tensor(optimizer.param_groups[0]["lr"])  # a float lr again, as the eager step wants
+    assert not torch.is_tensor(optimizer.param_groups[0]["lr"])  # a float lr, as the eager step wants
     images, labels = batch()
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     loss = step(images[:2, :, :32, :32], labels[:2, :32, :32])

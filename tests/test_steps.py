@@ -252,10 +252,10 @@ def test_configure_optimizer_switches_lr_kind_and_keeps_the_state():
     make_eager_step(fresh_model, criterion, fresh, no_scaler(), CPU, CFG)(x, y)
 
 
-def test_single_process_runs_compile_the_whole_step():
+def test_only_cuda_single_process_runs_compile_the_whole_step():
     on = TrainConfig(compile=True, amp="bf16")
     assert whole_step_compile(on, "cuda", 1)
-    assert whole_step_compile(on, "cpu", 1)  # the CPU too, with its inductor workaround (steps.CPU_INDUCTOR_OPTIONS)
+    assert not whole_step_compile(on, "cpu", 1)  # correct there, but measured slower than eager
     assert not whole_step_compile(on, "cuda", 2)
     assert not whole_step_compile(TrainConfig(compile=True, amp="fp16"), "cuda", 1)
     assert not whole_step_compile(TrainConfig(compile=True, amp="bf16", dropout=0.1), "cuda", 1)

@@ -372,10 +372,12 @@ def restore(ckpt: dict, path: Path, parts: TrainParts, cfg: TrainConfig, state: 
 
 
 def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
-    """Whether --compile compiles the whole step (forward, loss, backward, Adam): where the step
-    may be one program (`steps.single_program`), on CUDA or the CPU (there with
-    `steps.CPU_INDUCTOR_OPTIONS`)."""
-    return bool(cfg.compile) and torch.device(device).type in ("cuda", "cpu") and \
+    """Whether --compile compiles the whole step (forward, loss, backward, Adam): on CUDA, where
+    the step may be one program (`steps.single_program`). On the CPU the whole step trains
+    correctly with `steps.CPU_INDUCTOR_OPTIONS` but measured slower than eager on a 2-core AVX2
+    EPYC (0.83x after 425 s of compiling, `benchmarks.train_throughput` mode
+    `fp32+channels_last+compiled-step`), so --compile there compiles the model only."""
+    return bool(cfg.compile) and torch.device(device).type == "cuda" and \
         single_program(cfg.amp, cfg.dropout, world_size)
 
 
