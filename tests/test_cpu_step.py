@@ -7,13 +7,13 @@ import torch
 import torch.nn as nn
 
 import cgnet.engine.steps as steps
-from cgnet import CGNet
 from cgnet.engine.config import TrainConfig
 from cgnet.engine.steps import CPU_INDUCTOR_OPTIONS, make_compiled_step
 from cgnet.engine.train import whole_step_compile
+from helpers.steps import CLASSES, build, no_scaler
 
 CPU = torch.device("cpu")
-BATCH, CROP, CLASSES = 8, 64, 11
+BATCH, CROP = 8, 64
 CFG = TrainConfig(crop=(CROP, CROP), amp="off", channels_last=True, batch_size=BATCH)
 # Inductor's C++ reductions add in one long chain per vector lane (channels_last: one chain per
 # channel over B*H*W pixels), eager ATen in a cascade; a chain of n fp32 additions is off by up
@@ -21,15 +21,6 @@ CFG = TrainConfig(crop=(CROP, CROP), amp="off", channels_last=True, batch_size=B
 # B * (H/2) * (W/2) pixels: n * eps ~ 9.8e-4 (measured: 2.2e-4 against eager, and the same against
 # fp64, where eager fp32 itself is 1.4e-6 off). Zero gradients differ by 1.
 GRAD_TOL = BATCH * (CROP // 2) ** 2 * torch.finfo(torch.float32).eps
-
-
-def build(seed=0):
-    """CGNet M2N2, its class-weighted loss and Adam, as train.py builds them on the CPU."""
-    torch.manual_seed(seed)
-    model = CGNet(CLASSES, m=2, n=2).train().to(memory_format=torch.channels_last)
-    criterion = nn.CrossEntropyLoss(weight=torch.linspace(1, 2, CLASSES), ignore_index=CLASSES)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
-    return model, criterion, optimizer
 
 
 def batch(seed=1):
@@ -43,10 +34,6 @@ def eager_gradients(images, labels):
     model, criterion, _ = build()
     criterion(model(images.contiguous(memory_format=torch.channels_last)), labels).backward()
     return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
-def no_scaler():
-    return torch.amp.GradScaler("cpu", enabled=False)
 
 
 def test_cgnet_train_compiles_the_model_not_the_whole_step_on_the_cpu():
