@@ -1,4 +1,8 @@
-"""What the benchmark scripts share: waiting for the device, and torch.profiler's table."""
+"""What the benchmark scripts share: waiting for the device, torch.profiler's table, and
+alternating-round timing of CPU runners."""
+import statistics
+import time
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -19,3 +23,18 @@ def profile_table(fn, device: torch.device, calls: int, rows: int = 25) -> str:
         sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+
+
+def alternating_medians(runners: dict, x, rounds: int, runs: int, warmup: int = 3) -> dict:
+    """Median milliseconds of each CPU runner `run(x)`, timed in alternating rounds (each round:
+    `warmup` untimed calls, then `runs` timed ones) so that a machine's drift hits all alike."""
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            for _ in range(warmup):
+                run(x)
+            for _ in range(runs):
+                start = time.perf_counter()
+                run(x)
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
 import warnings
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.devices import alternating_medians
 from cgnet import load_model
 from cgnet.deploy.runners import onnxruntime_runner
 from cgnet.deploy.simplify import simplify_for_inference
@@ -71,17 +71,9 @@ def main() -> int:
                                          "max_abs_diff": dict(zip(["x".join(map(str, s)) for s in SIZES], diffs))}
             runners[name] = run
         x = np.random.default_rng(0).standard_normal((1, 3, 360, 480), dtype=np.float32)
-        times = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, run in runners.items():
-                for _ in range(3):
-                    run(x)
-                for _ in range(args.runs):
-                    start = time.perf_counter()
-                    run(x)
-                    times[name].append(1000 * (time.perf_counter() - start))
+        medians = alternating_medians(runners, x, args.rounds, args.runs)
     for name in runners:
-        result["exporters"][name]["median_ms_360x480"] = statistics.median(times[name])
+        result["exporters"][name]["median_ms_360x480"] = medians[name]
     result["latency_ratio_torchscript_over_dynamo"] = (result["exporters"]["torchscript"]["median_ms_360x480"]
                                                        / result["exporters"]["dynamo"]["median_ms_360x480"])
     for name, row in result["exporters"].items():

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.devices import alternating_medians
 from cgnet import load_model
 from cgnet.deploy.formats import write_onnx, write_openvino
 from cgnet.deploy.runners import onnxruntime_runner, openvino_runner
@@ -63,16 +62,7 @@ def main() -> int:
             runners[f"openvino {variant}"] = openvino_runner(ir_path)
         same = {backend: float(np.abs(runners[f"{backend} with"](x) - runners[f"{backend} without"](x)).max())
                 for backend in ("onnxruntime", "openvino")}
-        times = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, run in runners.items():
-                for _ in range(3):
-                    run(x)
-                for _ in range(args.runs):
-                    start = time.perf_counter()
-                    run(x)
-                    times[name].append(1000 * (time.perf_counter() - start))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+        medians = alternating_medians(runners, x, args.rounds, args.runs)
     result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "median_ms_360x480": medians, "max_abs_logit_diff": same,
               "ratio_without_over_with": {b: medians[f"{b} without"] / medians[f"{b} with"]
