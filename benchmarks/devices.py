@@ -13,16 +13,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def profile_table(fn, device: torch.device, calls: int, rows: int = 25) -> str:
+def profile_table(fn, device: torch.device, calls: int, rows: int = 25, by_shape: bool = False) -> str:
     """torch.profiler's table of `calls` calls of fn(), by self time on the device (CPU: self CPU
-    time). Kernels replayed inside a CUDA graph may show as the graph launch only."""
+    time); `by_shape`: one row per operator and input shapes. Kernels replayed inside a CUDA graph
+    may show as the graph launch only."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=by_shape) as prof:
         for _ in range(calls):
             fn()
         sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+    return prof.key_averages(group_by_input_shape=by_shape).table(
+        sort_by=key, row_limit=rows, max_name_column_width=70, max_shapes_column_width=90)
 
 
 def alternating_medians(runners: dict, x, rounds: int, runs: int, warmup: int = 3) -> dict:

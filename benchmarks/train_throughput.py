@@ -15,7 +15,7 @@ compiled. On the CPU the compiled-step modes compile with cgnet.engine.steps.CPU
 +no-hfusion compiles with the other work-around instead (horizontal fusion off). Evaluation throughput is forward-only at 360x480, batch 1. --profile N then runs N more
 steps of each mode under torch.profiler and prints its operators and kernels by self device time
 (CUDA: kernels replayed inside a CUDA graph may show as the graph launch only; the modes without a
-graph show every kernel). On Linux the script
+graph show every kernel); --profile-shapes splits each operator by its input shapes. On Linux the script
 restarts itself once with cgnet's allocator settings (see cgnet.cli.ALLOCATOR_ENV) unless
 --default-allocator is given.
 """
@@ -65,7 +65,8 @@ CUDA_MODES = {"fp16+channels_last": (True, "fp16", "eager"),
               "bf16+channels_last+compiled-step-ro": (True, "bf16", "compiled-step-ro")}
 
 
-def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks=(3, 21), profile_steps=0):
+def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks=(3, 21), profile_steps=0,
+                by_shape=False):
     """(images/s, seconds before the first timed step, what ran, the profile table or None) for
     the engine's training step."""
     channels_last, amp, how, *variant = mode
@@ -117,7 +118,7 @@ def bench_train(device, batch, mode, warmup, iters, crop=360, classes=11, blocks
     dt = time.perf_counter() - t0
     if not torch.isfinite(loss):
         raise RuntimeError(f"non-finite loss in mode {mode}")
-    table = profile_table(lambda: step(x, y), device, profile_steps) if profile_steps else None
+    table = profile_table(lambda: step(x, y), device, profile_steps, by_shape=by_shape) if profile_steps else None
     return batch * iters / dt, setup, kind, table
 
 
@@ -160,6 +161,8 @@ def main():
     p.add_argument("--default-allocator", action="store_true")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile N more steps of each mode and print the top operators/kernels")
+    p.add_argument("--profile-shapes", action="store_true",
+                   help="with --profile: one row per operator and input shapes (e.g. which convolutions)")
     p.add_argument("--crop", type=int, default=360, help="training crop (default the paper's 360)")
     p.add_argument("--blocks", type=int, nargs=2, default=[3, 21], metavar=("M", "N"),
                    help="CG blocks in stages 2 and 3 (a smaller net for a quick check of the script)")
@@ -187,7 +190,8 @@ def main():
         for mname in order:
             try:
                 t, setup, kind, table = bench_train(device, batch, modes[mname], args.warmup, args.iters, args.crop,
-                                                    blocks=tuple(args.blocks), profile_steps=args.profile)
+                                                    blocks=tuple(args.blocks), profile_steps=args.profile,
+                                                    by_shape=args.profile_shapes)
                 e = None if args.no_eval else bench_eval(device, modes[mname], args.warmup, args.iters * 2)
             except Exception as ex:  # one failing mode (e.g. compile) must not hide the others
                 why = str(ex).splitlines()[0][:120] if str(ex) else ""

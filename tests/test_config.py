@@ -7,7 +7,7 @@ import pytest
 
 from cgnet.cli import main, make_parser
 from cgnet.engine.config import (DEFINES, FRESH, GROUPS, NOT_INHERITED, POLICIES, RUN_DEFINING, ConfigError,
-                                 TrainConfig, compare_for_resume, flag_of, resolve_config)
+                                 TrainConfig, compare_for_resume, cpu_speed_defaults, flag_of, resolve_config)
 from helpers.training import TINY, train
 
 
@@ -19,7 +19,7 @@ def test_every_option_has_a_resume_policy_a_group_and_help():
     # the lists --resume uses are derived from the fields, not written by hand
     assert set(RUN_DEFINING) == {f.name for f in fields(TrainConfig) if f.metadata["resume"] == DEFINES}
     assert {"lr", "crop", "seed", "m", "n", "classes"} <= set(RUN_DEFINING)
-    assert set(NOT_INHERITED) == {"out", "max_iters", "resolved_preprocess"}
+    assert set(NOT_INHERITED) == {"out", "max_iters", "resolved_preprocess", "speed_choice"}
 
 
 def test_a_field_defining_the_run_is_refused_on_resume_and_one_that_does_not_is_accepted():
@@ -89,7 +89,10 @@ def test_a_runs_own_config_json_starts_the_same_recipe(camvid, tmp_path):
     assert main(["train", "--config", str(tmp_path / "first" / "config.json"), "--out", str(tmp_path / "second"),
                  "--max-iters", "2"]) == 0
     second = json.loads((tmp_path / "second" / "config.json").read_text())
-    assert {k: v for k, v in second.items() if k != "out"} == {k: v for k, v in first.items() if k != "out"}
+    # where it writes differs; and the first run's CPU speed choice is the second's given settings
+    fresh = ("out", "speed_choice")
+    assert {k: v for k, v in second.items() if k not in fresh} == {k: v for k, v in first.items() if k not in fresh}
+    assert second["speed_choice"] is None
     assert second["out"] == str(tmp_path / "second") and second["lr"] == 0.002 and second["seed"] == 4
     assert TINY[TINY.index("--blocks") + 1:TINY.index("--blocks") + 3] == ["2", "2"] and [second["m"], second["n"]] \
         == [2, 2]
@@ -102,3 +105,48 @@ def test_fresh_settings_are_not_taken_from_a_config_file(camvid, tmp_path):
     cfg = resolve_config(parse("--config", str(path), "--data-root", str(camvid), "--device", "cpu"))
     assert cfg.epochs == 9 and cfg.out == TrainConfig.out and cfg.max_iters is None and cfg.resolved_preprocess is None
     assert all(next(f for f in fields(TrainConfig) if f.name == n).metadata["resume"] == FRESH for n in NOT_INHERITED)
+
+
+@pytest.mark.parametrize("capability, amp, expected", [
+    ("AVX512", "off", (True, True)),    # measured 1.51x eager NCHW there
+    ("AVX512", "bf16", (True, False)),  # compiled bf16 trains nothing on the CPU: never chosen
+    ("AVX2", "off", (False, False)),    # both measured slower than eager there
+    ("DEFAULT", "off", (False, False)),
+])
+def test_cpu_speed_defaults_follow_the_cpus_vector_instructions(capability, amp, expected):
+    channels_last, compile, why = cpu_speed_defaults(capability, amp)
+    assert (channels_last, compile) == expected
+    assert why.startswith(f"{capability} CPU")
+
+
+def test_a_cpu_run_without_speed_options_gets_this_cpus_defaults_and_says_why(camvid, monkeypatch):
+    monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "AVX512")
+    cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", "--preset", "camvid-cpu"))
+    assert (cfg.channels_last, cfg.compile) == (True, True)
+    assert cfg.speed_choice == ("AVX512 CPU: channels_last + compiled model (measured 1.51x eager NCHW on an AVX-512 "
+                                "CPU); by default here: --channels-last --compile")
+    monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "AVX2")
+    cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", "--compile"))
+    assert (cfg.channels_last, cfg.compile) == (False, True)  # what the command line says is kept
+    assert cfg.speed_choice.endswith("; by default here: --no-channels-last")
+    cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", "--channels-last", "--no-compile"))
+    assert (cfg.channels_last, cfg.compile, cfg.speed_choice) == (True, False, None)
+
+
+def test_a_cuda_run_keeps_the_cuda_defaults(camvid, monkeypatch):
+    monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # resolving the options needs no GPU
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cuda"))
+    assert (cfg.channels_last, cfg.compile, cfg.speed_choice) == (True, False, None)
+
+
+def test_the_chosen_speed_settings_are_printed_and_saved(camvid, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "AVX2")
+    argv = [a for a in TINY if a != "--no-compile"]
+    assert main(["train", "--data-root", str(camvid), "--out", str(tmp_path / "run"), *argv, "--max-iters", "1"]) == 0
+    why = ("AVX2 CPU: eager, NCHW (channels_last and the compiled model measured 0.86-0.96x eager on an AVX2-only "
+           "CPU); by default here: --no-channels-last --no-compile")
+    assert f"\nspeed settings: {why}\n" in capsys.readouterr().out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["speed_choice"], config["channels_last"], config["compile"]) == (why, False, False)

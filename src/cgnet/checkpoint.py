@@ -257,7 +257,7 @@ def load_state_into(model: CGNet, state_dict: dict, where: str = "checkpoint") -
     model.load_state_dict(state_dict, strict=False)
 
 
-def load_matching(model: CGNet, state_dict: dict, where: str = "checkpoint") -> list[str]:
+def load_matching(model: CGNet, state_dict: dict, where: str = "checkpoint") -> dict[str, str]:
     """Load trained weights into a model for fine-tuning: every tensor whose name and shape match.
 
     The classifier (`classifier.weight`) is left as the model initialised it when the class
@@ -270,7 +270,7 @@ def load_matching(model: CGNet, state_dict: dict, where: str = "checkpoint") -> 
         where: how messages name the source.
 
     Returns:
-        The names of the tensors left as initialised (re-initialised), each with why.
+        The tensors left as initialised (re-initialised): name -> shape and why.
     """
     own = model.state_dict()
     arch = infer_arch(state_dict)
@@ -281,7 +281,7 @@ def load_matching(model: CGNet, state_dict: dict, where: str = "checkpoint") -> 
     if unknown:
         raise CheckpointError(f"{where}: tensor '{unknown[0]}' {tuple(state_dict[unknown[0]].shape)} of the "
                               "checkpoint is not in the model")
-    reinitialised = []
+    reinitialised = {}
     for k, v in own.items():
         if k not in state_dict:
             if not k.endswith("num_batches_tracked"):
@@ -291,8 +291,8 @@ def load_matching(model: CGNet, state_dict: dict, where: str = "checkpoint") -> 
             if k != "classifier.weight":
                 raise CheckpointError(f"{where}: tensor '{k}' has shape {tuple(state_dict[k].shape)} in the "
                                       f"checkpoint but the model expects {tuple(v.shape)}")
-            reinitialised.append(f"{k} {tuple(v.shape)} (the checkpoint's {tuple(state_dict[k].shape)} is for "
-                                 f"{state_dict[k].shape[0]} classes)")
+            reinitialised[k] = (f"{tuple(v.shape)} (the checkpoint's {tuple(state_dict[k].shape)} is for "
+                                f"{state_dict[k].shape[0]} classes)")
     model.load_state_dict({k: v for k, v in state_dict.items()
                            if k in own and tuple(v.shape) == tuple(own[k].shape)}, strict=False)
     return reinitialised

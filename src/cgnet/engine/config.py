@@ -166,6 +166,9 @@ class TrainConfig:
     freeze: str = option("none", "with --init: keep the first stages as loaded: stem (stage 1) or stage2 (stages 1 "
                                  "and 2); their backward is not computed", "model", DEFINES,
                          choices=["none", "stem", "stage2"])
+    init_lr: float = option(1.0, "with --init: the loaded weights' learning rate as a fraction of --lr (the "
+                                 "re-initialised classifier keeps --lr)", "model", DEFINES,
+                            check=positive("in (0, 1]"), type=float, metavar="FRACTION")
     class_weights: bool = option(True, "weight the loss by 1/ln(1.10 + class share) (default on)", "model", DEFINES,
                                  action=argparse.BooleanOptionalAction)
     preprocess: str = option("standard", "standard (RGB, /255, mean/std) or original (the release's BGR mean "
@@ -178,10 +181,12 @@ class TrainConfig:
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)", "speed", SAME_KIND)
     amp: str | None = option(None, "mixed precision (default: bf16 on CUDA, off on CPU)", "speed", MAY_CHANGE,
                              choices=["off", "bf16", "fp16"])
-    channels_last: bool = option(True, "NHWC memory format (default on)", "speed", MAY_CHANGE,
-                                 action=argparse.BooleanOptionalAction)
-    compile: bool = option(False, "torch.compile the model (on CUDA the whole training step)", "speed", MAY_CHANGE,
-                           action=argparse.BooleanOptionalAction)
+    channels_last: bool | None = option(None, "NHWC memory format (default: on with CUDA; on a CPU, chosen by its "
+                                              "vector instructions and printed)", "speed", MAY_CHANGE,
+                                        action=argparse.BooleanOptionalAction)
+    compile: bool | None = option(None, "torch.compile the model (on CUDA the whole training step; default: off "
+                                        "with CUDA; on a CPU, chosen by its vector instructions and printed)",
+                                  "speed", MAY_CHANGE, action=argparse.BooleanOptionalAction)
     compile_optimizer: bool = option(
         True, "with --compile on CUDA: compile Adam's update with the step (default); --no-compile-optimizer runs "
               "it eagerly inside the step's CUDA graph", "speed", MAY_CHANGE, action=argparse.BooleanOptionalAction)
@@ -204,6 +209,8 @@ class TrainConfig:
                             action=argparse.BooleanOptionalAction)
     # filled in by training: the preprocessing the model was trained with
     resolved_preprocess: dict | None = option(None, None, None, FRESH, flag=None)
+    # filled in by resolve_config: which CPU speed settings were chosen for this machine, and why
+    speed_choice: str | None = option(None, None, None, FRESH, flag=None)
 
     def to_dict(self) -> dict:
         """JSON-able (tuples become lists)."""
@@ -243,10 +250,10 @@ PRESETS: dict[str, dict] = {
                                 crop=(680, 680), batch_size=16, epochs=350),
     "camvid": dict(dataset="camvid", train_split="trainval", val_split="val", crop=(360, 360),
                    batch_size=8, epochs=800),
-    # ours: the camvid recipe fitted to 2.5 hours of a 2-core CPU (fp32, channels_last, compiled)
+    # ours: the camvid recipe fitted to 2.5 hours of a 2-core CPU (fp32; channels_last and the
+    # compiled model where the CPU's vector instructions make them faster: cpu_speed_defaults)
     "camvid-cpu": dict(dataset="camvid", train_split="trainval", val_split="val", crop=(360, 360),
-                       batch_size=8, epochs=800, time_budget=150, compile=True, amp="off", val_every=5,
-                       workers=1),
+                       batch_size=8, epochs=800, time_budget=150, amp="off", val_every=5, workers=1),
 }
 
 GROUP_TITLES = {"data": "data", "schedule": "schedule", "model": "model and loss",
@@ -352,6 +359,30 @@ def _typed(value, hint):
     raise TypeError(value)
 
 
+# What was measured on each kind of CPU (docs/speed.md, batch 8, crop 360, fp32): with AVX-512,
+# channels_last 1.26x and channels_last + the compiled model 1.51x eager NCHW; with AVX2 only (a
+# 2-core AMD EPYC), channels_last 0.86-0.96x and the compiled model 0.86x (after minutes of compiling).
+WIDE_VECTOR_CPUS = ("AVX512",)  # torch.backends.cpu.get_cpu_capability() values
+
+
+def cpu_speed_defaults(capability: str, amp: str) -> tuple[bool, bool, str]:
+    """(channels_last, compile, why) for a CPU run whose options leave them open.
+
+    Args:
+        capability: the kernels ATen picked for this CPU (torch.backends.cpu.get_cpu_capability():
+            DEFAULT, AVX2, AVX512, ...; ATEN_CPU_CAPABILITY can lower it).
+        amp: the run's autocast ('off' or 'bf16'): --compile with bf16 trains nothing on the CPU.
+    """
+    if capability in WIDE_VECTOR_CPUS:
+        if amp == "bf16":
+            return True, False, (f"{capability} CPU with --amp bf16: channels_last, the model not compiled "
+                                 "(compiled bf16 trains nothing on the CPU)")
+        return True, True, (f"{capability} CPU: channels_last + compiled model (measured 1.51x eager NCHW on an "
+                            "AVX-512 CPU)")
+    return False, False, (f"{capability} CPU: eager, NCHW (channels_last and the compiled model measured "
+                          "0.86-0.96x eager on an AVX2-only CPU)")
+
+
 def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> TrainConfig:
     """Defaults <- preset <- --config file <- command line, with the device-dependent defaults
     filled in.
@@ -388,6 +419,14 @@ def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> Tra
                   amp=cfg.amp or ("bf16" if on_cuda else "off"),
                   workers=cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if on_cuda else 1),
                   loader=cfg.loader if cfg.loader != "auto" else ("memory" if on_cuda else "workers"))
+    if on_cuda:
+        cfg = replace(cfg, channels_last=cfg.channels_last is not False, compile=cfg.compile is True)
+    elif cfg.channels_last is None or cfg.compile is None:
+        channels_last, compile, why = cpu_speed_defaults(torch.backends.cpu.get_cpu_capability(), cfg.amp)
+        chosen = {"channels_last": channels_last, "compile": compile}
+        chosen = {name: value for name, value in chosen.items() if getattr(cfg, name) is None}
+        flags = " ".join(("--" if value else "--no-") + name.replace("_", "-") for name, value in chosen.items())
+        cfg = replace(cfg, **chosen, speed_choice=f"{why}; by default here: {flags}")
     check_config(cfg)
     return cfg
 
@@ -433,6 +472,10 @@ def check_config(cfg: TrainConfig) -> None:
                           "(one down-sampling block plus M-1 or N-1 CG blocks)")
     if cfg.freeze != "none" and not cfg.init:
         raise ConfigError(f"--freeze {cfg.freeze}: freezes loaded weights; give --init too")
+    if cfg.init_lr > 1:
+        raise ConfigError(f"--init-lr {show(cfg.init_lr)}: must be in (0, 1]")
+    if cfg.init_lr != 1 and not cfg.init:
+        raise ConfigError(f"--init-lr {show(cfg.init_lr)}: scales the loaded weights' learning rate; give --init too")
     if cfg.init and not resolve_weights(cfg.init).is_file():
         raise ConfigError(f"--init {cfg.init}: no such file (give a checkpoint, or 'camvid' for the shipped weights)")
     if cfg.std is not None and cfg.preprocess == "standard" and min(cfg.std) <= 0:

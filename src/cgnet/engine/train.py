@@ -46,7 +46,7 @@ from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world
 from .inference import evaluate, make_eval_loader
 from .stopping import GracefulStop, StopRequested
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
-                    set_lr, single_program)
+                    base_lr, set_lr, single_program)
 
 
 class NonFiniteLoss(CGNetError, RuntimeError):
@@ -267,8 +267,7 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
     """CGNet (from the --init weights when given), class-weighted cross-entropy, Adam over the
     trainable weights (a tensor learning rate when the step is a CUDA graph)."""
     model = CGNet(data.info.num_classes, m=cfg.m, n=cfg.n, dropout=cfg.dropout)
-    if init is not None:
-        start_from(model, init, cfg)
+    reinitialised = start_from(model, init, cfg) if init is not None else set()
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -279,6 +278,11 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
         print("note: --cuda-graph needs CUDA, one process, no fp16 and no dropout; training eagerly "
               "(with --compile on CUDA the compiled step is captured instead)")
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if init is not None and cfg.init_lr != 1:  # the loaded weights learn at cfg.init_lr x the schedule's lr
+        loaded = [p for name, p in model.named_parameters() if p.requires_grad and name not in reinitialised]
+        new = [p for name, p in model.named_parameters() if p.requires_grad and name in reinitialised]
+        trainable = [{"params": loaded, "lr": cfg.lr * cfg.init_lr, "lr_scale": cfg.init_lr}] + \
+                    ([{"params": new}] if new else [])
     if use_graph:  # a tensor learning rate lets the captured step see each new value
         optimizer = torch.optim.Adam(trainable, lr=torch.tensor(cfg.lr, device=device),
                                      betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
@@ -309,9 +313,10 @@ def read_init(cfg: TrainConfig) -> InitWeights:
     return InitWeights(path, state_dict, meta)
 
 
-def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig) -> None:
+def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig) -> set[str]:
     """Load the --init weights into the new model, freeze what --freeze names, and say in one
-    short block what was loaded, what was re-initialised and why."""
+    short block what was loaded, what was re-initialised and why; returns the names of the
+    re-initialised tensors."""
     reinitialised = load_matching(model, init.state_dict, where=f"--init {cfg.init}")
     frozen = FROZEN[cfg.freeze]
     for name in frozen:
@@ -320,11 +325,14 @@ def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig) -> None:
     if is_main_process():
         total = len(model.state_dict())
         print(f"--init {cfg.init} ({init.path}): loaded {total - len(reinitialised)} of {total} tensors")
-        for line in reinitialised:
-            print(f"  re-initialised: {line}")
+        for name, why in reinitialised.items():
+            print(f"  re-initialised: {name} {why}")
         if frozen:
             count = sum(p.numel() for p in model.parameters() if not p.requires_grad)
             print(f"  frozen (--freeze {cfg.freeze}): {', '.join(frozen)} ({count:,} weights)")
+        if cfg.init_lr != 1:
+            print(f"  learning rate of the loaded weights: {cfg.init_lr:g} x --lr (--init-lr)")
+    return set(reinitialised)
 
 
 def read_resumable(path: Path, out: Path, auto: bool) -> dict:
@@ -476,7 +484,7 @@ def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state
                 break
             state.epoch += 1
             record = {"epoch": state.epoch, "iteration": state.iteration, "loss": loss,
-                      "lr": float(parts.optimizer.param_groups[0]["lr"]), "epoch_s": time.time() - t0,
+                      "lr": base_lr(parts.optimizer), "epoch_s": time.time() - t0,
                       "elapsed_s": time.time() - start}
             state.history.append(record)  # validation scores are added to it below
             if cfg.time_budget and state.epoch == 2 and state.planned_epochs is None:
@@ -672,6 +680,8 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
     if is_main_process():
         write_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
         print(json.dumps(cfg.to_dict(), indent=1))
+        if cfg.speed_choice:
+            print(f"speed settings: {cfg.speed_choice}")
         print(f"{len(data.train_set)} training images, {data.n_batches} iterations per epoch, "
               f"{state.max_iters} in all" + (f", stopping at {state.stop_at}" if state.stop_at < state.max_iters else ""))
         if resumed is not None:
