@@ -6,8 +6,8 @@ construction, nature and sky, vehicle, person) drawn as RGB colour masks for 50 
 then imported with `cgnet data import --from colors`. The shipped weights were trained on these
 very scenes, so this shows the mechanics and the time saved, not transfer to a new domain.
 
-The runs (`--arms`, default scratch and finetune; the fine-tuning options freeze-stage2 and
-init-lr-0.1 can be added) train at the same time with one thread each, for `--minutes` of
+The runs (`--arms`, default scratch and finetune; freeze-stage2 adds `--freeze stage2` to the
+fine-tuning) train at the same time with one thread each, for `--minutes` of
 wall-clock: each pinned to its own core when there are no more runs than cores, else sharing the
 cores (the CPU seconds each got are printed and saved). They use the camvid recipe's crop and
 batch, `--time-budget` fitting the poly schedule to the time, and validate on 40 evenly spaced
@@ -16,7 +16,7 @@ draws the curves.
 
     python -m benchmarks.finetune_vs_scratch --minutes 15 --work runs/finetune_vs_scratch \\
         --json results/finetune_vs_scratch.json --plot docs/img/finetune_vs_scratch.png
-    python -m benchmarks.finetune_vs_scratch --arms finetune freeze-stage2 init-lr-0.1 --minutes 15 \\
+    python -m benchmarks.finetune_vs_scratch --arms finetune freeze-stage2 --minutes 15 \\
         --work runs/finetune_options --json results/finetune_options.json --plot docs/img/finetune_options.png
 """
 from __future__ import annotations
@@ -44,8 +44,7 @@ COLORS = {"flat": (128, 64, 128), "construction": (70, 70, 70), "nature-sky": (1
 IGNORE = 255
 # what each run adds to the common `cgnet train` arguments
 ARMS = {"scratch": [], "finetune": ["--init", "camvid"],
-        "freeze-stage2": ["--init", "camvid", "--freeze", "stage2"],
-        "init-lr-0.1": ["--init", "camvid", "--init-lr", "0.1"]}
+        "freeze-stage2": ["--init", "camvid", "--freeze", "stage2"]}
 
 
 def coarse_lut() -> np.ndarray:

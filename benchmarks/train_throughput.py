@@ -55,6 +55,7 @@ MODES = {  # name -> (channels_last, amp, how): eager, compile (the model), cuda
     # CPU_INDUCTOR_OPTIONS on the CPU
     "fp32+channels_last+compiled-step+no-hfusion": (True, "off", "compiled-step", "no-hfusion"),
     # fine-tuning with --freeze stage2: stages 1 and 2 take no gradient (their backward is skipped)
+    "fp32+freeze-stage2": (False, "off", "eager", "freeze-stage2"),
     "fp32+channels_last+freeze-stage2": (True, "off", "eager", "freeze-stage2"),
     "fp32+channels_last+compiled-step+freeze-stage2": (True, "off", "compiled-step", "freeze-stage2"),
 }

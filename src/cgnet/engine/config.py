@@ -166,9 +166,6 @@ class TrainConfig:
     freeze: str = option("none", "with --init: keep the first stages as loaded: stem (stage 1) or stage2 (stages 1 "
                                  "and 2); their backward is not computed", "model", DEFINES,
                          choices=["none", "stem", "stage2"])
-    init_lr: float = option(1.0, "with --init: the loaded weights' learning rate as a fraction of --lr (the "
-                                 "re-initialised classifier keeps --lr)", "model", DEFINES,
-                            check=positive("in (0, 1]"), type=float, metavar="FRACTION")
     class_weights: bool = option(True, "weight the loss by 1/ln(1.10 + class share) (default on)", "model", DEFINES,
                                  action=argparse.BooleanOptionalAction)
     preprocess: str = option("standard", "standard (RGB, /255, mean/std) or original (the release's BGR mean "
@@ -361,7 +358,7 @@ def _typed(value, hint):
 
 # What was measured on each kind of CPU (docs/speed.md, batch 8, crop 360, fp32): with AVX-512,
 # channels_last 1.26x and channels_last + the compiled model 1.51x eager NCHW; with AVX2 only (a
-# 2-core AMD EPYC), channels_last 0.86-0.96x and the compiled model 0.86x (after minutes of compiling).
+# 2-core AMD EPYC), channels_last 0.86-0.98x and the compiled model 0.79-0.86x (after minutes of compiling).
 WIDE_VECTOR_CPUS = ("AVX512",)  # torch.backends.cpu.get_cpu_capability() values
 
 
@@ -380,7 +377,7 @@ def cpu_speed_defaults(capability: str, amp: str) -> tuple[bool, bool, str]:
         return True, True, (f"{capability} CPU: channels_last + compiled model (measured 1.51x eager NCHW on an "
                             "AVX-512 CPU)")
     return False, False, (f"{capability} CPU: eager, NCHW (channels_last and the compiled model measured "
-                          "0.86-0.96x eager on an AVX2-only CPU)")
+                          "0.79-0.98x eager on an AVX2-only CPU)")
 
 
 def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> TrainConfig:
@@ -472,10 +469,6 @@ def check_config(cfg: TrainConfig) -> None:
                           "(one down-sampling block plus M-1 or N-1 CG blocks)")
     if cfg.freeze != "none" and not cfg.init:
         raise ConfigError(f"--freeze {cfg.freeze}: freezes loaded weights; give --init too")
-    if cfg.init_lr > 1:
-        raise ConfigError(f"--init-lr {show(cfg.init_lr)}: must be in (0, 1]")
-    if cfg.init_lr != 1 and not cfg.init:
-        raise ConfigError(f"--init-lr {show(cfg.init_lr)}: scales the loaded weights' learning rate; give --init too")
     if cfg.init and not resolve_weights(cfg.init).is_file():
         raise ConfigError(f"--init {cfg.init}: no such file (give a checkpoint, or 'camvid' for the shipped weights)")
     if cfg.std is not None and cfg.preprocess == "standard" and min(cfg.std) <= 0:

@@ -33,20 +33,11 @@ def single_program(amp: str, dropout: float, world_size: int) -> bool:
 
 
 def set_lr(optimizer, lr: float) -> None:
-    """The schedule's learning rate for every parameter group, times the group's `lr_scale` (the
-    weights loaded by `--init-lr`) where it has one."""
     for group in optimizer.param_groups:
-        value = lr * group.get("lr_scale", 1.0)
         if torch.is_tensor(group["lr"]):  # captured in a CUDA graph: update in place
-            group["lr"].fill_(value)
+            group["lr"].fill_(lr)
         else:
-            group["lr"] = value
-
-
-def base_lr(optimizer) -> float:
-    """The schedule's learning rate (the first group's lr without its `lr_scale`)."""
-    group = optimizer.param_groups[0]
-    return float(group["lr"]) / group.get("lr_scale", 1.0)
+            group["lr"] = lr
 
 
 def make_eager_step(model, criterion, optimizer, scaler, device, spec: StepSpec):

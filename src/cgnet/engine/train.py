@@ -46,7 +46,7 @@ from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world
 from .inference import evaluate, make_eval_loader
 from .stopping import GracefulStop, StopRequested
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
-                    base_lr, set_lr, single_program)
+                    set_lr, single_program)
 
 
 class NonFiniteLoss(CGNetError, RuntimeError):
@@ -267,7 +267,8 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
     """CGNet (from the --init weights when given), class-weighted cross-entropy, Adam over the
     trainable weights (a tensor learning rate when the step is a CUDA graph)."""
     model = CGNet(data.info.num_classes, m=cfg.m, n=cfg.n, dropout=cfg.dropout)
-    reinitialised = start_from(model, init, cfg) if init is not None else set()
+    if init is not None:
+        start_from(model, init, cfg)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -278,11 +279,6 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
         print("note: --cuda-graph needs CUDA, one process, no fp16 and no dropout; training eagerly "
               "(with --compile on CUDA the compiled step is captured instead)")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if init is not None and cfg.init_lr != 1:  # the loaded weights learn at cfg.init_lr x the schedule's lr
-        loaded = [p for name, p in model.named_parameters() if p.requires_grad and name not in reinitialised]
-        new = [p for name, p in model.named_parameters() if p.requires_grad and name in reinitialised]
-        trainable = [{"params": loaded, "lr": cfg.lr * cfg.init_lr, "lr_scale": cfg.init_lr}] + \
-                    ([{"params": new}] if new else [])
     if use_graph:  # a tensor learning rate lets the captured step see each new value
         optimizer = torch.optim.Adam(trainable, lr=torch.tensor(cfg.lr, device=device),
                                      betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
@@ -313,10 +309,9 @@ def read_init(cfg: TrainConfig) -> InitWeights:
     return InitWeights(path, state_dict, meta)
 
 
-def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig) -> set[str]:
+def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig) -> None:
     """Load the --init weights into the new model, freeze what --freeze names, and say in one
-    short block what was loaded, what was re-initialised and why; returns the names of the
-    re-initialised tensors."""
+    short block what was loaded, what was re-initialised and why."""
     reinitialised = load_matching(model, init.state_dict, where=f"--init {cfg.init}")
     frozen = FROZEN[cfg.freeze]
     for name in frozen:
@@ -330,9 +325,7 @@ def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig) -> set[str]:
         if frozen:
             count = sum(p.numel() for p in model.parameters() if not p.requires_grad)
             print(f"  frozen (--freeze {cfg.freeze}): {', '.join(frozen)} ({count:,} weights)")
-        if cfg.init_lr != 1:
-            print(f"  learning rate of the loaded weights: {cfg.init_lr:g} x --lr (--init-lr)")
-    return set(reinitialised)
+
 
 
 def read_resumable(path: Path, out: Path, auto: bool) -> dict:
@@ -484,7 +477,7 @@ def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state
                 break
             state.epoch += 1
             record = {"epoch": state.epoch, "iteration": state.iteration, "loss": loss,
-                      "lr": base_lr(parts.optimizer), "epoch_s": time.time() - t0,
+                      "lr": float(parts.optimizer.param_groups[0]["lr"]), "epoch_s": time.time() - t0,
                       "elapsed_s": time.time() - start}
             state.history.append(record)  # validation scores are added to it below
             if cfg.time_budget and state.epoch == 2 and state.planned_epochs is None:
