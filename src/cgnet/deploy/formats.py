@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,9 +89,18 @@ def _quantize_onnx_int8(fp32_path: Path, path: Path, calibration: list[np.ndarra
             x = next(self.items, None)
             return None if x is None else {"image": x}
 
-    quantization.quantize_static(str(fp32_path), str(path), Reader(), quant_format=quantization.QuantFormat.QDQ,
-                                 per_channel=True, reduce_range=True, activation_type=quantization.QuantType.QUInt8,
-                                 weight_type=quantization.QuantType.QInt8)
+    # ONNX Runtime logs advice on the root logger ("consider pre-processing", and a per-channel axis
+    # for the BatchNorms after concatenations, which stay per tensor): not for cgnet's users
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantization.quantize_static(str(fp32_path), str(path), Reader(), quant_format=quantization.QuantFormat.QDQ,
+                                     per_channel=True, reduce_range=True,
+                                     activation_type=quantization.QuantType.QUInt8,
+                                     weight_type=quantization.QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     # quantize_static keeps metadata_props in the versions tested; set it again in case one drops it
     _set_onnx_meta(require("onnx"), path, json.loads(_onnx_meta(fp32_path)))
 
