@@ -57,8 +57,10 @@ def local_url(text: str) -> str:
     return text if text.endswith("/") else text + "/"
 
 
-def start_server(serve_args: list[str], timeout: float) -> tuple[subprocess.Popen, str]:
-    """`cgnet serve --host 127.0.0.1 --port 0 serve_args` in a subprocess and the URL it prints."""
+def start_server(serve_args: list[str], timeout: float) -> tuple[subprocess.Popen, str, list[str]]:
+    """`cgnet serve --host 127.0.0.1 --port 0 serve_args` in a subprocess: the process, the URL it
+    prints (http or https) and its output lines so far (a thread keeps appending to them).
+    BenchError, with the last output lines, when it exits or prints no address in `timeout` s."""
     command = [sys.executable, "-m", "cgnet", "serve", "--host", "127.0.0.1", "--port", "0", *serve_args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -68,7 +70,7 @@ def start_server(serve_args: list[str], timeout: float) -> tuple[subprocess.Pope
     def read() -> None:
         for line in process.stdout:
             lines.append(line)
-            if "http://" in line:
+            if "http://" in line or "https://" in line:
                 found.set()
     threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + timeout
@@ -77,7 +79,7 @@ def start_server(serve_args: list[str], timeout: float) -> tuple[subprocess.Pope
             stop_server(process)
             tail = "".join(lines[-5:]).strip().replace("\n", " | ")
             raise BenchError(f"cgnet serve did not start: {tail or 'no output'}")
-    return process, re.search(r"http://\S+/", "".join(lines)).group(0)
+    return process, re.search(r"https?://\S+/", "".join(lines)).group(0), lines
 
 
 def stop_server(process: subprocess.Popen) -> None:
@@ -338,7 +340,7 @@ def run(args: argparse.Namespace, serve_args: list[str]) -> int:
     if args.url:
         url, pid = local_url(args.url), args.pid
     else:
-        process, url = start_server(serve_args, args.start_timeout)
+        process, url, _ = start_server(serve_args, args.start_timeout)
         pid = process.pid
     try:
         warm = Client(url, body, kind)

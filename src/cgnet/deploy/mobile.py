@@ -267,6 +267,21 @@ def _executorch_program(path: Path):
     return runtime.Runtime.get().load_program(Path(path))
 
 
+def _plain_runner(path: Path, suffix: str, make_call, precision: str | None):
+    """run(normalised N x 3 x H x W) -> logits for a plain file: checked, its metadata read, the
+    runtime's `make_call(path)` wrapped to resize other sizes to the file's."""
+    path = _check_file(path, suffix)
+    meta = _runner_meta(path, precision, app_io=False)
+    return _resizing_runner(make_call(path), meta["input_size"])
+
+
+def _app_runner(path: Path, suffix: str, make_call):
+    """run_image(H x W x 3 uint8 RGB) -> H x W class ids for an app-ready file."""
+    path = _check_file(path, suffix)
+    meta = _runner_meta(path, None, app_io=True)
+    return _app_image_runner(make_call(path), meta["input_size"])
+
+
 def _executorch_call(path: Path):
     method = _executorch_program(path).load_method("forward")
     return lambda x: method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
@@ -279,16 +294,12 @@ def executorch_runner(path: Path, precision: str | None = None):
         path: the .pte file (written with app_io=False).
         precision: 'fp32' or 'int8' to check the file is that, or None.
     """
-    path = _check_file(path, ".pte")
-    meta = _runner_meta(path, precision, app_io=False)
-    return _resizing_runner(_executorch_call(path), meta["input_size"])
+    return _plain_runner(path, ".pte", _executorch_call, precision)
 
 
 def executorch_app_runner(path: Path):
     """An app-ready .pte file: run_image(H x W x 3 uint8 RGB) -> H x W uint8 class ids."""
-    path = _check_file(path, ".pte")
-    meta = _runner_meta(path, None, app_io=True)
-    return _app_image_runner(_executorch_call(path), meta["input_size"])
+    return _app_runner(path, ".pte", _executorch_call)
 
 
 # ---- LiteRT ---------------------------------------------------------------------------------------
@@ -358,16 +369,12 @@ def litert_runner(path: Path, precision: str | None = None):
         path: the .tflite file (written with app_io=False).
         precision: 'fp32' to check the file is that, or None.
     """
-    path = _check_file(path, ".tflite")
-    meta = _runner_meta(path, precision, app_io=False)
-    return _resizing_runner(_litert_call(path), meta["input_size"])
+    return _plain_runner(path, ".tflite", _litert_call, precision)
 
 
 def litert_app_runner(path: Path):
     """An app-ready .tflite file: run_image(H x W x 3 uint8 RGB) -> H x W uint8 class ids."""
-    path = _check_file(path, ".tflite")
-    meta = _runner_meta(path, None, app_io=True)
-    return _app_image_runner(_litert_call(path), meta["input_size"])
+    return _app_runner(path, ".tflite", _litert_call)
 
 
 # ---- metadata ----------------------------------------------------------------------------------
