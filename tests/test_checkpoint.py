@@ -9,6 +9,7 @@ from cgnet.checkpoint import atomic_save
 from cgnet.preprocess import original_spec, to_tensor
 from helpers import original_reference as ref
 from helpers.paths import ORIGINAL_KEYS
+from helpers.rounding import fp32_difference_bound
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_original_checkpoints_load_and_match_reference_forward(tmp_path, base_sh
     with torch.no_grad():
         ours = model(x)
         expected = ref.forward(state, x)
-    rel = (ours - expected).abs().max() / expected.abs().max()
-    assert rel < 1e-5
+    # the reference is a plain functional re-implementation: the same sums in ATen's other kernels
+    assert float((ours - expected).abs().max()) <= fp32_difference_bound(model, expected)
 
 
 @pytest.mark.parametrize("classes, n", [pytest.param(11, 21, marks=pytest.mark.slow),
@@ -62,7 +63,8 @@ def test_original_architecture_is_inferred_from_tensors(tmp_path, base_shapes, c
     assert (model.num_classes, model.m, model.n) == (classes, 3, n)
     x = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), ref.forward(state, x), rtol=1e-5, atol=1e-5)
+        ours, expected = model(x), ref.forward(state, x)
+    assert float((ours - expected).abs().max()) <= fp32_difference_bound(model, expected)
 
 
 def test_original_preprocessing_reproduces_the_release_quirk():

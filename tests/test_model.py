@@ -5,6 +5,7 @@ import torch
 
 from cgnet import CGNet
 from helpers.paths import DATA
+from helpers.rounding import fp32_difference_bound
 from helpers.reference_weights import ARCH, seeded_model
 
 
@@ -40,7 +41,8 @@ def test_eval_mode_is_deterministic_and_batch_independent():
         a, b = model(x), model(x)
         single = model(x[1:2])
     assert torch.equal(a, b)
-    torch.testing.assert_close(a[1:2], single, rtol=1e-5, atol=1e-5)
+    # a batch of 3 and a batch of 1 may be blocked and summed in another order by the kernels
+    assert float((a[1:2] - single).abs().max()) <= fp32_difference_bound(model, single)
 
 
 def test_dropout_is_only_active_in_training():
@@ -71,7 +73,9 @@ def test_stored_reference_logits():
     model = seeded_model()
     with torch.no_grad():
         out = model(ref["input"])
-    torch.testing.assert_close(out, ref["logits"], rtol=1e-4, atol=1e-5)
+    # written on another CPU, whose kernels may sum in another order: fp32 rounding only
+    assert out.shape == ref["logits"].shape
+    assert float((out - ref["logits"]).abs().max()) <= fp32_difference_bound(model, ref["logits"])
 
 
 def test_depthwise_convs_stay_fp32_under_cpu_bf16_autocast():
