@@ -30,8 +30,9 @@ CITYSCAPES = DatasetInfo(
 )
 LAYOUT = """cityscapes/
   leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
-  gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png   (+ _labelTrainIds.png, written by cityscapes-trainids)
-  gtCoarse/{train,val}/<city>/..._gtCoarse_labelIds.png                    (optional)"""
+  gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+      (+ ..._gtFine_labelTrainIds.png beside each, written by cityscapes-trainids)
+  gtCoarse/{train,val}/<city>/<city>_<seq>_<frame>_gtCoarse_labelIds.png   (optional)"""
 
 # Cityscapes label id of each train id 0..18 (the official labels.py table)
 CITYSCAPES_TRAIN_TO_LABEL_ID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)

