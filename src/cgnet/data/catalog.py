@@ -26,7 +26,7 @@ from ..visualize import default_palette
 from . import ade20k, camvid, cityscapes
 from .info import DatasetInfo
 
-# re-exported: tests and callers name them through the catalog
+# the entries' descriptions, each defined by its reader module
 CAMVID, CITYSCAPES, ADE20K = camvid.CAMVID, cityscapes.CITYSCAPES, ade20k.ADE20K
 
 
