@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-import cgnet.data.cityscapes as cs
+import cgnet.data.relabel as relabel
 from cgnet.data.cityscapes import (LABEL_TO_TRAIN_ID, convert_train_ids, label_ids_to_train_ids,
                               train_ids_to_label_ids, write_lists)
 from helpers.cityscapes_tree import make_cityscapes_tree
@@ -84,13 +84,13 @@ def test_table_matches_cityscapesscripts():
 
 def test_convert_train_ids(tree, monkeypatch):
     pools = []
-    real_pool = cs.Pool
+    real_pool = relabel.Pool
 
     def spy_pool(*args, **kwargs):
         pools.append(args)
         return real_pool(*args, **kwargs)
 
-    monkeypatch.setattr(cs, "Pool", spy_pool)
+    monkeypatch.setattr(relabel, "Pool", spy_pool)
     sources = label_files(tree)
     assert len(sources) == 12  # 7 gtFine (train, val, test) + 5 gtCoarse (train, val)
     assert convert_train_ids(tree, workers=2, progress=False) == (12, 0)

@@ -10,7 +10,7 @@ import torch
 
 from cgnet import CGNet, load_model, make_meta, save_checkpoint
 from cgnet.cli import main
-from cgnet.data.catalog import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
+from cgnet.data.cityscapes import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
 from cgnet.confusion import ConfusionMatrix
 from cgnet.preprocess import make_spec, to_tensor
 from helpers import original_reference as ref

@@ -1,12 +1,14 @@
 """Files that survive interruptions: atomic writes (a temporary file in the target's folder, then
-a rename, so a reader or an interrupted job never sees half a file), the leftovers of writes that
-were killed, and a lock file that keeps two jobs out of one folder."""
+a rename, so a reader or an interrupted job never sees half a file), folders built the same way
+(`staged_folder`), the leftovers of writes that were killed, and a lock file that keeps two jobs
+out of one folder."""
 from __future__ import annotations
 
 import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -188,11 +190,7 @@ def check_writable(path: str | os.PathLike, option: str, *, folder: bool = True)
     """
     path = Path(path)
     target = path if folder else path.parent
-    missing = []  # the folders this probe creates, deepest last
-    for parent in [target, *target.parents]:
-        if parent.exists():
-            break
-        missing.insert(0, parent)
+    missing = missing_folders(target)
     try:
         target.mkdir(parents=True, exist_ok=True)
         probe = target / f".cgnet-write-test.{os.getpid()}.{secrets.token_hex(4)}"
@@ -204,9 +202,65 @@ def check_writable(path: str | os.PathLike, option: str, *, folder: bool = True)
         reason = e.strerror or str(e)
         raise CGNetError(f"{option} {path}: cannot write there ({reason})") from None
     finally:
-        for made in reversed(missing):
-            try:
-                made.rmdir()
-            except OSError:  # not empty or already gone: leave it
-                break
+        remove_made(missing)
     return path
+
+
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders of `path` (itself included) that do not exist yet, outermost first."""
+    missing = []
+    for folder in [Path(path), *Path(path).parents]:
+        if folder.exists():
+            break
+        missing.insert(0, folder)
+    return missing
+
+
+def remove_made(folders: list[Path]) -> None:
+    """Remove folders that a call created (outermost first, as `missing_folders` lists them),
+    deepest first, stopping at the first one that is not empty or already gone."""
+    for made in reversed(folders):
+        try:
+            made.rmdir()
+        except OSError:
+            break
+
+
+class FolderExists(CGNetError, FileExistsError):
+    """The folder `staged_folder` would rename into place exists and is not empty (or is a file)."""
+
+
+@contextmanager
+def staged_folder(target: str | os.PathLike, *, replace: bool = False):
+    """Build a folder in a temporary place, then rename it into place.
+
+    Yields a new empty folder beside `target` (`.<name>.<pid>.<8 hex>.partial`, on the same file
+    system), created with the usual umask permissions. When the block ends without an error, it
+    becomes `target` by one rename, so no reader ever sees a half-built folder: an absent target
+    or an empty folder is replaced; one with content (or a file) is refused with `FolderExists`,
+    unless `replace`, which removes a folder's content first (an incomplete cache entry). On any
+    error, Ctrl-C included, the temporary folder is removed, and so are the parent folders of
+    `target` that this call created.
+
+    Args:
+        target: the folder to make.
+        replace: replace a folder that exists with content.
+    """
+    target = Path(target)
+    made = missing_folders(target.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    try:
+        staging.mkdir()
+        yield staging
+        if target.is_dir() and not target.is_symlink():
+            if any(target.iterdir()) and not replace:
+                raise FolderExists(f"{target} exists and is not empty; nothing was written to it")
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            raise FolderExists(f"{target} exists and is not a folder; nothing was written to it")
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_made(made)
+        raise

@@ -1,2 +1,3 @@
 """Data: dataset descriptions (`catalog`), list-file datasets (`listset`), augmentation
-(`augment`), statistics (`stats`), the CamVid and Cityscapes tools and the `cgnet data` commands."""
+(`augment`), statistics (`stats`), the known datasets (`catalog.DATASETS`) and their reader
+modules, and the `cgnet data` commands."""

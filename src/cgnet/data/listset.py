@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..preprocess import normalize_
 from .augment import augment, draw_params, sample_rng
-from .catalog import DatasetInfo, resolve_list_file
+from .info import DatasetInfo, resolve_list_file
 from ..common import InputError, MissingFileError
 
 cv2.setNumThreads(1)  # loader workers parallelise across images; OpenCV threads would oversubscribe

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..fileio import write_atomic
-from .catalog import DatasetInfo
+from .info import DatasetInfo
 from .listset import SegDataset
 
 

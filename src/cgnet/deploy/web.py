@@ -2,7 +2,7 @@
 has it) from the exported ONNX file, served by `cgnet serve` or written as a static folder.
 
 The runtime is not vendored: the pinned `onnxruntime-web` npm tarball is downloaded once from the
-npm registry (urllib, no npm needed), checked against the sha512 integrity hash pinned here, and
+npm registry (`cgnet.download.fetch`, no npm needed), checked against the sha512 integrity hash pinned here, and
 only the files the page loads are kept in the cgnet cache folder (`cache_dir()`):
 
     ort.wasm.min.js + ort-wasm-simd-threaded.{mjs,wasm}                    WebAssembly only
@@ -25,19 +25,18 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import io
 import json
 import os
 import shutil
 import tarfile
 import threading
-import urllib.error
-import urllib.request
+import zlib
 from pathlib import Path
 
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, CGNetError, InputError, MissingFileError
-from ..fileio import check_writable
+from ..download import DownloadError, fetch, file_digest
+from ..fileio import check_writable, staged_folder
 from .predict import palette_of
 from .predictor import cache_dir, cached_export
 from .formats import read_exported_meta
@@ -93,16 +92,17 @@ class RuntimeDownloadError(CGNetError):
 
 # ---- the runtime -------------------------------------------------------------------------------
 
-def integrity_of(data: bytes) -> str:
-    """The npm (subresource-integrity) form of the sha512 of `data`: 'sha512-<base64>'."""
-    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode("ascii")
+def integrity_of(data: bytes | Path) -> str:
+    """The npm (subresource-integrity) form of the sha512 of `data` (bytes, or a file's): 'sha512-<base64>'."""
+    digest = file_digest(data, "sha512") if isinstance(data, Path) else hashlib.sha512(data)
+    return "sha512-" + base64.b64encode(digest.digest()).decode("ascii")
 
 
-def check_integrity(data: bytes, expected: str, source: str) -> None:
+def check_integrity(data: bytes | Path, expected: str, source: str) -> None:
     """Raise RuntimeDownloadError unless `data` has the integrity hash `expected`.
 
     Args:
-        data: the downloaded bytes.
+        data: the downloaded bytes, or the file that holds them.
         expected: 'sha512-<base64>', as `npm view PACKAGE dist.integrity` prints it.
         source: where the bytes came from, for the message.
     """
@@ -121,9 +121,11 @@ def fetch_runtime(cache: str | os.PathLike | None = None, *, url: str = ORT_TARB
                   log=None) -> Path:
     """The folder with the runtime's files (`ORT_FILES` and LICENSE), downloaded and checked once.
 
-    The tarball is read into memory, its sha512 checked against `integrity`, and the needed files
-    extracted into a temporary folder that is renamed into the cache when complete; a failed or
-    interrupted download leaves nothing that looks finished.
+    The tarball is downloaded (`cgnet.download.fetch`: resumed when cut short) into
+    `<cache>/.onnxruntime-web-<version>.tgz.part`, its sha512 checked against `integrity`, and the
+    needed files extracted into a staged folder (`cgnet.fileio.staged_folder`) that is renamed into
+    the cache when complete; a failed or interrupted download leaves nothing that looks finished,
+    and a tarball that fails a check is deleted.
 
     Args:
         cache: the cache folder (default $CGNET_CACHE or ~/.cache/cgnet).
@@ -139,19 +141,26 @@ def fetch_runtime(cache: str | os.PathLike | None = None, *, url: str = ORT_TARB
         return folder
     if log:
         log(f"downloading onnxruntime-web {ORT_VERSION} (33 MB, once) from {url}")
+    part = folder.with_name(f".{folder.name}.tgz.part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            data = response.read()
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
-        raise RuntimeDownloadError(f"cannot download onnxruntime-web {ORT_VERSION} from {url} ({reason}); the "
+        fetch(url, part, progress=False)
+    except DownloadError as error:
+        raise RuntimeDownloadError(f"cannot download onnxruntime-web {ORT_VERSION} from {url} ({error.reason}); the "
                                    f"in-browser mode needs it once (it is then kept in {folder})") from None
-    check_integrity(data, integrity, url)
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        check_integrity(part, integrity, url)
+        # replace: an incomplete folder from before the checks existed
+        with staged_folder(folder, replace=True) as staging:
+            _extract_runtime(part, staging, url)
+    finally:
+        part.unlink(missing_ok=True)
+    return folder
+
+
+def _extract_runtime(tarball: Path, dest: Path, url: str) -> None:
+    """`ORT_FILES` from the npm tarball's package/dist/ into dest, and the LICENSE."""
+    try:
+        with tarfile.open(tarball, mode="r:gz") as tar:
             for name in ORT_FILES:
                 try:
                     member = tar.extractfile(f"package/dist/{name}")
@@ -159,15 +168,10 @@ def fetch_runtime(cache: str | os.PathLike | None = None, *, url: str = ORT_TARB
                     member = None
                 if member is None:
                     raise RuntimeDownloadError(f"{url}: package/dist/{name} is not a file in the tarball")
-                (tmp / name).write_bytes(member.read())
-        (tmp / "LICENSE").write_text(ORT_LICENSE.format(version=ORT_VERSION))
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from before the checks existed
-        os.replace(tmp, folder)
-    except (tarfile.TarError, EOFError, OSError) as error:
+                (dest / name).write_bytes(member.read())
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise RuntimeDownloadError(f"{url}: not a readable gzipped tarball ({error})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    (dest / "LICENSE").write_text(ORT_LICENSE.format(version=ORT_VERSION))
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -227,9 +231,9 @@ def write_site(source: str | os.PathLike, out_dir: str | os.PathLike, *, cache: 
     """Write the page as a static folder that runs the model in the browser.
 
     out_dir gets index.html, app.js, style.css, model.onnx, model.json (`page_meta`) and ort/
-    (the runtime's files and LICENSE). It is written into a temporary folder beside out_dir and
-    renamed when complete. The host must send the COOP/COEP headers (`ISOLATION_HEADERS`) for
-    WebAssembly threads; without them the page runs on one thread.
+    (the runtime's files and LICENSE). It is written into a staged folder beside out_dir and
+    renamed when complete (`cgnet.fileio.staged_folder`). The host must send the COOP/COEP
+    headers (`ISOLATION_HEADERS`) for WebAssembly threads; without them the page runs on one thread.
 
     Args:
         source: a checkpoint, the name of shipped weights ('camvid') or an .onnx file written by
@@ -249,11 +253,7 @@ def write_site(source: str | os.PathLike, out_dir: str | os.PathLike, *, cache: 
     onnx_path, meta = model_onnx(source, cache, data_root, log)
     info = page_meta(meta, Path(str(source)).name)
     runtime = fetch_runtime(cache, url=runtime_url, log=log)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_folder(out) as tmp:
         (tmp / "index.html").write_text(static_page((STATIC / "index.html").read_text()))
         for name in PAGE_FILES[1:]:
             shutil.copyfile(STATIC / name, tmp / name)
@@ -262,11 +262,6 @@ def write_site(source: str | os.PathLike, out_dir: str | os.PathLike, *, cache: 
         (tmp / "ort").mkdir()
         for name in (*ORT_FILES, "LICENSE"):
             shutil.copyfile(runtime / name, tmp / "ort" / name)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

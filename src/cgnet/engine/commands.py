@@ -15,8 +15,8 @@ from tqdm import tqdm
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, InputError, default_device, number_type, parse_floats
 from ..data import camvid
-from ..data.catalog import DatasetInfo, data_root_candidates, dataset_from_meta, default_data_root, find_data_root
-from ..data.cityscapes import train_ids_to_label_ids
+from ..data.catalog import (DATASETS, DatasetInfo, data_root_candidates, dataset_from_meta, default_data_root,
+                            find_data_root, known_names)
 from ..data.listset import SegDataset, read_image
 from ..fileio import check_writable
 from ..deploy.formats import backends
@@ -30,7 +30,7 @@ from .inference import evaluate, make_eval_loader, predict_logits, save_predicti
 
 def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
     p.add_argument("--checkpoint", help="our checkpoint or the original release's (default: shipped weights)")
-    p.add_argument("--dataset", help="camvid or cityscapes (default: from the checkpoint)")
+    p.add_argument("--dataset", help=f"{known_names(', ')} (default: from the checkpoint)")
     p.add_argument("--data-root", help="dataset folder (default: $CGNET_DATA, ./data/<dataset>, ../shared/datasets/<dataset>)")
     if not test:
         p.add_argument("--split", default="val", help="val, test, train, trainval or a list file (default val)")
@@ -129,7 +129,7 @@ def score(args: argparse.Namespace, model, info: DatasetInfo, ds: SegDataset, de
 
 
 def write_submission(out: Path) -> Path:
-    """Zip OUT/results/*.png as OUT/submission.zip, the layout the Cityscapes server takes."""
+    """Zip OUT/results/*.png as OUT/submission.zip, the layout the benchmark servers take."""
     archive = out / "submission.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
         for f in sorted((out / "results").glob("*.png")):
@@ -138,22 +138,24 @@ def write_submission(out: Path) -> Path:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    """Cityscapes: label-id PNGs named after the frames, and a zip. Other datasets: score the test split."""
+    """A dataset whose entry has `submission` ids (Cityscapes): label-id PNGs named after the frames,
+    and a zip. Other datasets: score the test split."""
     args.split = "test"
     check_outputs(args)
     model, info, ds, device = setup_eval(args, "test")
-    if info.name != "cityscapes":
+    entry = DATASETS.get(info.name)
+    if entry is None or entry.info != info or entry.submission is None:
         return score(args, model, info, ds, device)
     out = check_writable(args.out, "--out")
     (out / "results").mkdir(parents=True, exist_ok=True)
-    for image, _, index in tqdm(make_eval_loader(ds, workers=args.workers), desc="cityscapes test"):
+    for image, _, index in tqdm(make_eval_loader(ds, workers=args.workers), desc=f"{info.name} test"):
         pred = predict_logits(model, image.to(device), scales=args.scales, flip=args.flip,
                               precision=torch_precision(args)).argmax(1)
-        ids = train_ids_to_label_ids(pred[0].cpu().numpy().astype(np.uint8))
-        name = ds.samples[int(index)].image.name  # <city>_<seq>_<frame>_leftImg8bit.png
+        ids = entry.submission(pred[0].cpu().numpy().astype(np.uint8))
+        name = ds.samples[int(index)].image.name  # Cityscapes: <city>_<seq>_<frame>_leftImg8bit.png
         cv2.imwrite(str(out / "results" / name), ids)
     archive = write_submission(out)
-    print(f"{len(ds)} label-id PNGs in {out / 'results'}; upload {archive} to the Cityscapes server")
+    print(f"{len(ds)} label-id PNGs in {out / 'results'}; upload {archive} to the {entry.title} server")
     return 0
 
 

@@ -25,7 +25,7 @@ import torch
 
 from ..checkpoint import resolve_weights
 from ..common import CGNetError, default_device, parse_floats
-from ..data.catalog import DATASETS, read_class_names, resolve_dataset
+from ..data.catalog import DATASETS, known_names, read_class_names, resolve_dataset
 
 
 class ConfigError(CGNetError, ValueError):
@@ -119,7 +119,7 @@ class TrainConfig:
     value check and --resume policy (`option`); `add_train_args` builds the parser from them."""
     preset: str | None = option(None, "one of the paper's recipes", None, DEFINES)  # in the recipe group
     # what to train on
-    dataset: str = option("camvid", "camvid or cityscapes, or your own dataset's name (with --classes)", "data",
+    dataset: str = option("camvid", f"{known_names(' / ')}, or your own dataset's name (with --classes)", "data",
                           DEFINES)
     classes: tuple[str, ...] | None = option(
         None, "your own dataset: class names, 'a,b,c' or a file with one per line (`name r,g,b` lines give colours; "
@@ -239,19 +239,10 @@ RUN_DEFINING = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"]
 NOT_INHERITED = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"] == FRESH)
 
 
-# The paper's recipes (Wu et al. 2020, section IV; the original release's scripts).
-PRESETS: dict[str, dict] = {
-    "cityscapes": dict(dataset="cityscapes", train_split="train", val_split="val", crop=(680, 680),
-                       batch_size=16, epochs=300),
-    "cityscapes-trainval": dict(dataset="cityscapes", train_split="trainval", val_split="val",
-                                crop=(680, 680), batch_size=16, epochs=350),
-    "camvid": dict(dataset="camvid", train_split="trainval", val_split="val", crop=(360, 360),
-                   batch_size=8, epochs=800),
-    # ours: the camvid recipe fitted to 2.5 hours of a 2-core CPU (fp32; channels_last and the
-    # compiled model where the CPU's vector instructions make them faster: cpu_speed_defaults)
-    "camvid-cpu": dict(dataset="camvid", train_split="trainval", val_split="val", crop=(360, 360),
-                       batch_size=8, epochs=800, time_budget=150, amp="off", val_every=5, workers=1),
-}
+# The recipes: each dataset's entry holds its own (`Dataset.presets` in data/catalog.py): the paper's
+# (Wu et al. 2020, section IV; the original release's scripts) and ours (camvid-cpu).
+PRESETS: dict[str, dict] = {name: {"dataset": entry.name, **overrides}
+                            for entry in DATASETS.values() for name, overrides in entry.presets.items()}
 
 GROUP_TITLES = {"data": "data", "schedule": "schedule", "model": "model and loss",
                 "speed": "speed (how it runs; may change on --resume)", "output": "output"}
@@ -486,9 +477,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     # the data: the dataset, its folder and its list files
     known = cfg.dataset in DATASETS and not cfg.classes
-    if known and cfg.ignore_index is not None and cfg.ignore_index != DATASETS[cfg.dataset].ignore_index:
+    if known and cfg.ignore_index is not None and cfg.ignore_index != DATASETS[cfg.dataset].info.ignore_index:
         raise ConfigError(f"--ignore-index {cfg.ignore_index}: {cfg.dataset}'s ignore id is fixed at "
-                          f"{DATASETS[cfg.dataset].ignore_index}; --ignore-index is for custom datasets (--classes)")
+                          f"{DATASETS[cfg.dataset].info.ignore_index}; --ignore-index is for custom datasets "
+                          "(--classes)")
     if cfg.classes and cfg.ignore_index is not None and not 0 <= cfg.ignore_index <= 255:
         raise ConfigError(f"--ignore-index {cfg.ignore_index}: labels are 8-bit images, so it must be 0..255")
     try:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..common import autocast
-from ..data.catalog import DatasetInfo
+from ..data.info import DatasetInfo
 from ..data.listset import read_image
 from ..confusion import ConfusionMatrix
 from ..visualize import blend, colorize
