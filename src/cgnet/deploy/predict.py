@@ -15,8 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError, number_type
-from ..data.listset import read_image
 from ..fileio import check_writable
+from ..images import read_rgb
 from ..visualize import blend, colorize, default_palette
 from .predictor import add_predictor_args, make_predictor, resolve_backend
 
@@ -124,7 +124,7 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
     palette = palette_of(predictor.meta)
     for path, name in tqdm(list(zip(images, names)), desc="images", unit="img", disable=not progress,
                            dynamic_ncols=True):
-        image = read_image(path)
+        image = read_rgb(path)
         pred = predictor.predict(image)
         color = colorize(pred, palette)
         _write(out / "masks" / f"{name}.png", pred)
