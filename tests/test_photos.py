@@ -105,3 +105,19 @@ def test_phone_photos_import_from_labelme_train_and_predict_upright(tmp_path, ca
     photo = cv2.imread(str(out / "masks" / "photo6.png"), cv2.IMREAD_UNCHANGED)
     assert photo.shape == (200, 100)
     np.testing.assert_array_equal(photo, cv2.imread(str(out / "masks" / "upright.png"), cv2.IMREAD_UNCHANGED))
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_colour_masks_drawn_on_the_displayed_photo_import(tmp_path, capsys, orientation):
+    height, width = shown_size(orientation)
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "photo.jpg").write_bytes(phone_jpeg(shown_frame(height, width), orientation))
+    ids = np.zeros((height, width), np.uint8)
+    ids[: height // 3] = 1   # the top third of the shown frame is sky
+    mask = np.array([(0, 0, 0), (0, 0, 255)], np.uint8)[ids]   # BGR: sky is red
+    cv2.imwrite(str(tmp_path / "frames" / "photo_L.png"), mask)
+    (tmp_path / "classes.txt").write_text("road 0,0,0\nsky 255,0,0\n")
+    root = tmp_path / "mine"
+    assert main(["data", "import", "--from", "colors", str(tmp_path / "frames"), "--mask-suffix", "_L",
+                 "--classes", str(tmp_path / "classes.txt"), "--root", str(root), "--no-progress"]) == 0
+    np.testing.assert_array_equal(cv2.imread(str(root / "labels" / "photo.png"), cv2.IMREAD_UNCHANGED), ids)
