@@ -349,7 +349,7 @@ OK_MASK = png_b64(np.ones((2, 2), np.uint8))
     (shape("car", [(0, 0), (2, 2)]), "shape 1 ('car'): a polygon needs at least 3 points, it has 2"),
     (shape("car", [(0, 0), (2, 2), (3, 3)], "rectangle"), "shape 1 ('car'): a rectangle needs 2 points, it has 3"),
     (shape("car", [(0, 0), (2, 2), (3, 3)], "oriented_rectangle"),
-     "shape 1 ('car'): a oriented_rectangle needs 4 points, it has 3"),
+     "shape 1 ('car'): an oriented_rectangle needs 4 points, it has 3"),
     (shape("car", [(0, 0)], "linestrip"), "shape 1 ('car'): a linestrip needs at least 2 points, it has 1"),
     (shape("car", [(0, 0), (1, 1)], "point"), "shape 1 ('car'): a point needs 1 point, it has 2"),
     ({**shape("car", [(0, 0), (2, 2)], "circle"), "points": [[0, "x"], [1, 1]]},

@@ -112,7 +112,8 @@ def shape_points(shape: dict, kind: str, where: str) -> np.ndarray:
     fewest, most = POINT_COUNTS[kind]
     if len(array) < fewest or (most is not None and len(array) > most):
         need = f"{fewest}" if fewest == most else f"at least {fewest}"
-        raise InputError(f"{where}: a {kind} needs {need} point{'s' * (fewest != 1)}, it has {len(array)}")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise InputError(f"{where}: {article} {kind} needs {need} point{'s' * (fewest != 1)}, it has {len(array)}")
     return array
 
 

@@ -112,7 +112,8 @@ class SegDataset(Dataset):
         self.epoch = epoch
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Decoded, validated uint8 RGB image and label ids (None for image-only lists)."""
+        """Decoded, validated uint8 RGB image (in the displayed frame: EXIF orientation applied) and
+        label ids (None for image-only lists)."""
         s = self.samples[index]
         img = read_rgb(s.image, s.where)
         if s.label is None:

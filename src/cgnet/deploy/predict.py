@@ -1,7 +1,9 @@
 """`cgnet predict`: segment images, folders, glob patterns and videos with any backend.
 
 For each image it writes OUT/masks/<name>.png (class ids), OUT/color/<name>.png (palette colours)
-and OUT/overlay/<name>.jpg (image blended with the colours); for each video OUT/<name>_overlay.mp4."""
+and OUT/overlay/<name>.jpg (image blended with the colours); for each video OUT/<name>_overlay.mp4.
+Images are read in the frame viewers show (a phone photo's EXIF orientation applied), so masks and
+overlays are that way up and that size."""
 from __future__ import annotations
 
 import argparse
