@@ -29,12 +29,13 @@ from tqdm import tqdm
 from cgnet.checkpoint import load_model
 from cgnet.common import DEFAULT_WEIGHTS
 from cgnet.data.catalog import dataset_from_meta
-from cgnet.data.listset import read_image, read_label, read_list
+from cgnet.data.listset import read_label, read_list
 from cgnet.deploy.export import export
 from cgnet.deploy.formats import FORMATS
 from cgnet.deploy.predictor import Predictor, load_exported
 from cgnet.deploy.runners import torch_runner
 from cgnet.confusion import ConfusionMatrix
+from cgnet.images import read_rgb
 
 
 def paths_to_measure(only: list[str] | None) -> list[tuple[str, str]]:
@@ -69,7 +70,7 @@ def main() -> int:
     info = dataset_from_meta(model.meta)
     samples = read_list(info.split_path(args.data_root, args.split), args.data_root, progress=False)
     samples = samples[:args.frames] if args.frames else samples
-    images = [read_image(s.image) for s in samples]
+    images = [read_rgb(s.image) for s in samples]
     labels = [torch.from_numpy(read_label(s.label, info.num_classes, info.ignore_index).astype(np.int64)) for s in samples]
     eager = Predictor(torch_runner(model, "fp32", "cpu", channels_last=False), model.meta, "torch")
     reference = [eager.predict(image) for image in tqdm(images, desc="eager fp32", leave=False)]

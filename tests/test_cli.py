@@ -58,7 +58,7 @@ def test_worker_data_error_is_the_same_one_line_as_without_workers(camvid, tmp_p
         assert main(["eval", "--data-root", str(root), "--dataset", "camvid", "--split", "val",
                      "--workers", workers]) == 2
         messages.append(capsys.readouterr().err.splitlines()[-1].split("\r")[-1])
-    expected = (f"cgnet eval: error: {root / 'camvid_val_list.txt'}:2: cannot read image "
+    expected = (f"cgnet eval: error: {root / 'camvid_val_list.txt'}:2: cannot read the image "
                 f"{root / 'val' / '0001TP_000001.png'} (corrupt or not an image)")
     assert messages == [expected, expected]
 
@@ -80,8 +80,8 @@ def test_missing_file_in_a_list_is_found_before_any_frame_is_read(camvid, tmp_pa
     shutil.copytree(camvid, root)
     (root / "val" / "0001TP_000002.png").unlink()
     reads = []
-    real = listset.read_image
-    monkeypatch.setattr(listset, "read_image", lambda *a, **k: reads.append(a) or real(*a, **k))
+    real = listset.read_rgb
+    monkeypatch.setattr(listset, "read_rgb", lambda *a, **k: reads.append(a) or real(*a, **k))
     assert main(["eval", "--data-root", str(root), "--dataset", "camvid", "--split", "val", "--workers", "0"]) == 2
     assert capsys.readouterr().err.endswith(f"{root / 'camvid_val_list.txt'}:3: image "
                                             f"{root / 'val' / '0001TP_000002.png'} does not exist\n")

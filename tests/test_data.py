@@ -9,6 +9,7 @@ from cgnet.data import augment as augmentation
 from cgnet.data import listset
 from cgnet.data import stats as data_stats
 from cgnet.data.catalog import CAMVID, CITYSCAPES, custom_dataset
+from cgnet.images import read_rgb
 from cgnet.preprocess import make_spec, original_spec
 from cgnet.visualize import denormalize
 from helpers.camvid_like import make_camvid_like
@@ -55,18 +56,18 @@ def test_list_errors_name_file_and_line(tmp_path, camvid):
 def test_grayscale_and_rgba_become_rgb(tmp_path):
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
     cv2.imwrite(str(tmp_path / "g.png"), gray)
-    rgb = listset.read_image(tmp_path / "g.png")
+    rgb = read_rgb(tmp_path / "g.png")
     assert rgb.shape == (3, 4, 3) and (rgb[..., 0] == gray).all() and (rgb[..., 2] == gray).all()
     bgra = np.zeros((2, 2, 4), np.uint8)
     bgra[..., 0], bgra[..., 2], bgra[..., 3] = 10, 200, 255
     cv2.imwrite(str(tmp_path / "a.png"), bgra)
-    assert listset.read_image(tmp_path / "a.png")[0, 0].tolist() == [200, 0, 10]
+    assert read_rgb(tmp_path / "a.png")[0, 0].tolist() == [200, 0, 10]
 
 
 def test_corrupt_image_and_bad_labels(tmp_path, camvid):
     ds = listset.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
     ds.samples[0].image.write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"camvid_train_list\.txt:1: cannot read image"):
+    with pytest.raises(ValueError, match=r"camvid_train_list\.txt:1: cannot read the image"):
         ds[0]
     label_path = ds.samples[1].label
     lab = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
@@ -137,7 +138,7 @@ def test_memory_trainset_matches_dataset(camvid):
 def test_stats_by_hand_and_cache_keyed_by_list(tmp_path, camvid):
     ds = listset.SegDataset(camvid, "camvid_train_list.txt", CAMVID, SPEC)
     stats = data_stats.dataset_stats(ds, cache_dir=tmp_path / "run", workers=0, progress=False)
-    imgs = [listset.read_image(s.image).reshape(-1, 3) / 255.0 for s in ds.samples]
+    imgs = [read_rgb(s.image).reshape(-1, 3) / 255.0 for s in ds.samples]
     np.testing.assert_allclose(stats["mean_rgb"], np.mean([i.mean(0) for i in imgs], 0), rtol=1e-9)
     np.testing.assert_allclose(stats["std_rgb"], np.mean([i.std(0) for i in imgs], 0), rtol=1e-9)
     labels = np.concatenate([cv2.imread(str(s.label), cv2.IMREAD_UNCHANGED).ravel() for s in ds.samples])

@@ -172,7 +172,8 @@ def test_shipped_weights_int8_onnx_agrees_with_fp32_on_real_test_frames(camvid_r
     frames, with 8-bit weights it agreed with eager fp32 on 85.3% of the pixels on an AVX2-only CPU
     (int16 saturation), with 7-bit weights on 97.6% (benchmarks.deploy_table); 95% separates them."""
     pytest.importorskip("onnxruntime")
-    from cgnet.data.listset import read_image, read_list
+    from cgnet.data.listset import read_list
+    from cgnet.images import read_rgb
     real = exporter.calibration_inputs
     monkeypatch.setattr(exporter, "calibration_inputs", lambda m, root, count=200, crop=360: real(m, root, 100, crop))
     model = load_model("camvid")
@@ -180,6 +181,6 @@ def test_shipped_weights_int8_onnx_agrees_with_fp32_on_real_test_frames(camvid_r
     int8 = make_predictor(out)
     reference = make_predictor("camvid", backend="torch", device="cpu")
     samples = read_list(camvid_root / "camvid_test_list.txt", camvid_root, labels=False)
-    agree = [np.mean(int8.predict(read_image(s.image)) == reference.predict(read_image(s.image)))
+    agree = [np.mean(int8.predict(read_rgb(s.image)) == reference.predict(read_rgb(s.image)))
              for s in samples[::len(samples) // 20][:20]]
     assert np.mean(agree) >= 0.95, np.mean(agree)

@@ -1,7 +1,6 @@
-"""`cgnet data import`: CVAT, LabelMe and colour-mask exports, built here as each tool writes
-them, imported and checked pixel by pixel; errors, atomicity, the split, and the palette a
-training on the result carries into its checkpoint."""
-import base64
+"""`cgnet data import`: CVAT and colour-mask exports, built here as each tool writes them,
+imported and checked pixel by pixel; errors, atomicity, the split, and the palette a training on
+the result carries into its checkpoint. LabelMe: test_labelme.py."""
 import json
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from cgnet.checkpoint import load_model
 from cgnet.cli import main
 from cgnet.data.catalog import CAMVID, dataset_from_meta, read_class_names, resolve_dataset
-from cgnet.data.importer import polygon_mask, split_names
+from cgnet.data.importer import split_names
 from cgnet.data.listset import read_label, read_list
 from cgnet.engine.config import TrainConfig
 
@@ -165,192 +164,6 @@ def test_refuses_a_non_empty_root_and_accepts_an_empty_one(tmp_path, capsys):
     (dst / "keep.txt").unlink()
     assert run(capsys, "--from", "cvat", src, "--root", dst)[0] == 0
     assert (dst / "labels" / "frame_a.png").is_file()
-
-
-# ---- LabelMe ----------------------------------------------------------------------------------
-
-def shape(label, points, kind="polygon"):
-    return {"label": label, "points": [list(map(float, p)) for p in points], "group_id": None,
-            "description": "", "shape_type": kind, "flags": {}}
-
-
-def labelme_doc(shapes, image_path, height, width, image_data=None):
-    return {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": image_path,
-            "imageData": image_data, "imageHeight": height, "imageWidth": width}
-
-
-def write_json(path: Path, doc: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2))
-    return path
-
-
-def test_labelme_shapes_drawn_pixel_by_pixel(tmp_path, capsys):
-    src = tmp_path / "labelme"
-    h, w = 8, 10
-    image = write_rgb(src / "street.jpg", np.full((h, w, 3), 90))
-    write_json(src / "street.json", labelme_doc([
-        shape("road", [(0, 0), (4, 0), (0, 4)]),                       # x + y <= 4: 15 pixels
-        shape("car", [(9.4, 7.2), (6.5, 5.6)], "rectangle"),           # corners any way round, inclusive
-        shape("tree", [(7, 2), (7, 3)], "circle"),                     # radius 1: 5 pixels
-        shape("road", [(1, 1), (5, 5)], "line"),
-        shape("car", [(3, 3)], "point"),
-        shape("tree", [(0, 7), (2, 7), (2, 5)], "linestrip"),
-    ], "street.jpg", h, w))
-    dst = tmp_path / "mine"
-    code, out, err = run(capsys, "--from", "labelme", src, "--root", dst)
-    assert code == 0, err
-    car, road, tree = 0, 1, 2   # the labels found, sorted
-    want = np.full((h, w), IGNORE, np.uint8)
-    for y in range(h):
-        for x in range(w):
-            if x + y <= 4:
-                want[y, x] = road
-    want[6:8, 7:10] = car
-    for x, y in ((7, 1), (6, 2), (7, 2), (8, 2), (7, 3)):
-        want[y, x] = tree
-    np.testing.assert_array_equal(read_ids(dst / "labels" / "street.png"), want)
-    assert (dst / "images" / "street.jpg").read_bytes() == image.read_bytes()
-    classes = [line.split()[0] for line in (dst / "classes.txt").read_text().splitlines() if not line.startswith("#")]
-    assert classes == ["car", "road", "tree"]
-    colours = [line.split()[1] for line in (dst / "classes.txt").read_text().splitlines() if not line.startswith("#")]
-    assert len(set(colours)) == 3
-    assert "skipped shapes (they cover no area): 1 line, 1 linestrip, 1 point" in out
-
-
-def test_labelme_shapes_past_the_image_edge_are_cut_to_it(tmp_path, capsys):
-    src = tmp_path / "labelme"
-    write_rgb(src / "a.png", np.zeros((5, 6, 3)))
-    write_json(src / "a.json", labelme_doc([
-        shape("wall", [(-2, -2), (3, -2), (3, 3), (-2, 3)]),          # x <= 3 and y <= 3
-        shape("lamp", [(0, 0), (1.5, 0)], "circle"),                  # radius 1.5 at the corner
-        shape("door", [(4.5, 2), (9, 9)], "rectangle"),               # x 5..5, y 2..4
-    ], "a.png", 5, 6))
-    dst = tmp_path / "mine"
-    assert run(capsys, "--from", "labelme", src, "--root", dst)[0] == 0
-    door, lamp, wall = 0, 1, 2
-    want = np.full((5, 6), IGNORE, np.uint8)
-    want[0:4, 0:4] = wall
-    for x, y in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        want[y, x] = lamp
-    want[2:5, 5] = door
-    np.testing.assert_array_equal(read_ids(dst / "labels" / "a.png"), want)
-
-
-def test_labelme_later_shapes_cover_earlier_ones(tmp_path, capsys):
-    src = tmp_path / "labelme"
-    write_rgb(src / "a.png", np.zeros((4, 6, 3)))
-    write_rgb(src / "b.png", np.zeros((4, 6, 3)))
-    big, small = shape("sky", [(0, 0), (5, 3)], "rectangle"), shape("bird", [(2, 1), (3, 2)], "rectangle")
-    write_json(src / "a.json", labelme_doc([big, small], "a.png", 4, 6))
-    write_json(src / "b.json", labelme_doc([small, big], "b.png", 4, 6))
-    dst = tmp_path / "mine"
-    assert run(capsys, "--from", "labelme", src, "--root", dst)[0] == 0
-    bird, sky = 0, 1
-    a = np.full((4, 6), sky, np.uint8)
-    a[1:3, 2:4] = bird
-    np.testing.assert_array_equal(read_ids(dst / "labels" / "a.png"), a)
-    np.testing.assert_array_equal(read_ids(dst / "labels" / "b.png"), np.full((4, 6), sky, np.uint8))
-
-
-def test_labelme_embedded_image_round_trip_and_background_class(tmp_path, capsys):
-    src = tmp_path / "labelme"
-    pixels = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)   # BGR, as OpenCV holds it
-    data = base64.b64encode(cv2.imencode(".png", pixels)[1].tobytes()).decode()
-    # imagePath names a file that is not there: the embedded image is what counts
-    write_json(src / "shot 1.json", labelme_doc([shape("_background_", [(0, 0), (1, 1)], "rectangle"),
-                                                 shape("cat", [(6, 4), (5, 3)], "rectangle")],
-                                                "../elsewhere/shot 1.jpg", 5, 7, data))
-    dst = tmp_path / "mine"
-    code, _, err = run(capsys, "--from", "labelme", src, "--root", dst)
-    assert code == 0, err
-    # spaces become '_' (list files separate fields by whitespace); the image is re-encoded as PNG
-    np.testing.assert_array_equal(cv2.imread(str(dst / "images" / "shot_1.png"), cv2.IMREAD_UNCHANGED), pixels)
-    want = np.zeros((5, 7), np.uint8)   # _background_ is class 0 and fills what no shape covers
-    want[3:5, 5:7] = 1
-    np.testing.assert_array_equal(read_ids(dst / "labels" / "shot_1.png"), want)
-    assert [line for line in (dst / "classes.txt").read_text().splitlines() if not line.startswith("#")][0] == \
-        "_background_ 0,0,0"
-    assert (dst / "train.txt").read_text() == "images/shot_1.png labels/shot_1.png\n"
-
-
-def test_labelme_classes_file_fixes_ids_and_colours(tmp_path, capsys):
-    src = tmp_path / "labelme"
-    write_rgb(src / "a.png", np.zeros((3, 3, 3)))
-    write_json(src / "a.json", labelme_doc([shape("dog", [(0, 0), (1, 2)], "rectangle")], "a.png", 3, 3))
-    classes = tmp_path / "classes.txt"
-    classes.write_text("# mine\ncat 10,20,30\ndog 40,50,60\n")
-    dst = tmp_path / "mine"
-    assert run(capsys, "--from", "labelme", src, "--root", dst, "--classes", classes)[0] == 0
-    want = np.full((3, 3), IGNORE, np.uint8)
-    want[:, :2] = 1
-    np.testing.assert_array_equal(read_ids(dst / "labels" / "a.png"), want)
-    assert (dst / "classes.txt").read_text().splitlines()[-2:] == ["cat 10,20,30", "dog 40,50,60"]
-    # a label the classes file lacks
-    classes.write_text("cat 10,20,30\n")
-    code, _, err = run(capsys, "--from", "labelme", src, "--root", tmp_path / "other", "--classes", classes)
-    assert code == 2 and not (tmp_path / "other").exists()
-    assert err == f"cgnet data: error: {src / 'a.json'}: shape 0 ('dog'): label not in the classes file {classes}\n"
-
-
-@pytest.mark.parametrize("bad, message", [
-    (shape("car", [(0, 0), (2, 2)]), "shape 1 ('car'): a polygon needs at least 3 points, it has 2"),
-    (shape("car", [(0, 0), (2, 2), (3, 3)], "rectangle"), "shape 1 ('car'): a rectangle needs 2 points, it has 3"),
-    (shape("car", [(0, 0), (2, 2)], "mask"), "shape 1 ('car'): shape_type 'mask' is not supported (drawn: "
-                                             "polygon, rectangle, circle; skipped: line, point, linestrip)"),
-    ({**shape("car", [(0, 0), (2, 2)], "circle"), "points": [[0, "x"], [1, 1]]},
-     "shape 1 ('car'): points must be a list of [x, y] numbers, got [[0, 'x'], [1, 1]]"),
-])
-def test_labelme_bad_shape_is_one_line(tmp_path, capsys, bad, message):
-    src = tmp_path / "labelme"
-    write_rgb(src / "a.png", np.zeros((4, 4, 3)))
-    write_rgb(src / "b.png", np.zeros((4, 4, 3)))
-    write_json(src / "a.json", labelme_doc([shape("car", [(0, 0), (1, 1)], "rectangle")], "a.png", 4, 4))
-    write_json(src / "b.json", labelme_doc([shape("car", [(0, 0), (1, 1)], "rectangle"), bad], "b.png", 4, 4))
-    dst = tmp_path / "mine"
-    before = listing(tmp_path)
-    code, _, err = run(capsys, "--from", "labelme", src, "--root", dst)
-    assert code == 2 and listing(tmp_path) == before
-    # a shape type is checked while the labels are gathered, before anything is imported
-    counts = "" if "shape_type" in message else f" (1 imported before it; nothing written to {dst})"
-    assert err == f"cgnet data: error: {src / 'b.json'}: {message}{counts}\n"
-
-
-def test_labelme_declared_size_must_match_the_image(tmp_path, capsys):
-    src = tmp_path / "labelme"
-    write_rgb(src / "a.png", np.zeros((4, 6, 3)))
-    write_json(src / "a.json", labelme_doc([shape("car", [(0, 0), (1, 1)], "rectangle")], "a.png", 6, 4))
-    dst = tmp_path / "mine"
-    code, _, err = run(capsys, "--from", "labelme", src, "--root", dst)
-    assert code == 2 and not dst.exists()
-    assert err == (f"cgnet data: error: {src / 'a.json'}: imageHeight x imageWidth 6x4 but the image is 4x6 "
-                   f"(height x width) (0 imported before it; nothing written to {dst})\n")
-
-
-def brute_force_polygon(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Independent reference: pixel (x, y) is in when the point is on an edge (cross product 0
-    within the segment's box) or inside by the even-odd crossing count."""
-    out = np.zeros((height, width), bool)
-    edges = list(zip(points, np.roll(points, -1, axis=0)))
-    for y in range(height):
-        for x in range(width):
-            on_edge = any(abs((bx - ax) * (y - ay) - (by - ay) * (x - ax)) < 1e-9
-                          and min(ax, bx) - 1e-9 <= x <= max(ax, bx) + 1e-9
-                          and min(ay, by) - 1e-9 <= y <= max(ay, by) + 1e-9 for (ax, ay), (bx, by) in edges)
-            crossings = sum(1 for (ax, ay), (bx, by) in edges
-                            if (ay > y) != (by > y) and x < ax + (y - ay) * (bx - ax) / (by - ay))
-            out[y, x] = on_edge or crossings % 2 == 1
-    return out
-
-
-def test_polygon_fill_matches_an_independent_point_in_polygon_test():
-    rng = np.random.default_rng(3)
-    for trial in range(40):
-        n = int(rng.integers(3, 8))
-        # whole and half coordinates (edges through pixel points), some outside the image
-        points = rng.integers(-4, 26, (n, 2)) / (2 if trial % 2 else 1)
-        np.testing.assert_array_equal(polygon_mask(points.astype(float), 11, 12),
-                                      brute_force_polygon(points, 11, 12), err_msg=str(points.tolist()))
 
 
 # ---- colour masks (CamVid's original 32-class labels, for one) --------------------------------

@@ -11,10 +11,11 @@ import torch.nn as nn
 
 from cgnet import CGNet, load_model
 from cgnet.cli import main
-from cgnet.data.listset import read_image, read_list
+from cgnet.data.listset import read_list
 from cgnet.deploy import mobile
 from cgnet.deploy.predictor import make_predictor
 from cgnet.deploy.simplify import KeepdimGlobalContext, simplify_for_inference
+from cgnet.images import read_rgb
 from cgnet.model import GlobalContext, inject
 from cgnet.preprocess import make_spec, original_spec, to_tensor
 from helpers.randomize import randomized
@@ -249,7 +250,7 @@ def test_writers_refuse_bad_arguments_before_any_work(tiny, tmp_path):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_shipped_weights_app_ready_file_gives_cgnet_predict_class_ids(fmt, camvid_root, tmp_path):
     sample = read_list(camvid_root / "camvid_test_list.txt", camvid_root, labels=False)[0]
-    image = read_image(sample.image)
+    image = read_rgb(sample.image)
     model = load_model("camvid")
     simple = simplify_for_inference(model)
     size = image.shape[:2]
@@ -277,7 +278,7 @@ def test_cgnet_export_app_io_file_predicts_the_eager_class_ids(randomized_ckpt, 
     assert "resized to the file's 40x48" in printed and "class-id agreement" in printed
     predictor = make_predictor(out)
     assert predictor.meta["app_io"] is True and predictor.meta["input_size"] == [40, 48]
-    image = read_image(sorted((camvid / "test").iterdir())[0])  # the generated frames are 40x48
+    image = read_rgb(sorted((camvid / "test").iterdir())[0])  # the generated frames are 40x48
     eager = make_predictor(randomized_ckpt, backend="torch", device="cpu")
     logits = eager.logits(image)
     ties = near_ties(logits, fp32_tolerance(simplify_for_inference(load_model(randomized_ckpt)), logits))

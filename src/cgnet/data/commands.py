@@ -132,7 +132,8 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
                                     "of images and RGB colour masks.")
     p.add_argument("src", help="the export's folder")
     p.add_argument("--from", dest="format", choices=FORMATS, required=True,
-                   help="cvat: Segmentation mask 1.1; labelme: JSON files; colors: images and RGB masks")
+                   help="cvat: Segmentation mask 1.1; labelme: JSON files (subfolders too), drawn as labelme draws them; "
+                        "colors: images and RGB masks")
     p.add_argument("--root", required=True, help="the dataset folder to write (new or empty)")
     p.add_argument("--val-fraction", type=number_type(float, minimum=0, maximum=0.99), default=0.2,
                    help="share of the images listed in val.txt (default 0.2)")

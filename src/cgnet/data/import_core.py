@@ -1,6 +1,7 @@
 """The shared pieces of `cgnet data import`'s readers (one module per annotation tool's export,
 and the driver in `importer.py`): what a reader yields (`Item`, `Source`), class ids and colours,
-mask decoding, names."""
+mask decoding, names. Images and masks are read with `cgnet.images.read_pixels`, in the frame
+the tools display (EXIF orientation applied)."""
 from __future__ import annotations
 
 import re
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 
 from ..common import IMAGE_EXTS, InputError
+from ..images import read_pixels  # the one image reader (EXIF orientation applied); the readers import it from here
 from ..visualize import default_palette
 
 # a LabelMe label that names the pixels no shape covers (labelme2voc's convention)
@@ -103,18 +105,9 @@ def generated_palette(names: list[str]) -> list[tuple[int, int, int]]:
 
 # ---- images and masks ---------------------------------------------------------------------------
 
-def read_pixels(path: Path, what: str) -> np.ndarray:
-    """A file as decoded 8-bit pixels (H x W or H x W x C, OpenCV's channel order)."""
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise InputError(f"{path}: cannot read the {what} (corrupt or not an image)")
-    if data.dtype != np.uint8:
-        raise InputError(f"{path}: the {what} is {data.dtype}, expected 8-bit")
-    return data
-
-
 def read_color_mask(path: Path) -> np.ndarray:
-    """An RGB colour mask (grayscale masks are taken as r = g = b; alpha is dropped)."""
+    """An RGB colour mask in the displayed frame (EXIF orientation applied, as the annotation tool
+    showed it); grayscale masks are taken as r = g = b; alpha is dropped."""
     data = read_pixels(path, "mask")
     if data.ndim == 2:
         return np.repeat(data[..., None], 3, axis=2)

@@ -5,14 +5,16 @@ Formats (each read as the tool writes it):
 - `cvat`: CVAT's "Segmentation mask 1.1" export: `labelmap.txt` (`name:r,g,b:parts:actions`
   lines after a `# label:color_rgb:parts:actions` header), `SegmentationClass/<name>.png` colour
   masks, `JPEGImages/<name>.<ext>` images, `ImageSets/Segmentation/*.txt` image names.
-- `labelme`: a folder of LabelMe JSON files; polygons, rectangles and circles are drawn in
-  order (later shapes over earlier ones); lines, points and line strips are skipped and counted.
+- `labelme`: a folder of LabelMe JSON files and its subfolders, drawn exactly as labelme's own
+  `shapes_to_label` draws every shape type labelme 7 writes (the reader is `labelme.py`).
 - `colors`: a folder of images and RGB colour-coded masks (matched by file stem, with an
   optional suffix such as CamVid's `_L`) and a classes file with colours.
 
 The result, in the `--root` folder:
 
-    images/<name>.<ext>   the images (copied; embedded LabelMe images re-encoded as PNG)
+    images/<name>.<ext>   the images (copied; embedded LabelMe images re-encoded as PNG); a
+                          photo's EXIF orientation is kept, and its labels are in the frame
+                          it shows (cgnet's readers apply the orientation)
     labels/<name>.png     single-channel 8-bit class ids; unlabelled pixels = the ignore id (255)
     classes.txt           one class per line, `name r,g,b`, in id order (first line = id 0)
     train.txt, val.txt    `images/<name>.<ext> labels/<name>.png` lines (a seeded shuffle)
@@ -22,9 +24,6 @@ leaves nothing behind.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 import os
 import random
@@ -41,190 +40,11 @@ from tqdm import tqdm
 from ..common import IMAGE_EXTS, CGNetError, InputError, MissingFileError
 from ..fileio import staged_folder
 from .catalog import format_class, read_classes_file
-from .import_core import (BACKGROUND, ImportSummary, Item, Source, check_same_size, class_ids, colors_to_ids,
-                          find_image, generated_palette, output_name, read_color_mask, read_pixels)
+from .import_core import (ImportSummary, Item, Source, check_same_size, class_ids, colors_to_ids, find_image,
+                          output_name, read_color_mask, read_pixels)
+from .labelme import labelme_source
 
 FORMATS = ("cvat", "labelme", "colors")
-# the LabelMe shapes drawn into the labels, and those skipped (they cover no area)
-DRAWN_SHAPES = ("polygon", "rectangle", "circle")
-SKIPPED_SHAPES = ("line", "point", "linestrip")
-# tolerance for coordinates that are whole numbers up to float noise
-EPS = 1e-6
-
-
-# ---- LabelMe shapes -----------------------------------------------------------------------------
-# Coordinates are pixel coordinates as LabelMe writes them: pixel (x, y) is the point (x, y). A
-# pixel belongs to a shape when that point lies inside it or on its edge.
-
-def polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pixels inside (even-odd rule) or on the edges of a closed polygon.
-
-    Args:
-        points: N x 2 float (x, y) vertices, N >= 3.
-    Returns:
-        height x width bool.
-    """
-    start, end = points, np.roll(points, -1, axis=0)
-    spans = np.zeros((height, width + 1), dtype=np.int32)
-    rows_all, xs_all = [], []
-    for (x0, y0), (x1, y1) in zip(start, end):
-        if y0 == y1:
-            continue
-        low, high = min(y0, y1), max(y0, y1)
-        rows = np.arange(max(0, math.ceil(low)), min(height - 1, math.ceil(high) - 1) + 1)
-        rows = rows[(rows >= low) & (rows < high)]   # half-open: a vertex row counts once
-        rows_all.append(rows)
-        xs_all.append(x0 + (rows - y0) * (x1 - x0) / (y1 - y0))
-    if rows_all:
-        rows, xs = np.concatenate(rows_all), np.concatenate(xs_all)
-        order = np.lexsort((xs, rows))
-        rows, xs = rows[order], xs[order]
-        # each row has an even number of crossings: consecutive pairs are the inside spans
-        row, left, right = rows[0::2], np.ceil(xs[0::2] - EPS), np.floor(xs[1::2] + EPS)
-        left, right = np.clip(left, 0, width).astype(int), np.clip(right + 1, 0, width).astype(int)
-        keep = left < right
-        np.add.at(spans, (row[keep], left[keep]), 1)
-        np.add.at(spans, (row[keep], right[keep]), -1)
-    mask = np.cumsum(spans, axis=1)[:, :width] > 0
-    for (x0, y0), (x1, y1) in zip(start, end):   # the edges themselves
-        ys, xs = segment_pixels(x0, y0, x1, y1, height, width)
-        mask[ys, xs] = True
-    return mask
-
-
-def segment_pixels(x0: float, y0: float, x1: float, y1: float, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (rows, columns) of the pixels whose points lie on the segment (x0, y0)-(x1, y1)."""
-    if abs(x1 - x0) >= abs(y1 - y0):   # walk the whole x values
-        if x0 > x1:
-            x0, y0, x1, y1 = x1, y1, x0, y0
-        xs = np.arange(math.ceil(x0 - EPS), math.floor(x1 + EPS) + 1)
-        ys = y0 + (xs - x0) * (y1 - y0) / (x1 - x0) if x1 != x0 else np.full(len(xs), y0)
-    else:
-        if y0 > y1:
-            x0, y0, x1, y1 = x1, y1, x0, y0
-        ys = np.arange(math.ceil(y0 - EPS), math.floor(y1 + EPS) + 1)
-        xs = x0 + (ys - y0) * (x1 - x0) / (y1 - y0)
-    on = (np.abs(xs - np.round(xs)) < EPS) & (np.abs(ys - np.round(ys)) < EPS)
-    xs, ys = np.round(xs[on]).astype(int), np.round(ys[on]).astype(int)
-    inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
-    return ys[inside], xs[inside]
-
-
-def rectangle_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pixels of the axis-aligned rectangle with corners points[0], points[1], edges included."""
-    (x0, y0), (x1, y1) = points
-    mask = np.zeros((height, width), dtype=bool)
-    left, right = max(0, math.ceil(min(x0, x1) - EPS)), min(width - 1, math.floor(max(x0, x1) + EPS))
-    top, bottom = max(0, math.ceil(min(y0, y1) - EPS)), min(height - 1, math.floor(max(y0, y1) + EPS))
-    if left <= right and top <= bottom:
-        mask[top:bottom + 1, left:right + 1] = True
-    return mask
-
-
-def circle_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pixels within the circle of centre points[0] through points[1], edge included."""
-    (cx, cy), (px, py) = points
-    r2 = (px - cx) ** 2 + (py - cy) ** 2
-    ys, xs = np.ogrid[0:height, 0:width]
-    return (xs - cx) ** 2 + (ys - cy) ** 2 <= r2 + EPS
-
-
-def shape_points(shape: dict, kind: str, where: str) -> np.ndarray:
-    """A shape's points as N x 2 float, checked for its kind."""
-    points = shape.get("points")
-    try:
-        array = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
-        array = None
-    if array is None or array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
-        raise InputError(f"{where}: points must be a list of [x, y] numbers, got {str(points)[:60]}")
-    need = {"polygon": "at least 3", "rectangle": "2", "circle": "2"}[kind]
-    if (kind == "polygon" and len(array) < 3) or (kind != "polygon" and len(array) != 2):
-        raise InputError(f"{where}: a {kind} needs {need} points, it has {len(array)}")
-    return array
-
-
-def labelme_shapes(doc: dict, path: Path) -> list[tuple[int, str, str, dict]]:
-    """(index, label, shape type, shape) of each shape of a LabelMe document, validated."""
-    shapes = doc.get("shapes")
-    if not isinstance(shapes, list):
-        raise InputError(f"{path}: not a LabelMe file (no 'shapes' list)")
-    out = []
-    for index, shape in enumerate(shapes):
-        if not isinstance(shape, dict):
-            raise InputError(f"{path}: shape {index}: not an object")
-        label = shape.get("label")
-        where = f"{path}: shape {index} ({label!r})"
-        if not isinstance(label, str) or not label.strip():
-            raise InputError(f"{where}: the label must be a non-empty string")
-        kind = shape.get("shape_type") or "polygon"   # files of old LabelMe versions have none
-        if kind not in DRAWN_SHAPES + SKIPPED_SHAPES:
-            raise InputError(f"{where}: shape_type {kind!r} is not supported (drawn: {', '.join(DRAWN_SHAPES)}; "
-                             f"skipped: {', '.join(SKIPPED_SHAPES)})")
-        out.append((index, label.strip(), kind, shape))
-    return out
-
-
-def read_json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a LabelMe file (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    if not isinstance(doc, dict):
-        raise InputError(f"{path}: not a LabelMe file (not a JSON object)")
-    return doc
-
-
-def labelme_image(doc: dict, path: Path) -> tuple[Path | np.ndarray, tuple[int, int]]:
-    """The image of a LabelMe document: decoded pixels of its imageData, else the file at its
-    imagePath (relative to the JSON's folder). Returns it and its (height, width)."""
-    if doc.get("imageData"):
-        try:
-            data = base64.b64decode(doc["imageData"], validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise InputError(f"{path}: imageData is not valid base64") from None
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if pixels is None or pixels.dtype != np.uint8:
-            raise InputError(f"{path}: imageData is not an 8-bit image OpenCV can decode")
-        return pixels, pixels.shape[:2]
-    name = doc.get("imagePath")
-    if not isinstance(name, str) or not name:
-        raise InputError(f"{path}: no imageData and no imagePath")
-    image = path.parent / name.replace("\\", "/")
-    if not image.is_file():
-        raise MissingFileError(f"{path}: imagePath {name} not found ({image}) and no imageData")
-    return image, read_pixels(image, "image").shape[:2]
-
-
-def rasterize(shapes: list, size: tuple[int, int], ids: dict[str, int], fill: int, path: Path,
-              skipped: Counter) -> np.ndarray:
-    """Draw a document's shapes in order (later over earlier); lines, points and line strips are
-    counted in `skipped`. Returns H x W uint8 ids, `fill` where no shape is drawn."""
-    height, width = size
-    label = np.full((height, width), fill, dtype=np.uint8)
-    draw = {"polygon": polygon_mask, "rectangle": rectangle_mask, "circle": circle_mask}
-    for index, name, kind, shape in shapes:
-        if kind in SKIPPED_SHAPES:
-            skipped[kind] += 1
-            continue
-        points = shape_points(shape, kind, f"{path}: shape {index} ({name!r})")
-        if kind == "circle":   # its box: centre +- radius
-            radius = math.hypot(*(points[1] - points[0]))
-            corners = np.array([points[0] - radius, points[0] + radius])
-        else:
-            corners = np.array([points.min(0), points.max(0)])
-        # draw in the shape's box only (the image's part of it): shifted points, a small mask
-        left, top = (max(0, math.floor(v)) for v in corners[0])
-        right, bottom = min(width, math.floor(corners[1][0]) + 2), min(height, math.floor(corners[1][1]) + 2)
-        if left >= right or top >= bottom:
-            continue
-        mask = draw[kind](points - (left, top), bottom - top, right - left)
-        label[top:bottom, left:right][mask] = ids[name]
-    return label
-
-
 # ---- the formats --------------------------------------------------------------------------------
 
 def read_cvat_labelmap(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
@@ -283,45 +103,6 @@ def cvat_source(src: Path, ignore_classes: list[str], ignore_index: int) -> Sour
             label = colors_to_ids(read_color_mask(mask_path), colors, ids, str(mask_path), str(labelmap))
             check_same_size(read_pixels(image, "image").shape[:2], str(image), label, str(mask_path))
             yield Item(output_name(name, where), image, label)
-    source.items = items()
-    return source
-
-
-def labelme_source(src: Path, classes: Path | None, ignore_classes: list[str], ignore_index: int) -> Source:
-    files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() == ".json")
-    if not files:
-        raise MissingFileError(f"{src}: no LabelMe .json files in it")
-    found: dict[str, str] = {}   # label -> first file and shape that has it
-    for path in files:
-        for index, label, _, _ in labelme_shapes(read_json(path), path):
-            found.setdefault(label, f"{path}: shape {index}")
-    if classes is not None:
-        names, palette = read_classes_file(classes)
-        for label, where in found.items():
-            if label not in names:
-                raise InputError(f"{where} ({label!r}): label not in the classes file {classes}")
-        palette = palette or generated_palette(names)
-    else:
-        names = sorted(found)
-        if BACKGROUND in names:
-            names = [BACKGROUND] + [n for n in names if n != BACKGROUND]
-        palette = generated_palette(names)
-    ids = class_ids(names, ignore_classes, ignore_index, str(classes) if classes else f"the labels of {src}")
-    id_of = dict(zip(names, ids))
-    fill = id_of.get(BACKGROUND, ignore_index)
-    source = Source([n for n, i in zip(names, ids) if i != ignore_index],
-                    [c for c, i in zip(palette, ids) if i != ignore_index], iter(()), len(files))
-
-    def items() -> Iterator[Item]:
-        for path in files:
-            doc = read_json(path)
-            image, size = labelme_image(doc, path)
-            declared = (doc.get("imageHeight"), doc.get("imageWidth"))
-            if None not in declared and tuple(declared) != tuple(size):
-                raise InputError(f"{path}: imageHeight x imageWidth {declared[0]}x{declared[1]} but the image is "
-                                 f"{size[0]}x{size[1]} (height x width)")
-            label = rasterize(labelme_shapes(doc, path), size, id_of, fill, path, source.shapes_skipped)
-            yield Item(output_name(path.stem, str(path)), image, label)
     source.items = items()
     return source
 
@@ -505,7 +286,8 @@ def summary_text(summary: ImportSummary, ignore_index: int) -> str:
     lines.append(f"skipped images: {skipped_text(summary.skipped) or 'none'}")
     if summary.shapes_skipped:
         lines.append("skipped shapes (they cover no area): "
-                     + ", ".join(f"{n} {kind}{'s' * (n != 1)}" for kind, n in sorted(summary.shapes_skipped.items())))
+                     + ", ".join(f"{n} {kind}{'s' * (n != 1 and not kind.endswith('s'))}"
+                               for kind, n in sorted(summary.shapes_skipped.items())))
     val = f"{root / 'val.txt'}" if summary.val else "none"
     lines.append(f"train with: cgnet train --dataset {root.name} --classes {root / 'classes.txt'} "
                  f"--ignore-index {ignore_index} --data-root {root} --train-split {root / 'train.txt'} "

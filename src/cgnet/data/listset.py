@@ -24,6 +24,7 @@ from ..preprocess import normalize_
 from .augment import augment, draw_params, sample_rng
 from .info import DatasetInfo, resolve_list_file
 from ..common import InputError, MissingFileError
+from ..images import read_rgb
 
 cv2.setNumThreads(1)  # loader workers parallelise across images; OpenCV threads would oversubscribe
 
@@ -71,20 +72,6 @@ def read_list(list_file: str | os.PathLike, root: str | os.PathLike, *, labels: 
     return samples
 
 
-def read_image(path: Path, where: str = "") -> np.ndarray:
-    """H x W x 3 uint8 RGB; grayscale and RGBA are converted."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise InputError(f"{where + ': ' if where else ''}cannot read image {path} (corrupt or not an image)")
-    if img.dtype != np.uint8:
-        raise InputError(f"{where + ': ' if where else ''}image {path} is {img.dtype}, expected 8-bit")
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def read_label(path: Path, num_classes: int, ignore_index: int, where: str = "") -> np.ndarray:
     """H x W uint8 class ids, checked against [0, num_classes) and the ignore id."""
     prefix = f"{where}: " if where else ""
@@ -125,9 +112,10 @@ class SegDataset(Dataset):
         self.epoch = epoch
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Decoded, validated uint8 RGB image and label ids (None for image-only lists)."""
+        """Decoded, validated uint8 RGB image (in the displayed frame: EXIF orientation applied) and
+        label ids (None for image-only lists)."""
         s = self.samples[index]
-        img = read_image(s.image, s.where)
+        img = read_rgb(s.image, s.where)
         if s.label is None:
             return img, None
         lab = read_label(s.label, self.info.num_classes, self.info.ignore_index, s.where)

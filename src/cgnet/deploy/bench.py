@@ -35,7 +35,8 @@ import torch
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, number_type, parse_size
 from ..data.catalog import dataset_from_meta, find_data_root
-from ..data.listset import read_image, read_list
+from ..data.listset import read_list
+from ..images import read_rgb
 from ..preprocess import to_tensor
 from .export import export
 from .formats import FORMATS, available_backends, format_for_backend
@@ -78,7 +79,7 @@ def dataset_test_frames(meta: dict, data_root: str | None, count: int) -> tuple[
         return [], None
     images = [s.image for s in read_list(list_file, root, labels=False, progress=False)]
     picks = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int)
-    return [read_image(images[i]) for i in picks], f"{len(picks)} {info.name} test frames from {root}"
+    return [read_rgb(images[i]) for i in picks], f"{len(picks)} {info.name} test frames from {root}"
 
 
 def class_ids(output: np.ndarray) -> np.ndarray:

@@ -18,8 +18,9 @@ import numpy as np
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, MissingFileError, parse_size
 from ..data.catalog import dataset_from_meta, find_data_root
-from ..data.listset import SegDataset, read_image, read_list
+from ..data.listset import SegDataset, read_list
 from ..fileio import check_writable
+from ..images import read_rgb
 from ..model import CGNet
 from ..preprocess import check_spec, to_tensor
 from . import mobile
@@ -103,7 +104,7 @@ def verification_images(meta: dict, data_root: str | os.PathLike | None = None,
     paths = _dataset_images(meta, root, "val") if root is not None else []
     if paths:
         picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
-        return [read_image(paths[i]) for i in picks], f"{len(picks)} real frames from {root}"
+        return [read_rgb(paths[i]) for i in picks], f"{len(picks)} real frames from {root}"
     if data_root is not None:
         raise MissingFileError(f"no images in {data_root} to verify the export on")
     return synthetic_frames(count), f"{count} synthetic frames (no {meta.get('dataset') or 'dataset'} data found)"

@@ -1,7 +1,9 @@
 """`cgnet predict`: segment images, folders, glob patterns and videos with any backend.
 
 For each image it writes OUT/masks/<name>.png (class ids), OUT/color/<name>.png (palette colours)
-and OUT/overlay/<name>.jpg (image blended with the colours); for each video OUT/<name>_overlay.mp4."""
+and OUT/overlay/<name>.jpg (image blended with the colours); for each video OUT/<name>_overlay.mp4.
+Images are read in the frame viewers show (a phone photo's EXIF orientation applied), so masks and
+overlays are that way up and that size."""
 from __future__ import annotations
 
 import argparse
@@ -15,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError, number_type
-from ..data.listset import read_image
 from ..fileio import check_writable
+from ..images import read_rgb
 from ..visualize import blend, colorize, default_palette
 from .predictor import add_predictor_args, make_predictor, resolve_backend
 
@@ -124,7 +126,7 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
     palette = palette_of(predictor.meta)
     for path, name in tqdm(list(zip(images, names)), desc="images", unit="img", disable=not progress,
                            dynamic_ncols=True):
-        image = read_image(path)
+        image = read_rgb(path)
         pred = predictor.predict(image)
         color = colorize(pred, palette)
         _write(out / "masks" / f"{name}.png", pred)

@@ -17,8 +17,9 @@ from ..common import DEFAULT_WEIGHTS, InputError, default_device, number_type, p
 from ..data import camvid
 from ..data.catalog import (DATASETS, DatasetInfo, data_root_candidates, dataset_from_meta, default_data_root,
                             find_data_root, known_names)
-from ..data.listset import SegDataset, read_image
+from ..data.listset import SegDataset
 from ..fileio import check_writable
+from ..images import read_rgb
 from ..deploy.formats import backends
 from ..deploy.predictor import PredictorModule, all_precisions, make_predictor, resolve_backend
 from ..deploy.runners import compile_for_inference
@@ -206,7 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             image, label, _ = ds[i]
             pred = predict_logits(model, image[None].to(device)).argmax(1)[0].cpu().numpy().astype(np.uint8)
             save_prediction(pred, ds.samples[i].image, info, out / "frames")
-            rows.append(np.concatenate([read_image(ds.samples[i].image),
+            rows.append(np.concatenate([read_rgb(ds.samples[i].image),
                                         colorize(label.numpy().astype(np.uint8), info.palette),
                                         colorize(pred, info.palette)], 1))
     cv2.imwrite(str(out / "grid.png"), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))

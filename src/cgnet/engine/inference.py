@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from ..common import autocast
 from ..data.info import DatasetInfo
-from ..data.listset import read_image
 from ..confusion import ConfusionMatrix
+from ..images import read_rgb
 from ..visualize import blend, colorize
 
 
@@ -100,5 +100,5 @@ def save_prediction(pred: np.ndarray, image_path: Path, info: DatasetInfo, save_
     color = colorize(pred, info.palette)
     cv2.imwrite(str(save_dir / "trainids" / f"{stem}.png"), pred)
     cv2.imwrite(str(save_dir / "color" / f"{stem}.png"), cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
-    overlay = blend(read_image(image_path), color, 0.5)
+    overlay = blend(read_rgb(image_path), color, 0.5)
     cv2.imwrite(str(save_dir / "overlay" / f"{stem}.jpg"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
