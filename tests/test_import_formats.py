@@ -52,8 +52,11 @@ def refused(capsys, dst: Path, *argv) -> str:
     return err
 
 
-def poly_mask(flat: list[float], height: int, width: int) -> np.ndarray:
-    """A polygon as pycocotools rasterises it (what datumaro does for CVAT's polygons and boxes)."""
+def poly_mask(flat: list[float], height: int, width: int, float32: bool = False) -> np.ndarray:
+    """A polygon as pycocotools rasterises it; `float32`: with the coordinates as datumaro keeps
+    them (what CVAT's own mask export draws)."""
+    if float32:
+        flat = [float(v) for v in np.float32(flat)]
     return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([flat], height, width))).astype(bool)
 
 
@@ -116,8 +119,8 @@ def cvat_task(root: Path, with_images=True) -> tuple[Path, dict[str, np.ndarray]
     blob[0, 0] = True
     # frame a: the tree polygon has z_order 1 but comes first in the file: it stays above the road
     a = np.full((h, w), IGNORE, dtype=np.uint8)
-    a[poly_mask(road, h, w)] = ids["road"]
-    a[poly_mask(tree, h, w)] = ids["tree"]
+    a[poly_mask(road, h, w, float32=True)] = ids["road"]
+    a[poly_mask(tree, h, w, float32=True)] = ids["tree"]
     canvas = np.zeros((h, w), dtype=bool)
     canvas[12:21, 25:36] = blob
     a[canvas] = ids["car"]
@@ -126,9 +129,9 @@ def cvat_task(root: Path, with_images=True) -> tuple[Path, dict[str, np.ndarray]
         '<polyline label="road" source="manual" occluded="0" points="1.0,1.0;30.0,2.0" z_order="5"></polyline>']}
     # frame b: a box (datumaro draws it as its 4-corner polygon), a later polygon over it
     b = np.full((h, w), IGNORE, dtype=np.uint8)
-    b[poly_mask([2.5, 3.5, 20.25, 3.5, 20.25, 17.75, 2.5, 17.75], h, w)] = ids["car"]
+    b[poly_mask([2.5, 3.5, 20.25, 3.5, 20.25, 17.75, 2.5, 17.75], h, w, float32=True)] = ids["car"]
     over = [10.5, 10.5, 30.2, 12.1, 22.7, 26.9]
-    b[poly_mask(over, h, w)] = ids["road"]
+    b[poly_mask(over, h, w, float32=True)] = ids["road"]
     frame_b = {"name": "frame_b.png", "width": w, "height": h, "shapes": [
         box("car", 2.5, 3.5, 20.25, 17.75), polygon("road", over)]}
     root.mkdir(parents=True)
@@ -480,3 +483,48 @@ def test_id_masks(tmp_path, capsys):
     err = refused(capsys, tmp_path / "bad2", "--from", "ids", images, "--masks", masks, "--mask-suffix", "_ids")
     assert err == ("cgnet data: error: --from ids needs --classes FILE (one class per line: line i names mask value "
                    "i)\n")
+
+
+# ---- exports written by datumaro (CVAT's export library) ----------------------------------------
+
+DATUMARO = Path(__file__).parent / "data" / "datumaro_cvat"
+
+
+def datumaro_exports(tmp_path: Path, fresh: bool) -> Path:
+    """The committed exports (tests/helpers/datumaro_cvat.py, datumaro 1.13.12), or freshly
+    written ones when datumaro is installed."""
+    if not fresh:
+        return DATUMARO
+    pytest.importorskip("datumaro")
+    from helpers.datumaro_cvat import write_exports
+    write_exports(tmp_path / "datumaro")
+    return tmp_path / "datumaro"
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["committed", "fresh"])
+def test_cvat_xml_equals_datumaros_segmentation_masks(tmp_path, capsys, fresh):
+    """Both exports of one task, written by datumaro: the XML's polygons, boxes and mask, drawn
+    by cgnet, equal datumaro's own "Segmentation mask 1.1" on every pixel (its background
+    taken as the --background class); its colour masks import to the same labels."""
+    exports = datumaro_exports(tmp_path, fresh)
+    seg = exports / "segmentation_mask"
+    colours = {}
+    for line in (seg / "labelmap.txt").read_text().splitlines()[1:]:
+        name, rgb = line.split(":")[:2]
+        colours[tuple(int(v) for v in rgb.split(","))] = name
+    order = ["background", "road", "car", "tree"]
+    code, out, err = run(capsys, "--from", "cvat", exports / "cvat_for_images", "--root", tmp_path / "xml",
+                         "--background", "background")
+    assert code == 0, err
+    assert "skipped shapes (they cover no area): 1 points, 1 polyline\n" in out
+    assert [line.split()[0] for line in class_lines(tmp_path / "xml")] == order
+    classes = tmp_path / "order.txt"
+    classes.write_text("\n".join(order) + "\n")
+    code, out, err = run(capsys, "--from", "cvat", seg, "--root", tmp_path / "seg", "--classes", classes)
+    assert code == 0, err
+    for frame in ("frame_a", "frame_b"):
+        rgb = np.asarray(Image.open(seg / "SegmentationClass" / f"{frame}.png").convert("RGB"))
+        expected = np.array([[order.index(colours[tuple(int(v) for v in p)]) for p in row] for row in rgb])
+        assert len(np.unique(expected)) == 4   # every class shows: the frame tests each kind of shape
+        np.testing.assert_array_equal(read_ids(tmp_path / "xml" / "labels" / f"{frame}.png"), expected)
+        np.testing.assert_array_equal(read_ids(tmp_path / "seg" / "labels" / f"{frame}.png"), expected)

@@ -3,7 +3,8 @@
 
 CVAT for images 1.1 is drawn as CVAT draws it when it exports segmentation masks (through
 datumaro): polygons and boxes (a box as its 4-corner polygon) are rasterised by pycocotools
-(`frPyObjects`, the same call datumaro makes), masks are CVAT's RLE over their box, and the
+(`frPyObjects`, the same call datumaro makes, on the coordinates as float32, as datumaro keeps
+them), masks are CVAT's RLE over their box, and the
 shapes are painted in `z_order` order, lowest first; equal `z_order`s in file order, later over
 earlier. Polylines and points cover no area: they are skipped and counted.
 """
@@ -195,6 +196,9 @@ def shape_mask(element: ElementTree.Element, frame: Frame, where: str) -> np.nda
         flat = [x0, y0, x1, y0, x1, y1, x0, y1]   # datumaro's Bbox.as_polygon
     else:
         flat = polygon_points(element, where)
+    # datumaro keeps coordinates as float32: pycocotools then rounds 5 x (a float32) to pixels,
+    # which at .5 ties differs from the float64 value
+    flat = np.asarray(flat, dtype=np.float32).astype(np.float64).tolist()
     rles = mask_utils.frPyObjects([flat], frame.height, frame.width)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
 
@@ -271,8 +275,12 @@ def cvat_source(src: Path, images: Path | None, classes: Path | None, ignore_cla
             raise InputError("--images and --background are for CVAT for images 1.1 (annotations.xml); a "
                              "Segmentation mask 1.1 export has its own JPEGImages/ and background class")
         return segmentation_mask_source(src, classes, ignore_classes, ignore_index)
-    if (src / "annotations.xml").is_file():
-        return annotations_xml_source(src / "annotations.xml", images, classes, ignore_classes, ignore_index,
-                                      background)
+    # CVAT names it annotations.xml; datumaro's exporter <subset>.xml (e.g. default.xml)
+    xml = [src / "annotations.xml"] if (src / "annotations.xml").is_file() else sorted(src.glob("*.xml"))
+    if len(xml) > 1:
+        raise InputError(f"{src}: several .xml files ({', '.join(p.name for p in xml)}); give one of them as the "
+                         "source")
+    if xml:
+        return annotations_xml_source(xml[0], images, classes, ignore_classes, ignore_index, background)
     raise MissingFileError(f"{src} is not a CVAT export: no labelmap.txt ('Segmentation mask 1.1') and no "
                            "annotations.xml ('CVAT for images 1.1') in it")
