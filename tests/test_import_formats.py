@@ -229,6 +229,15 @@ def test_classes_file_orders_cvat_both_exports(tmp_path, capsys):
     np.testing.assert_array_equal(read_ids(tmp_path / "seg_out" / "labels" / "x.png"),
                                   [[IGNORE, 1, 0], [0, IGNORE, IGNORE]])
     assert class_lines(tmp_path / "seg_out") == ["tree 51,221,255", "car 250,50,83"]
+    # the same export as CVAT's download: a zip of the folder's contents
+    archive = tmp_path / "seg.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(seg.rglob("*")):
+            zf.write(path, path.relative_to(seg).as_posix())
+    code, out, err = run(capsys, "--from", "cvat", archive, "--root", tmp_path / "zip_out", "--classes",
+                         tmp_path / "order.txt", "--ignore-class", "background")
+    assert code == 0, err
+    assert read_ids(tmp_path / "zip_out" / "labels" / "x.png").tolist() == [[IGNORE, 1, 0], [0, IGNORE, IGNORE]]
 
 
 def test_cvat_bad_inputs(tmp_path, capsys):
@@ -528,3 +537,30 @@ def test_cvat_xml_equals_datumaros_segmentation_masks(tmp_path, capsys, fresh):
         assert len(np.unique(expected)) == 4   # every class shows: the frame tests each kind of shape
         np.testing.assert_array_equal(read_ids(tmp_path / "xml" / "labels" / f"{frame}.png"), expected)
         np.testing.assert_array_equal(read_ids(tmp_path / "seg" / "labels" / f"{frame}.png"), expected)
+
+
+@pytest.mark.slow
+def test_printed_train_command_with_init_camvid_starts_from_the_shipped_rows(tmp_path, capsys):
+    """A CVAT task labelled with CamVid's names (alphabetical, as CVAT sorts them): the import's
+    printed command plus --init camvid trains, every classifier row matched by name."""
+    names = sorted(["Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
+                    "Pedestrian", "Bicyclist"])
+    colors = {n: f"#{i * 20:02x}{255 - i * 20:02x}80" for i, n in enumerate(names)}
+    frames = []
+    for i in range(3):
+        shapes = [polygon(n, [2.0 + k * 4, 1.5, 5.5 + k * 4, 1.5, 5.5 + k * 4, 38.5, 2.0 + k * 4, 38.5])
+                  for k, n in enumerate(names)]
+        frames.append({"name": f"f{i}.jpg", "width": 48, "height": 40, "shapes": shapes})
+        write_image(tmp_path / "task" / "images" / f"f{i}.jpg", 40, 48)
+    (tmp_path / "task" / "annotations.xml").write_text(cvat_xml(frames, colors))
+    dst = tmp_path / "mine"
+    code, out, err = run(capsys, "--from", "cvat", tmp_path / "task", "--root", dst, "--val-fraction", "0.34")
+    assert code == 0, err
+    command = next(line for line in out.splitlines() if line.startswith("train with: cgnet train "))
+    argv = command.removeprefix("train with: cgnet ").split()
+    assert main([*argv, "--init", "camvid", "--out", str(tmp_path / "run"), "--crop", "32", "--batch-size", "2",
+                 "--epochs", "1", "--max-iters", "1", "--workers", "0", "--device", "cpu", "--no-progress",
+                 "--no-compile"]) == 0
+    printed = capsys.readouterr().out
+    assert "  classifier rows matched by class name: 11 of 11; reordered: " in printed
+    assert "re-initialised" not in printed

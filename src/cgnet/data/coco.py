@@ -57,7 +57,8 @@ def categories(doc: dict, path: Path) -> dict[int, str]:
     for index, category in enumerate(doc["categories"]):
         cid, name = (category.get("id"), category.get("name")) if isinstance(category, dict) else (None, None)
         if not isinstance(cid, int) or not isinstance(name, str) or not name.strip():
-            raise InputError(f"{path}: categories[{index}]: needs an integer 'id' and a 'name', got {str(category)[:80]}")
+            raise InputError(f"{path}: categories[{index}]: needs an integer 'id' and a 'name', got "
+                             f"{str(category)[:80]}")
         if cid in names or name.strip() in names.values():
             raise InputError(f"{path}: categories[{index}]: id {cid} or name {name!r} repeats")
         names[cid] = name.strip()

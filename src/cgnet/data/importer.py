@@ -2,13 +2,18 @@
 
 Formats (each read as the tool writes it):
 
-- `cvat`: CVAT's "Segmentation mask 1.1" export: `labelmap.txt` (`name:r,g,b:parts:actions`
-  lines after a `# label:color_rgb:parts:actions` header), `SegmentationClass/<name>.png` colour
-  masks, `JPEGImages/<name>.<ext>` images, `ImageSets/Segmentation/*.txt` image names.
+- `cvat` (cvat.py): CVAT's "Segmentation mask 1.1" (`labelmap.txt`, colour masks) or "CVAT for
+  images 1.1" (`annotations.xml`: polygons, boxes and RLE masks by z_order) export.
+- `coco` (coco.py): a COCO instances JSON; polygons and RLE decoded by pycocotools.
 - `labelme`: a folder of LabelMe JSON files; polygons, rectangles and circles are drawn in
   order (later shapes over earlier ones); lines, points and line strips are skipped and counted.
-- `colors`: a folder of images and RGB colour-coded masks (matched by file stem, with an
-  optional suffix such as CamVid's `_L`) and a classes file with colours.
+- `voc` (masks.py): Pascal VOC / labelme2voc palette PNGs; index 255 is unlabelled.
+- `ids` (masks.py): images and single-channel id masks with a classes file.
+- `colors` (masks.py): a folder of images and RGB colour-coded masks (matched by file stem, with
+  an optional suffix such as CamVid's `_L`) and a classes file with colours.
+
+`--classes FILE` fixes the class ids by name for every format (`import_core.resolve_classes`).
+The source may be a `.zip` of the export (`import_core.unpacked`).
 
 The result, in the `--root` folder:
 
@@ -468,4 +473,5 @@ def summary_text(summary: ImportSummary, ignore_index: int) -> str:
     lines.append(f"train with: cgnet train --dataset {root.name} --classes {root / 'classes.txt'} "
                  f"--ignore-index {ignore_index} --data-root {root} --train-split {root / 'train.txt'} "
                  f"--val-split {val}")
+    lines.append("start from the shipped CamVid weights (classifier rows matched by class name): add --init camvid")
     return "\n".join(lines)

@@ -330,10 +330,10 @@ def match_classifier(own: torch.Tensor, theirs: torch.Tensor, names: list[str],
         say what was done; whether no row came from the --init weights).
     """
     if not (names_known(names) and names_known(their_names)):
-        if own.shape == theirs.shape:
-            return theirs, ["  classifier rows loaded by position: the class names of "
-                            f"{'the --init weights' if not names_known(their_names) else 'this run'} are unknown"], False
-        return None, [], False
+        if own.shape != theirs.shape:
+            return None, [], False
+        whose = "the --init weights" if not names_known(their_names) else "this run"
+        return theirs, [f"  classifier rows loaded by position: the class names of {whose} are unknown"], False
     folded = {n.casefold(): j for j, n in reversed(list(enumerate(their_names)))}
     source = [their_names.index(n) if n in their_names else folded.get(n.casefold()) for n in names]
     if all(j is None for j in source):
@@ -347,7 +347,7 @@ def match_classifier(own: torch.Tensor, theirs: torch.Tensor, names: list[str],
             continue
         weight[i] = theirs[j]
         if j != i or their_names[j] != name:
-            moved.append(f"{name} <- {their_names[j]} (row {j})" if their_names[j] != name else f"{name} (row {j})")
+            moved.append(f"{name} from row {j}" + (f" ({their_names[j]})" if their_names[j] != name else ""))
     lines = [f"  classifier rows matched by class name: {len(names) - len(new)} of {len(names)}"
              + (f"; reordered: {', '.join(moved)}" if moved else " (same order)")]
     if new:
