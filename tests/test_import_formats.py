@@ -267,6 +267,16 @@ def test_cvat_bad_inputs(tmp_path, capsys):
     assert err == (f"cgnet data: error: {xml}: a 'CVAT for video 1.1' export (it has <track> elements); export the "
                    "task as 'CVAT for images 1.1'\n")
 
+    xml.write_text(text.replace("<polyline ", '<ellipse label="car" cx="5" cy="5" rx="2" ry="3" z_order="0">'
+                                "</ellipse><polyline "))
+    err = refused(capsys, tmp_path / "h", "--from", "cvat", src)
+    assert err == (f"cgnet data: error: {xml}: <image> 1 ('frame_a.png'): <ellipse> 4 ('car'): <ellipse> shapes are "
+                   "not read (polygons, boxes and masks are); convert them in CVAT or delete them (0 imported before "
+                   f"it; nothing written to {tmp_path / 'h'})\n")
+
+    err = refused(capsys, tmp_path / "i", "--from", "voc", src, "--background", "road")
+    assert err == "cgnet data: error: --images and --background are for --from cvat (CVAT for images 1.1) and coco\n"
+
     empty = tmp_path / "empty"
     empty.mkdir()
     err = refused(capsys, tmp_path / "e", "--from", "cvat", empty)
@@ -525,7 +535,7 @@ def test_cvat_xml_equals_datumaros_segmentation_masks(tmp_path, capsys, fresh):
     code, out, err = run(capsys, "--from", "cvat", exports / "cvat_for_images", "--root", tmp_path / "xml",
                          "--background", "background")
     assert code == 0, err
-    assert "skipped shapes (they cover no area): 1 points, 1 polyline\n" in out
+    assert "skipped shapes (they cover no area): 1 points shape, 1 polyline\n" in out
     assert [line.split()[0] for line in class_lines(tmp_path / "xml")] == order
     classes = tmp_path / "order.txt"
     classes.write_text("\n".join(order) + "\n")

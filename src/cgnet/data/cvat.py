@@ -26,6 +26,9 @@ from .import_core import (Item, Source, check_same_size, colors_to_ids, find_ima
 # the CVAT shapes that cover area, and those that do not (skipped and counted)
 AREA_SHAPES = ("polygon", "box", "mask")
 LINE_SHAPES = ("polyline", "points")
+# CVAT shapes refused with one line (CVAT's mask export draws ellipses as datumaro's polygon
+# approximation, which is not reproduced here)
+OTHER_SHAPES = ("ellipse", "cuboid", "skeleton")
 
 
 def read_cvat_labelmap(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
@@ -134,9 +137,8 @@ def read_annotations_xml(path: Path) -> tuple[list[str], dict[str, tuple[int, in
                              f"{image.get('width')!r} and {image.get('height')!r}") from None
         if not name or width < 1 or height < 1:
             raise InputError(f"{where}: needs a name and a positive width and height")
-        frames.append(Frame(name, height, width, image.get("subset") or "",
-                            [el for el in image if el.tag in AREA_SHAPES + LINE_SHAPES + ("ellipse", "cuboid",
-                                                                                          "skeleton")]))
+        shapes = [el for el in image if el.tag in AREA_SHAPES + LINE_SHAPES + OTHER_SHAPES]
+        frames.append(Frame(name, height, width, image.get("subset") or "", shapes))
     if not frames:
         raise InputError(f"{path}: no <image> elements (no annotated frames)")
     return names, colors, frames
@@ -214,7 +216,7 @@ def draw_frame(frame: Frame, id_of: dict[str, int], fill: int, where: str, shape
     for index, element in enumerate(frame.shapes):
         at = f"{where}: <{element.tag}> {index + 1} ({element.get('label')!r})"
         if element.tag in LINE_SHAPES:
-            shapes_skipped[element.tag] += 1
+            shapes_skipped["points shape" if element.tag == "points" else element.tag] += 1
             continue
         if element.tag not in AREA_SHAPES:
             raise InputError(f"{at}: <{element.tag}> shapes are not read (polygons, boxes and masks are); "
