@@ -1,13 +1,19 @@
 """cgnet train --init: starting a run from trained weights (ours, the shipped ones), on the same
 classes or new ones, with the early stages frozen or not; what is refused."""
 import json
+from types import SimpleNamespace
 
+import cv2
 import pytest
 import torch
 
-from cgnet.checkpoint import load_checkpoint, load_matching
+from cgnet.checkpoint import load_checkpoint, load_matching, load_model
 from cgnet.cli import main
+from cgnet.data.catalog import CAMVID, resolve_dataset
+from cgnet.engine.config import TrainConfig
+from cgnet.engine.train import build_model_and_optimizer, match_classifier, read_init
 from cgnet.model import CGNet
+from cgnet.preprocess import to_tensor
 from helpers.camvid_like import make_camvid_like
 from helpers.training import TINY, train
 
@@ -65,15 +71,20 @@ def test_new_classes_reinitialise_only_the_classifier(three_classes, source, tmp
     assert main(argv) == 0
     printed = capsys.readouterr().out
     total = len(CGNet(3, m=2, n=2).state_dict())
-    assert f"loaded {total - 1} of {total} tensors\n" in printed
-    assert ("  re-initialised: classifier.weight (3, 256, 1, 1) (the checkpoint's (11, 256, 1, 1) is for 11 "
-            "classes)\n") in printed
+    assert f"loaded {total} of {total} tensors\n" in printed
+    # road and sky are CamVid's Road and Sky: their rows are loaded; grass is new
+    assert ("  classifier rows matched by class name: 2 of 3; reordered: road from row 3 (Road), sky from row 0 "
+            "(Sky)\n"
+            "  re-initialised classifier rows (classes the --init weights lack): grass\n") in printed
     state = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
     start, _, _ = load_checkpoint(source)
     assert state["model"]["classifier.weight"].shape == (3, 256, 1, 1)
     for k, v in params(start).items():
         if k != "classifier.weight":
             assert float((state["model"][k] - v).abs().max()) <= 2 * 2 * TINY_LR, k
+    for row, their_row in ((0, 3), (2, 0)):
+        moved = state["model"]["classifier.weight"][row] - start["classifier.weight"][their_row]
+        assert float(moved.abs().max()) <= 2 * 2 * TINY_LR
     assert state["meta"]["classes"] == ["road", "grass", "sky"]
 
 
@@ -136,3 +147,66 @@ def test_a_tensor_of_another_shape_is_named_with_both_shapes():
     with pytest.raises(ValueError, match=rf"^w: tensor '{key}' has shape \(1,\) in the checkpoint but the model "
                                          rf"expects \({shape}\)$"):
         load_matching(model, state, where="w")
+
+
+def first_prediction_model(names: list[str], capsys) -> tuple[torch.nn.Module, str]:
+    """The model `cgnet train --init camvid` starts from (before any step) for a dataset with
+    these class names, built by the training code, and what it printed."""
+    cfg = TrainConfig(init="camvid")
+    data = SimpleNamespace(info=resolve_dataset("mine", names, 255), class_weights=[1.0] * len(names))
+    capsys.readouterr()
+    parts = build_model_and_optimizer(cfg, data, torch.device("cpu"), read_init(cfg))
+    return parts.model.eval(), capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_init_camvid_with_alphabetical_names_is_the_shipped_model_renamed(camvid_root, capsys):
+    """CamVid's 11 names in alphabetical order (as CVAT exports them): every classifier row goes
+    to its own class, so the first predictions on a real test frame are the shipped model's with
+    the class ids permuted, pixel for pixel."""
+    names = sorted(CAMVID.classes)
+    model, printed = first_prediction_model(names, capsys)
+    perm = [CAMVID.classes.index(n) for n in names]   # new id -> the shipped model's id
+    moved = [f"{n} from row {j}" for i, (n, j) in enumerate(zip(names, perm)) if i != j]
+    assert f"  classifier rows matched by class name: 11 of 11; reordered: {', '.join(moved)}\n" in printed
+    assert "re-initialised" not in printed
+    shipped = load_model("camvid")
+    first = (camvid_root / "camvid_test_list.txt").read_text().split()[0]
+    rgb = cv2.cvtColor(cv2.imread(str(camvid_root / first)), cv2.COLOR_BGR2RGB)
+    x = to_tensor(rgb, shipped.meta["preprocess"])[None]
+    with torch.no_grad():
+        ours, theirs = model(x), shipped(x)
+    # the classifier is a 1x1 convolution without bias: permuting its rows permutes the logits
+    new_id = torch.argsort(torch.tensor(perm))   # the shipped model's id -> the new one
+    assert torch.equal(ours.argmax(1), new_id[theirs.argmax(1)])
+    assert len(torch.unique(theirs.argmax(1))) >= 8   # a real street scene: most classes predicted
+    # up to float summation order: each logit is a 256-term sum of products
+    assert float((ours - theirs[:, perm]).abs().max()) <= 1e-4 * float(theirs.abs().max())
+
+
+def test_init_rows_by_name_by_position_and_none_in_common(capsys):
+    """Names that partly match (ignoring case) load their rows and re-initialise the rest;
+    unknown names load by position; known names with none in common load no row."""
+    shipped = load_model("camvid").classifier.weight.detach()
+    model, printed = first_prediction_model(["road", "Grass", "sky"], capsys)
+    weight = model.classifier.weight.detach()
+    assert torch.equal(weight[0], shipped[3]) and torch.equal(weight[2], shipped[0])
+    assert not torch.equal(weight[1], shipped[1])
+    assert ("  classifier rows matched by class name: 2 of 3; reordered: road from row 3 (Road), sky from row 0 "
+            "(Sky)\n"
+            "  re-initialised classifier rows (classes the --init weights lack): Grass\n") in printed
+    total = len(CGNet(3).state_dict())
+    assert f"loaded {total} of {total} tensors\n" in printed
+
+    own = torch.zeros(11, 256, 1, 1)
+    rows, lines, _ = match_classifier(own, shipped, [f"class{i}" for i in range(11)], list(CAMVID.classes))
+    assert rows is shipped and lines == ["  classifier rows loaded by position: the class names of this run are "
+                                         "unknown"]
+    rows, lines, _ = match_classifier(own, shipped, list(CAMVID.classes), None)
+    assert rows is shipped and lines == ["  classifier rows loaded by position: the class names of the --init "
+                                         "weights are unknown"]
+    model, printed = first_prediction_model([f"c{i}" for i in range(11)], capsys)
+    assert f"loaded {len(CGNet(11).state_dict()) - 1} of {len(CGNet(11).state_dict())} tensors\n" in printed
+    assert ("  re-initialised: classifier.weight (11, 256, 1, 1) (no class name in common with the --init weights': "
+            f"{', '.join(CAMVID.classes)})\n") in printed
+    assert not torch.equal(model.classifier.weight.detach(), shipped)

@@ -73,7 +73,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     summary = import_dataset(args.format, args.src, args.root, val_fraction=args.val_fraction, seed=args.seed,
                              classes=args.classes, ignore_index=args.ignore_index,
                              ignore_classes=args.ignore_class, masks=args.masks, mask_suffix=args.mask_suffix,
-                             progress=args.progress)
+                             images=args.images, background=args.background, progress=args.progress)
     print(summary_text(summary, args.ignore_index))
     return 0
 
@@ -125,29 +125,38 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--out", default="augmented.png")
 
-    p = data.add_parser("import", help="an annotation tool's export (CVAT, LabelMe, colour masks) as a dataset folder",
+    p = data.add_parser("import", help="an annotation tool's export (CVAT, COCO, LabelMe, VOC, id or colour masks) "
+                                       "as a dataset folder",
                         description="Write images/, labels/ (8-bit class ids), classes.txt ('name r,g,b' per "
-                                    "line, id order) and train.txt/val.txt into --root, from a CVAT "
-                                    "'Segmentation mask 1.1' export, a folder of LabelMe JSON files, or a folder "
-                                    "of images and RGB colour masks.")
-    p.add_argument("src", help="the export's folder")
+                                    "line, id order) and train.txt/val.txt into --root, from a CVAT export "
+                                    "('Segmentation mask 1.1' or 'CVAT for images 1.1'), a COCO instances JSON, "
+                                    "LabelMe JSON files, VOC palette PNGs, id masks, or RGB colour masks. "
+                                    "docs/data.md has a table of the commands.")
+    p.add_argument("src", help="the export's folder or its .zip (cvat, coco: also the annotations.xml or .json)")
     p.add_argument("--from", dest="format", choices=FORMATS, required=True,
-                   help="cvat: Segmentation mask 1.1; labelme: JSON files (subfolders too), drawn as labelme draws them; "
-                        "colors: images and RGB masks")
+                   help="cvat: Segmentation mask 1.1 or CVAT for images 1.1; coco: instances JSON; labelme: "
+                        "JSON files (subfolders too), drawn as labelme draws them; voc: palette PNGs; ids: "
+                        "single-channel id masks; colors: RGB masks")
     p.add_argument("--root", required=True, help="the dataset folder to write (new or empty)")
     p.add_argument("--val-fraction", type=number_type(float, minimum=0, maximum=0.99), default=0.2,
                    help="share of the images listed in val.txt (default 0.2)")
     p.add_argument("--seed", type=number_type(int, minimum=0), default=0, help="seed of the train/val shuffle")
     p.add_argument("--classes", metavar="FILE",
-                   help="colors: the classes file ('name r,g,b' per line, required); labelme: fixes the ids "
-                        "and colours (default: the labels found, sorted, with generated colours)")
+                   help="one class per line ('name' or 'name r,g,b'): fixes the class ids by name (and the "
+                        "colours) for every --from; colors: required, with colours; ids: required, line i "
+                        "names mask value i; voc: names the palette indices when there is no class_names.txt")
     p.add_argument("--ignore-index", type=number_type(int, minimum=0, maximum=255), default=255,
                    help="label id of unlabelled pixels (default 255)")
     p.add_argument("--ignore-class", action="append", default=[], metavar="NAME",
                    help="a class whose pixels become the ignore id and that is left out of classes.txt "
                         "(repeatable; e.g. CVAT's background, CamVid's Void)")
-    p.add_argument("--masks", metavar="DIR", help="colors: the folder of the masks (default: SRC)")
+    p.add_argument("--masks", metavar="DIR", help="colors, ids: the folder of the masks (default: SRC)")
     p.add_argument("--mask-suffix", default="", metavar="S",
-                   help="colors: a mask's file stem is the image's plus this (CamVid: _L)")
+                   help="colors, ids: a mask's file stem is the image's plus this (CamVid: _L)")
+    p.add_argument("--images", metavar="DIR",
+                   help="cvat (CVAT for images 1.1), coco: the folder of the images, for an export without them")
+    p.add_argument("--background", metavar="NAME",
+                   help="cvat (CVAT for images 1.1), coco: the class of pixels no shape covers (default: the "
+                        "ignore id)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.set_defaults(func=cmd_data_import)

@@ -5,7 +5,11 @@ the tools display (EXIF orientation applied)."""
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+import zipfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -13,8 +17,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from ..common import IMAGE_EXTS, InputError
+from ..common import IMAGE_EXTS, InputError, MissingFileError
 from ..images import read_pixels  # the one image reader (EXIF orientation applied); the readers import it from here
+from .catalog import read_classes_file
 from ..visualize import default_palette
 
 # a LabelMe label that names the pixels no shape covers (labelme2voc's convention)
@@ -38,6 +43,7 @@ class Source:
     total: int
     skipped: Counter = field(default_factory=Counter)   # reason -> count (images)
     shapes_skipped: Counter = field(default_factory=Counter)   # LabelMe shape type -> count
+    notes: list[str] = field(default_factory=list)   # lines for the summary (e.g. frames without an image)
 
 
 @dataclass
@@ -49,6 +55,16 @@ class ImportSummary:
     classes: list[str]
     skipped: Counter
     shapes_skipped: Counter
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Classes:
+    """The classes of an import: the kept ones in label id order, and the label id of every
+    class name the data may use (the ignore id for --ignore-class ones)."""
+    names: list[str]
+    palette: list[tuple[int, int, int]]
+    id_of: dict[str, int]
 
 
 # ---- classes and colours -------------------------------------------------------------------------
@@ -64,6 +80,47 @@ def class_ids(names: list[str], ignore_classes: list[str], ignore_index: int, so
     if ignore_index < len(kept):
         raise InputError(f"--ignore-index {ignore_index} is a class id ({len(kept)} classes: ids 0..{len(kept) - 1})")
     return [ignore_index if n in ignore_classes else kept.index(n) for n in names]
+
+
+def resolve_classes(found: list[str], colors: dict[str, tuple[int, int, int]], classes: Path | None,
+                    ignore_classes: list[str], ignore_index: int, source: str,
+                    where_of: dict[str, str] | None = None) -> Classes:
+    """The id order of an import: the classes file's order when one is given (every class the
+    data uses must be in it, unless --ignore-class drops it), else the data's own order.
+
+    Args:
+        found: the data's class names, in the data's order (its label map, categories...).
+        colors: the tool's colour of a class, where the export has one.
+        classes: --classes FILE (names, optional colours) or None.
+        ignore_classes: --ignore-class names; ignore_index: the label id of unlabelled pixels.
+        source: what lists the data's classes (for messages).
+        where_of: where a class is first used (for the message naming a class not in the file).
+    """
+    names = list(found)
+    palette = None
+    if classes is not None:
+        names, palette = read_classes_file(classes)
+        for name in found:
+            if name not in names and name not in ignore_classes:
+                where = (where_of or {}).get(name, source)
+                raise InputError(f"{where}: class {name!r} is not in the classes file {classes} "
+                                 f"(it lists: {', '.join(names)})")
+        names = names + [n for n in found if n not in names]   # only --ignore-class ones
+        source = str(classes)
+    generated = dict(zip(names, generated_palette(names)))
+    if palette is None:
+        palette = [colors.get(n, generated[n]) for n in names]
+    else:
+        palette = palette + [colors.get(n, generated[n]) for n in names[len(palette):]]
+    ids = class_ids(names, ignore_classes, ignore_index, source)
+    kept = [i for i, label in enumerate(ids) if label != ignore_index]
+    return Classes([names[i] for i in kept], [tuple(palette[i]) for i in kept], dict(zip(names, ids)))
+
+
+def hex_color(text: str | None) -> tuple[int, int, int] | None:
+    """'#rrggbb' (CVAT's label colours) as (r, g, b); None for anything else."""
+    found = re.fullmatch(r"#([0-9a-fA-F]{2})([0-9a-fA-F]{2})([0-9a-fA-F]{2})", (text or "").strip())
+    return tuple(int(v, 16) for v in found.groups()) if found else None
 
 
 def color_codes(rgb: np.ndarray) -> np.ndarray:
@@ -128,6 +185,38 @@ def output_name(name: str, where: str) -> str:
     if not parts or ".." in parts:
         raise InputError(f"{where}: image name {name!r} cannot be used as a file name")
     return "/".join(re.sub(r"\s+", "_", p) for p in parts)
+
+
+def missing_note(what: str, names: list[str], shown: int = 5) -> str:
+    """A summary line naming the first few of `names` (e.g. frames without an image)."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{what} ({len(names)}): {', '.join(names[:shown])}{more}"
+
+
+@contextmanager
+def unpacked(src: Path) -> Iterator[Path]:
+    """The export's folder: `src` itself, or a `.zip` (a downloaded export) extracted into a
+    temporary folder that is removed afterwards."""
+    if src.is_dir():
+        yield src
+        return
+    if not src.is_file():
+        raise MissingFileError(f"{src}: no such file or folder")
+    if src.suffix.lower() != ".zip":
+        yield src
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="cgnet-import-"))
+    try:
+        try:
+            with zipfile.ZipFile(src) as archive:
+                archive.extractall(tmp)   # member names are made safe (no absolute paths or '..')
+        except (zipfile.BadZipFile, OSError) as e:
+            raise InputError(f"{src}: not a readable zip archive ({e})") from None
+        entries = list(tmp.iterdir())
+        # a zip of the export's folder rather than of its contents
+        yield entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def find_image(folder: Path, stem: str) -> Path | None:

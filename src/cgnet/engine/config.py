@@ -160,8 +160,9 @@ class TrainConfig:
     dropout: float = option(0.0, "dropout before the classifier", "model", DEFINES, check=fraction, type=float)
     init: str | None = option(
         None, "start from trained weights: 'camvid' (the shipped weights) or a checkpoint, ours or the original "
-              "release's; tensors that match in name and shape are loaded, the classifier is re-initialised when "
-              "the class count differs, and the run keeps the weights' preprocessing unless --mean/--std are given",
+              "release's; tensors that match in name and shape are loaded, the classifier's rows are matched to "
+              "this run's classes by name (reordered; classes the weights lack are re-initialised; by position "
+              "only when the weights' names are unknown), and the run keeps the weights' preprocessing unless --mean/--std are given",
         "model", DEFINES, metavar="WEIGHTS")
     freeze: str = option("none", "with --init: keep the first stages as loaded: stem (stage 1) or stage2 (stages 1 "
                                  "and 2); their backward is not computed", "model", DEFINES,

@@ -1,0 +1,187 @@
+"""Mask folders: RGB colour masks with a classes file (`colors`), Pascal VOC palette PNGs
+(`voc`: VOC2012 and labelme2voc's output) and single-channel id masks (`ids`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from ..common import IMAGE_EXTS, InputError, MissingFileError
+from .catalog import read_classes_file
+from .import_core import (Item, Source, check_same_size, class_ids, colors_to_ids, find_image, output_name,
+                          read_color_mask, read_pixels, resolve_classes)
+
+# the value of unlabelled pixels in VOC palette PNGs (drawn in 224,224,192: VOC's object borders)
+# and in id masks
+MASK_IGNORE = 255
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def pair_masks(src: Path, masks: Path | None, suffix: str) -> tuple[list[Path], dict[str, Path], int]:
+    """The images of `src` and the mask of each stem (`masks` folder, default src; a mask's stem
+    is the image's plus `suffix`; a .png mask is preferred). Returns (images, mask of stem,
+    the number of masks without an image)."""
+    masks = masks if masks is not None else src
+    if not masks.is_dir():
+        raise MissingFileError(f"--masks {masks}: no such folder")
+    same = masks.resolve() == src.resolve()
+    if same and not suffix:
+        raise InputError(f"images and masks share {src}: give --mask-suffix (e.g. _L) or --masks DIR")
+    images = [p for p in images_in(src) if not (same and p.stem.endswith(suffix))]
+    mask_of: dict[str, Path] = {}
+    for p in images_in(masks):
+        if p.stem.endswith(suffix):
+            stem = p.stem[:len(p.stem) - len(suffix)] if suffix else p.stem
+            if stem not in mask_of or p.suffix.lower() == ".png":
+                mask_of[stem] = p
+    if not images:
+        raise MissingFileError(f"{src}: no images in it")
+    stems = {p.stem for p in images}
+    return images, mask_of, sum(1 for s in mask_of if s not in stems)
+
+
+def paired_items(images: list[Path], mask_of: dict[str, Path], source: Source, decode) -> Iterator[Item]:
+    """An item per image that has a mask (`decode(mask path)` -> ids); the others are counted."""
+    for image in images:
+        mask_path = mask_of.get(image.stem)
+        if mask_path is None:
+            source.skipped["without a mask"] += 1
+            continue
+        label = decode(mask_path)
+        check_same_size(read_pixels(image, "image").shape[:2], str(image), label, str(mask_path))
+        yield Item(output_name(image.stem, str(image)), image, label)
+
+
+def colors_source(src: Path, classes: Path | None, masks: Path | None, suffix: str, ignore_classes: list[str],
+                  ignore_index: int) -> Source:
+    """Images and RGB colour masks; the classes file gives each class's colour."""
+    if classes is None:
+        raise InputError("--from colors needs --classes FILE (one 'name r,g,b' line per class)")
+    names, palette = read_classes_file(classes)
+    if palette is None:
+        raise InputError(f"{classes}: no colours; --from colors needs 'name r,g,b' lines")
+    ids = class_ids(names, ignore_classes, ignore_index, str(classes))
+    images, mask_of, orphans = pair_masks(src, masks, suffix)
+    source = Source([n for n, i in zip(names, ids) if i != ignore_index],
+                    [c for c, i in zip(palette, ids) if i != ignore_index], iter(()), len(images))
+    source.skipped["masks without an image"] = orphans
+    source.items = paired_items(images, mask_of, source, lambda path: colors_to_ids(
+        read_color_mask(path), palette, ids, str(path), str(classes)))
+    return source
+
+
+# ---- index masks ---------------------------------------------------------------------------------
+
+def read_index_mask(path: Path, palette_only: bool) -> tuple[np.ndarray, list[int] | None]:
+    """A palette PNG's indices (and its palette: 3 values per index), or a single-channel 8-bit
+    mask's values (palette None).
+
+    Returns:
+        H x W uint8 and the palette list (or None).
+    """
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            if mode not in (("P",) if palette_only else ("P", "L")):
+                kind = "a palette PNG (mode P)" if palette_only else "a single-channel 8-bit mask (mode L or P)"
+                hint = "; use --from colors for RGB masks" if mode in ("RGB", "RGBA") else ""
+                if palette_only and mode == "L":
+                    hint = "; use --from ids for single-channel id masks"
+                raise InputError(f"{path}: not {kind}: its mode is {mode}{hint}")
+            values = np.asarray(image, dtype=np.uint8)
+            palette = image.getpalette() if mode == "P" else None
+    except (OSError, SyntaxError) as e:
+        raise InputError(f"{path}: cannot read the mask ({e})") from None
+    return values, palette
+
+
+def index_lut(names: list[str], id_of: dict[str, int], ignore_index: int) -> np.ndarray:
+    """Mask value -> label id: value i is class names[i], 255 the ignore id, anything else -1."""
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[MASK_IGNORE] = ignore_index
+    for value, name in enumerate(names):
+        lut[value] = id_of[name]
+    return lut
+
+
+def map_values(values: np.ndarray, lut: np.ndarray, path: Path, names_from: str) -> np.ndarray:
+    """A mask's values through `lut`; a value with no class is one error naming its first pixel."""
+    label = lut[values]
+    bad = label < 0
+    if bad.any():
+        y, x = (int(v) for v in np.argwhere(bad)[0])
+        raise InputError(f"{path}: pixel (x={x}, y={y}) has value {int(values[y, x])}, which is no class of "
+                         f"{names_from} (values 0..{int((lut[:MASK_IGNORE] >= 0).sum()) - 1}, and "
+                         f"{MASK_IGNORE} for unlabelled)")
+    return label.astype(np.uint8)
+
+
+def names_file(path: Path) -> list[str]:
+    """labelme2voc's class_names.txt: one name per line, line i = index i."""
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise InputError(f"{path}: no class names")
+    repeated = [n for n in names if names.count(n) > 1]
+    if repeated:
+        raise InputError(f"{path}: class {repeated[0]!r} repeats")
+    return names
+
+
+def voc_source(src: Path, classes: Path | None, ignore_classes: list[str], ignore_index: int) -> Source:
+    """Pascal VOC's layout: SegmentationClass/ (or labelme2voc's SegmentationClassPNG/) palette
+    PNGs, JPEGImages/, and class_names.txt (labelme2voc) naming index i on line i; without it,
+    --classes names the indices. Index 255 (VOC's border) becomes the ignore id."""
+    folder = next((src / d for d in ("SegmentationClassPNG", "SegmentationClass")
+                   if (src / d).is_dir() and any((src / d).glob("*.png"))), None)
+    if folder is None:
+        raise MissingFileError(f"{src}: no SegmentationClass/*.png (or SegmentationClassPNG/*.png) palette masks")
+    if (src / "class_names.txt").is_file():
+        names_from = src / "class_names.txt"
+        names = names_file(names_from)
+    elif classes is not None:
+        names_from, names = classes, read_classes_file(classes)[0]
+    else:
+        raise InputError(f"{src}: no class_names.txt (labelme2voc writes one); give --classes FILE, one name per "
+                         "line, line i naming palette index i (VOC2012: background, aeroplane, bicycle, ...)")
+    masks = sorted(folder.glob("*.png"))
+    _, palette = read_index_mask(masks[0], palette_only=True)
+    colors = {n: tuple(palette[3 * i:3 * i + 3]) for i, n in enumerate(names) if len(palette) >= 3 * i + 3}
+    found = resolve_classes(names, colors, classes, ignore_classes, ignore_index, str(names_from))
+    lut = index_lut(names, found.id_of, ignore_index)
+    source = Source(found.names, found.palette, iter(()), len(masks))
+
+    def items() -> Iterator[Item]:
+        for path in masks:
+            image = find_image(src / "JPEGImages", path.stem)
+            if image is None:
+                source.skipped["without an image"] += 1
+                continue
+            label = map_values(read_index_mask(path, palette_only=True)[0], lut, path, str(names_from))
+            check_same_size(read_pixels(image, "image").shape[:2], str(image), label, str(path))
+            yield Item(output_name(path.stem, str(path)), image, label)
+    source.items = items()
+    return source
+
+
+def ids_source(src: Path, classes: Path | None, masks: Path | None, suffix: str, ignore_classes: list[str],
+               ignore_index: int) -> Source:
+    """Images and single-channel id masks: value i is line i of the classes file, 255 unlabelled."""
+    if classes is None:
+        raise InputError("--from ids needs --classes FILE (one class per line: line i names mask value i)")
+    names, palette = read_classes_file(classes)
+    if len(names) > MASK_IGNORE:
+        raise InputError(f"{classes}: {len(names)} classes; id masks hold values 0..254 (255 is unlabelled)")
+    found = resolve_classes(names, dict(zip(names, palette or [])), None, ignore_classes, ignore_index,
+                            str(classes))
+    lut = index_lut(names, found.id_of, ignore_index)
+    images, mask_of, orphans = pair_masks(src, masks, suffix)
+    source = Source(found.names, found.palette, iter(()), len(images))
+    source.skipped["masks without an image"] = orphans
+    source.items = paired_items(images, mask_of, source, lambda path: map_values(
+        read_index_mask(path, palette_only=False)[0], lut, path, str(classes)))
+    return source
