@@ -493,6 +493,7 @@ def test_a_10_kb_tiff_bomb_is_refused_in_time_and_memory():
     limit = serve.images.pillow_pixel_limit()
     cases = ((20000, f"image too large: more than {limit / 1e6:g} megapixels, past Pillow's decompression-bomb limit"),
              (12000, "image too large: 12000x12000 is 144.0 megapixels, the limit is 1 (--max-megapixels)"))
+    assert serve.image_header(tiff_black(8, 8)) == ("TIFF", 8, 8)  # Pillow's TIFF plugin imported before measuring
     for side, message in cases:
         data = tiff_black(side, side)
         assert len(data) <= 10_500
@@ -753,6 +754,7 @@ def test_serve_options_are_checked(capsys):
                           (["--allowed-host", "http://x"], "argument --allowed-host: a host name"),
                           (["--allowed-host", "fe80::1"], "an IPv6 address in brackets"),
                           (["--max-queued-videos", "0"], "argument --max-queued-videos: must be at least 1, got '0'"),
+                          (["--max-megapixels", "200"], "argument --max-megapixels: must be at most 178.9, got '200'"),
                           (["--max-concurrent-images", "x"], "argument --max-concurrent-images: expected a whole")):
         with pytest.raises(SystemExit) as raised:
             main(["serve", "--port", "0", *argv])
