@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import socket
 import struct
 import zlib
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +35,7 @@ from cgnet.deploy import serve
 from cgnet.deploy.predict import predict_video
 from cgnet.deploy.predictor import make_predictor
 from cgnet.deploy.runners import MissingBackend
+from cgnet.deploy.web import PAGE_FILES
 from helpers.paths import camvid_candidates, real_camvid
 from helpers.server import running_serve
 
@@ -180,9 +183,12 @@ def test_page_and_assets_come_from_the_server(server):
     for link in links:
         if link.startswith("/static/"):
             assert server.get(link)[0] == 200, link
-    for name in ("app.js", "style.css"):
-        text = server.get(f"/static/{name}")[2].decode()
-        assert "http://" not in text and "https://" not in text, f"{name} names another host"
+    for name in PAGE_FILES[1:]:  # the entry module, the modules it imports, the style sheet
+        status, headers, body = server.get(f"/static/{name}")
+        text = body.decode()
+        assert status == 200 and "http://" not in text and "https://" not in text, f"{name} names another host"
+        imported = re.findall(r'^import .* from "([^"]+)";$', text, re.M)
+        assert all(module[2:] in PAGE_FILES for module in imported), (name, imported)  # all served, relative
 
 
 @pytest.mark.data
@@ -220,7 +226,7 @@ def test_bad_uploads_get_a_clear_error(server, tmp_path):
 
     whole = png(street_like(1, 120, 160))
     status, answer = server.segment(whole[: len(whole) // 2], "truncated.png")
-    assert status == 400 and answer["error"] == "cannot decode this PNG file (corrupt or truncated)"
+    assert status == 400 and answer["error"] == "cannot decode the PNG file (corrupt, truncated or not an image)"
 
     status, answer = server.segment(b"", "empty.png")
     assert status == 400 and "empty" in answer["error"]
@@ -412,11 +418,6 @@ def tiff_black(width: int, height: int, rows_per_strip: int = 16, order: str = "
     return tiff_ifd(order, entries, arrays + strip)
 
 
-def bmp_core_header(width: int, height: int) -> bytes:
-    """A BMP with an OS/2 BITMAPCOREHEADER (12 bytes, 16-bit sizes)."""
-    return b"BM" + struct.pack("<IHHI", 26, 0, 0, 26) + struct.pack("<IHHHH", 12, width, height, 1, 24)
-
-
 def gif(screen: tuple[int, int], frame: tuple[int, int, int, int], extension: bool = True) -> bytes:
     """A GIF header: logical screen, global colour table of 2, a graphic control extension,
     then an image descriptor (left, top, width, height)."""
@@ -426,51 +427,90 @@ def gif(screen: tuple[int, int], frame: tuple[int, int, int, int], extension: bo
     return data + b"\x2c" + struct.pack("<HHHHB", *frame, 0) + b"\x02\x02\x44\x01\x00\x3b"
 
 
-def test_header_readers_on_hand_built_headers():
-    size = serve.header_size
-    # TIFF: both byte orders, SHORT and LONG sizes, tags in any place of IFD 0
-    assert size(tiff_ifd("<", [(256, 3, 1, 640), (257, 3, 1, 480)])) == (640, 480)
-    assert size(tiff_ifd(">", [(254, 4, 1, 0), (256, 4, 1, 70000), (257, 3, 1, 3)])) == (70000, 3)
-    assert size(tiff_ifd(">", [(257, 4, 1, 9), (256, 3, 1, 65535)])) == (65535, 9)
-    assert size(tiff_ifd("<", [(256, 3, 1, 640), (257, 3, 1, 480), (277, 3, 1, 4)])) == (640, 480)
-    assert size(tiff_ifd("<", [(256, 3, 1, 640), (257, 3, 1, 480), (277, 3, 1, 5)])) is None  # 5 samples
-    assert size(tiff_ifd("<", [(256, 3, 1, 640)])) is None  # no ImageLength
-    assert size(tiff_ifd("<", [(256, 3, 1, 640), (257, 3, 1, 480)])[:20]) is None  # IFD cut short
-    assert size(b"II*\0" + struct.pack("<I", 4000)) is None  # IFD beyond the file
-    assert size(tiff_black(20000, 18000)) == (20000, 18000)
-    # WebP: lossy, lossless, extended (the larger of canvas and image)
-    assert size(riff_webp((b"VP8 ", vp8_header(16383, 12000)))) == (16383, 12000)
-    assert size(riff_webp((b"VP8 ", vp8_header(0xC000 | 640, 0x4000 | 480)))) == (640, 480)  # scale bits
-    assert size(riff_webp((b"VP8L", vp8l_black(16384, 1)))) == (16384, 1)
-    assert size(riff_webp((b"VP8L", vp8l_black(3, 16000)))) == (3, 16000)
-    assert size(riff_webp(vp8x(2**24, 5))) == (2**24, 5)
-    assert size(riff_webp(vp8x(100, 80), (b"ICCP", b"abc"), (b"VP8L", vp8l_black(90, 200)))) == (100, 200)
-    assert size(riff_webp((b"VP8 ", b"\x10\x02\x00\x00\x00\x00" + bytes(20)))) is None  # no start code
-    assert size(riff_webp((b"VP8L", b"\x00" + bytes(20)))) is None  # no signature
-    assert size(riff_webp((b"ALPH", bytes(20)))) is None
-    # BMP with the 12-byte core header, GIF with a frame reaching beyond its screen
-    assert size(bmp_core_header(1234, 567)) == (1234, 567)
-    assert size(gif((10, 10), (0, 0, 4, 6))) == (10, 10)
-    assert size(gif((10, 10), (5, 7, 5000, 4000))) == (5005, 4007)
-    assert size(gif((300, 200), (0, 0, 300, 200), extension=False)) == (300, 200)
-    assert size(gif((300, 200), (0, 0, 300, 200))[:24]) is None  # cut before the image descriptor
-    assert size(b"P6\n20000 20000\n255\n") is None
-
-
-def test_header_readers_agree_with_opencv():
+def test_pillows_header_size_is_what_opencv_decodes():
+    """The size checked before decoding (Pillow's header read) is the size OpenCV then decodes,
+    for every served format and for the hand-built files the bomb test sends at full size."""
     for ext, params in ((".png", []), (".jpg", []), (".bmp", []), (".tiff", []), (".webp", []),
                         (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), (".gif", [])):
         for shape in ((23, 37, 3), (5, 300, 3), (301, 2, 3)):
             data = cv2.imencode(ext, np.zeros(shape, np.uint8), params)[1].tobytes()
-            assert serve.header_size(data) == (shape[1], shape[0]), (ext, params, shape)
-    # the hand-built files are real images of the size their headers claim
+            assert serve.image_header(data)[1:] == (shape[1], shape[0]), (ext, params, shape)
     for data, shape in ((riff_webp((b"VP8L", vp8l_black(37, 23))), (23, 37, 3)),
                         (riff_webp(vp8x(300, 5), (b"VP8L", vp8l_black(300, 5))), (5, 300, 3)),
                         (tiff_black(37, 23, rows_per_strip=4), (23, 37)),
                         (tiff_black(300, 5, rows_per_strip=2, order=">"), (5, 300))):
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        assert image is not None and image.shape == shape and not image.any()
-        assert serve.header_size(data) == (shape[1], shape[0])
+        assert image is not None and image.shape == shape, shape
+        assert serve.image_header(data)[1:] == (shape[1], shape[0])
+    assert [serve.image_format(cv2.imencode(ext, np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+            for ext in (".png", ".jpg", ".bmp", ".tiff", ".webp", ".gif")] == ["PNG", "JPEG", "BMP", "TIFF", "WEBP",
+                                                                            "GIF"]
+    # read by Pillow and OpenCV alike, but not served: no size is checked for them
+    for ext, channels in ((".ppm", 3), (".pgm", 1), (".ras", 3), (".hdr", 3)):
+        data = cv2.imencode(ext, np.zeros((4, 4, channels), np.uint8))[1].tobytes()
+        assert serve.image_header(data) is None, ext
+
+
+def tiff_samples(width: int, height: int, samples: int) -> bytes:
+    """An uncompressed 8-bit TIFF of zeros: RGB plus `samples - 3` extra samples per pixel."""
+    entries = 10
+    bits_at = 8 + 2 + 12 * entries + 4
+    extra_at = bits_at + 2 * samples
+    data_at = extra_at + 2 * (samples - 3)
+    pixels = bytes(width * height * samples)
+    fields = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, samples, bits_at), (259, 3, 1, 1), (262, 3, 1, 2),
+              (273, 4, 1, data_at), (277, 3, 1, samples), (278, 4, 1, height), (279, 4, 1, len(pixels)),
+              (338, 3, samples - 3, extra_at)]
+    ifd = struct.pack("<H", entries)
+    for tag, kind, count, value in fields:
+        inline = struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, count) + inline
+    return (b"II*\0" + struct.pack("<I", 8) + ifd + bytes(4) + struct.pack(f"<{samples}H", *[8] * samples)
+            + bytes(2 * (samples - 3)) + pixels)
+
+
+def test_a_tiff_with_more_than_four_samples_is_refused_from_its_header():
+    from PIL import Image
+
+    data = tiff_samples(5, 6, 6)
+    with Image.open(io.BytesIO(data)) as im:  # Pillow reads it (as RGB): the refusal is the server's
+        assert im.size == (5, 6) and im.tag_v2[277] == 6
+    with pytest.raises(serve.UploadError) as raised:
+        serve.check_image_header(data, 10**6)
+    assert raised.value.status == 400
+    assert str(raised.value) == "a TIFF with 6 samples per pixel: at most 4 are read (gray, gray + alpha, RGB, RGBA)"
+
+
+def vm_hwm_mb() -> float:
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) / 1024
+
+
+def test_a_10_kb_tiff_bomb_is_refused_in_time_and_memory():
+    """A 10 KB TIFF claiming 20000x20000 (400 MB of 8-bit pixels once decoded) and one claiming
+    12000x12000 (144 MB, under Pillow's own limit): 413 from the header alone, in this process.
+    Bounds: < 2 s and < 100 MB of peak memory growth (a decode would take 400 or 144 MB); the
+    Python allocations stay under 1 MB (the file is 10 KB; Pillow keeps its tags)."""
+    limit = serve.images.pillow_pixel_limit()
+    cases = ((20000, f"image too large: more than {limit / 1e6:g} megapixels, past Pillow's decompression-bomb limit"),
+             (12000, "image too large: 12000x12000 is 144.0 megapixels, the limit is 1 (--max-megapixels)"))
+    assert serve.image_header(tiff_black(8, 8)) == ("TIFF", 8, 8)  # Pillow's TIFF plugin imported before measuring
+    for side, message in cases:
+        data = tiff_black(side, side)
+        assert len(data) <= 10_500
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM back to the present RSS
+        except OSError:
+            pass
+        before = vm_hwm_mb()
+        tracemalloc.start()
+        start = time.perf_counter()
+        with pytest.raises(serve.UploadError) as raised:
+            serve.check_image_header(data, 10**6)
+        seconds = time.perf_counter() - start
+        python_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert raised.value.status == 413 and str(raised.value) == message
+        assert seconds < 2 and vm_hwm_mb() - before < 100 and python_peak < 2**20, (side, seconds, python_peak)
 
 
 def test_shorten_cuts_long_values():
@@ -492,42 +532,94 @@ def test_host_names_and_served_hosts():
 
 
 def test_crafted_huge_images_are_refused_before_decoding(server):
-    # each decodes to hundreds of MB (the TIFF to 20000x20000, the WebP to 16000x16000x3) from a few KB
+    # each decodes to hundreds of MB (the TIFF to 20000x20000, the WebP to 16000x16000x3) from a few KB;
+    # past Pillow's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS) Pillow itself refuses to size them
     bombs = {"bomb.tiff": (tiff_black(20000, 20000), (20000, 20000)),
              "bomb_be.tiff": (tiff_black(19000, 19000, order=">"), (19000, 19000)),
+             "small_bomb.tiff": (tiff_black(12000, 12000), (12000, 12000)),
              "bomb.webp": (riff_webp((b"VP8L", vp8l_black(16000, 16000))), (16000, 16000)),
              "canvas.webp": (riff_webp(vp8x(16000, 16000), (b"VP8L", vp8l_black(16000, 16000))), (16000, 16000)),
-             "inner.webp": (riff_webp(vp8x(1, 1), (b"VP8L", vp8l_black(12000, 12000))), (12000, 12000)),
              "lossy.webp": (riff_webp((b"VP8 ", vp8_header(16000, 9000))), (16000, 9000)),
-             "wide.gif": (gif((10, 10), (0, 0, 30000, 30000)), (30000, 30000))}
+             "wide.gif": (gif((10, 10), (0, 0, 30000, 30000)), (30000, 30000)),
+             "framed.gif": (gif((10, 10), (5, 7, 5000, 4000)), (5005, 4007))}
+    limit = serve.images.pillow_pixel_limit()
     server.reset_peak_rss()
     before = server.peak_rss_mb()
     for name, (data, (width, height)) in bombs.items():
         assert len(data) < 20_000
         start = time.monotonic()
         status, answer = server.segment(data, name)
-        assert time.monotonic() - start < 5, name
+        assert time.monotonic() - start < 2, name
         assert status == 413, (name, answer)
-        assert answer["error"] == (f"image too large: {width}x{height} is {width * height / 1e6:.1f} megapixels, "
-                                   f"the limit is 1 (--max-megapixels)")
+        if width * height > limit:
+            assert answer["error"] == (f"image too large: more than {limit / 1e6:g} megapixels, past Pillow's "
+                                       f"decompression-bomb limit"), name
+        else:
+            assert answer["error"] == (f"image too large: {width}x{height} is {width * height / 1e6:.1f} "
+                                       f"megapixels, the limit is 1 (--max-megapixels)"), name
     assert server.peak_rss_mb() - before < 100
     assert server.process.poll() is None
 
-    # a size the header does not tell, and formats OpenCV reads but this server does not size: 400
-    status, answer = server.segment(tiff_ifd("<", [(256, 3, 1, 64)]), "no_length.tiff")
-    assert status == 400 and answer["error"] == ("cannot read the size of this TIFF file from its header "
-                                                 "(corrupt, truncated, or a variant this server does not read)")
-    for name, data in (("huge.ppm", b"P5\n20000 20000\n255\n" + bytes(64)),
+    # headers Pillow does not read (no ImageLength; a WebP image larger than its canvas; BigTIFF's
+    # empty IFD), and formats OpenCV reads but this server does not serve: 400, nothing decoded
+    for name, data in (("no_length.tiff", tiff_ifd("<", [(256, 3, 1, 64)])),
+                       ("inner.webp", riff_webp(vp8x(1, 1), (b"VP8L", vp8l_black(12000, 12000)))),
+                       ("huge.ppm", b"P5\n20000 20000\n255\n" + bytes(64)),
                        ("small.ppm", cv2.imencode(".ppm", np.zeros((8, 8, 3), np.uint8))[1].tobytes()),
-                       ("big.tiff", b"II+\0" + bytes(64))):  # BigTIFF
+                       ("big.tiff", b"II+\0" + bytes(64))):
         status, answer = server.segment(data, name)
-        assert status == 400 and answer["error"] == ("not an image (or one of an unknown kind): send a PNG, "
-                                                     "JPEG, BMP, TIFF, WebP or GIF file"), name
+        assert status == 400 and answer["error"] == ("not an image this server reads (corrupt, truncated, or not "
+                                                     "a PNG, JPEG, BMP, TIFF, WebP or GIF file)"), name
     # a small crafted file is decoded and segmented as any other
     status, answer = server.segment(tiff_black(64, 48), "small.tiff")
     assert status == 200 and (answer["width"], answer["height"]) == (64, 48) and "image_jpeg" in answer
     status, answer = server.segment(riff_webp((b"VP8L", vp8l_black(64, 48))), "small.webp")
     assert status == 200 and (answer["width"], answer["height"]) == (64, 48) and "image_jpeg" not in answer
+
+
+def exif_jpeg(orientation: int) -> bytes:
+    """A JPEG stored 200 wide x 100 tall whose EXIF tag says how to show it; a street-like picture
+    with a white top-left quadrant, so that every turn and mirror of it differs."""
+    from PIL import Image
+
+    stored = street_like(40, 100, 200)
+    stored[:50, :100] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(stored).save(out, "JPEG", quality=95, exif=exif.tobytes())
+    return out.getvalue()
+
+
+# the displayed frame of stored pixels under each EXIF orientation (the standard's eight cases)
+DISPLAYED = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+             8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.slow
+def test_phone_photos_are_segmented_the_right_way_up(server, predictor):
+    """A JPEG with each of the 8 EXIF orientations is segmented as displayed: orientations 5-8
+    turn the stored 200x100 into 100 wide x 200 tall, and the mask is the model's on the displayed
+    pixels (OpenCV's decode turned here, checked against Pillow's exif_transpose)."""
+    from PIL import Image, ImageOps
+
+    for orientation in range(1, 9):
+        data = exif_jpeg(orientation)
+        status, answer = server.segment(data, f"photo{orientation}.jpg")
+        assert status == 200, answer
+        size = (100, 200) if orientation >= 5 else (200, 100)
+        assert (answer["width"], answer["height"]) == size, orientation
+        stored = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION),
+                              cv2.COLOR_BGR2RGB)
+        assert stored.shape == (100, 200, 3)  # the stored frame
+        displayed = np.ascontiguousarray(DISPLAYED[orientation](stored))
+        with Image.open(io.BytesIO(data)) as im:
+            shown = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        # the same JPEG from two decoders: equal up to IDCT rounding and chroma upsampling (a turned
+        # or mirrored frame differs by 255 in the white quadrant)
+        assert shown.shape == displayed.shape and np.abs(shown.astype(int) - displayed.astype(int)).max() <= 40
+        np.testing.assert_array_equal(decode_png(answer["mask_png"]), predictor.predict(displayed))
 
 
 # ---- Host and Origin checks, the video queue, long ids -----------------------------------------
@@ -568,6 +660,7 @@ def test_posts_from_other_origins_are_refused(server):
         body, kind = multipart("image", "a.png", image)
         status, headers, answer = server.request("POST", "/api/segment", {"Origin": origin, "Content-Type": kind}, body)
         assert status == 200 and json.loads(answer)["width"] == 48, origin
+    # an https Origin is another origin for a server reached over http (the TLS case is in test_web.py)
     for origin in ("http://evil.example", f"http://evil.example:{port}", f"https://127.0.0.1:{port}",
                    f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}", "http://127.0.0.1", "null",
                    "http://" + "e" * 300):
@@ -661,6 +754,7 @@ def test_serve_options_are_checked(capsys):
                           (["--allowed-host", "http://x"], "argument --allowed-host: a host name"),
                           (["--allowed-host", "fe80::1"], "an IPv6 address in brackets"),
                           (["--max-queued-videos", "0"], "argument --max-queued-videos: must be at least 1, got '0'"),
+                          (["--max-megapixels", "200"], "argument --max-megapixels: must be at most 178.9, got '200'"),
                           (["--max-concurrent-images", "x"], "argument --max-concurrent-images: expected a whole")):
         with pytest.raises(SystemExit) as raised:
             main(["serve", "--port", "0", *argv])

@@ -9,12 +9,16 @@ import functools
 import hashlib
 import io
 import json
+import http.client
 import os
+import shutil
+import ssl
 import subprocess
 import tarfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -350,8 +354,8 @@ def test_static_site_round_trip_with_camera(tiny_site, static_host, tmp_path):
     from playwright.sync_api import sync_playwright
 
     site, image, expected = tiny_site
-    assert sorted(p.name for p in site.iterdir()) == ["app.js", "index.html", "model.json", "model.onnx", "ort",
-                                                      "style.css"]
+    assert sorted(p.name for p in site.iterdir()) == ["app.js", "browser.js", "camera.js", "common.js", "index.html",
+                                                      "model.json", "model.onnx", "ort", "server.js", "style.css"]
     assert sorted(p.name for p in (site / "ort").iterdir()) == sorted([*web.ORT_FILES, "LICENSE"])
     html = (site / "index.html").read_text()
     assert 'data-site="static"' in html and "/static/" not in html
@@ -426,33 +430,115 @@ def test_webgpu_path_on_a_software_adapter(tiny_site, static_host):
             browser.close()
 
 
-# ---- HTTPS for phones --------------------------------------------------------------------------
+# ---- HTTPS for phones: uploads from the page's own https origin ------------------------------
 
-@pytest.mark.slow
-def test_serve_over_https(tmp_path, capsys):
+def test_tls_options_are_checked(tmp_path, capsys):
     if MISSING:
         pytest.skip(MISSING)
-    import shutil
-    import ssl
-
     assert main(["serve", "--port", "0", "--certfile", str(tmp_path / "cert.pem")]) == 2
     assert "--certfile and --keyfile go together (HTTPS needs both)" in capsys.readouterr().err
     assert main(["serve", "--port", "0", "--certfile", str(tmp_path / "no.pem"), "--keyfile", str(tmp_path / "no.key")]) == 2
     assert f"--certfile {tmp_path / 'no.pem'}: no such file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tls_served(tmp_path_factory):
+    """`cgnet serve` over HTTPS with a self-signed certificate for 127.0.0.1 made here by the
+    openssl command: (url, certificate path)."""
+    if MISSING:
+        pytest.skip(MISSING)
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed (to make a test certificate)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
     with running_serve("--backend", "torch", "--device", "cpu", "--certfile", str(cert), "--keyfile", str(key)) \
             as (_, url, lines):
         assert url.startswith("https://127.0.0.1:"), "".join(lines)
-        context = ssl.create_default_context(cafile=str(cert))
-        context.check_hostname = False  # the test certificate names 127.0.0.1 as CN only
-        with urllib.request.urlopen(url + "api/info", context=context, timeout=60) as response:
-            assert response.status == 200 and json.loads(response.read())["backend"] == "torch"
-        with pytest.raises(OSError):  # plain HTTP gets no page (the connection is closed)
-            urllib.request.urlopen(url.replace("https://", "http://") + "api/info", timeout=30).read()
+        yield url, cert
+
+
+def tls_post(url: str, cert: Path, origin: str | None, image: bytes) -> tuple[int, dict]:
+    """POST `image` to /api/segment over TLS (the certificate checked), with this Origin header."""
+    boundary = "c" * 24
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    if origin is not None:
+        headers["Origin"] = origin
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=120,
+                                             context=ssl.create_default_context(cafile=str(cert)))
+    try:
+        connection.request("POST", "/api/segment", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_serve_over_https_takes_uploads_from_its_own_origin_only(tls_served):
+    url, cert = tls_served
+    context = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(url + "api/info", context=context, timeout=60) as response:
+        assert response.status == 200 and json.loads(response.read())["backend"] == "torch"
+    with pytest.raises(OSError):  # plain HTTP gets no page (the connection is closed)
+        urllib.request.urlopen(url.replace("https://", "http://") + "api/info", timeout=30).read()
+
+    port = urllib.parse.urlsplit(url).port
+    image = cv2.imencode(".png", street_like(8, 40, 56))[1].tobytes()
+    for origin in (f"https://127.0.0.1:{port}", f"https://localhost:{port}", f"https://[::1]:{port}", None):
+        status, answer = tls_post(url, cert, origin, image)
+        assert status == 200 and (answer["width"], answer["height"]) == (56, 40), (origin, answer)
+    other = port + 1 if port < 65535 else port - 1
+    for origin in (f"http://127.0.0.1:{port}", "https://127.0.0.1", f"https://127.0.0.1:{other}",
+                   f"https://evil.example:{port}", "https://evil.example", "null"):
+        status, answer = tls_post(url, cert, origin, image)
+        assert status == 403, origin
+        assert answer == {"error": f"cross-origin request refused: {origin!r} is not this server's origin"}
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_page_uploads_over_https_in_a_browser(tls_served, tmp_path):
+    """The page served over HTTPS (self-signed: the browser is told to accept it) uploads an image
+    through its own form: Chromium sends the page's https Origin, and the server answers."""
+    executable = browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    url, _ = tls_served
+    rgb = street_like(9, 120, 160)
+    image = tmp_path / "street.png"
+    cv2.imwrite(str(image), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    expected = make_predictor(None, backend="torch", device="cpu").predict(rgb)
+    with sync_playwright() as playwright:
+        browser = launch(playwright, executable)
+        try:
+            page = browser.new_page(ignore_https_errors=True, accept_downloads=True)
+            elsewhere, problems = watch(page, url.rstrip("/"))
+            posts = []
+            page.on("request", lambda r: posts.append(r) if r.method == "POST" else None)
+            page.goto(url)
+            page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+            assert page.evaluate("window.isSecureContext") is True
+            page.set_input_files("#file-input", str(image))
+            page.wait_for_selector(".image-result.done, .image-result.failed", timeout=120_000)
+            card = page.locator(".image-result").first
+            assert "failed" not in card.get_attribute("class"), card.locator(".error").inner_text()
+            assert card.locator("canvas.overlay").evaluate("c => [c.width, c.height]") == [160, 120]
+            with page.expect_download() as download:
+                card.locator(".download-mask").click()
+            download.value.save_as(tmp_path / "mask.png")
+            np.testing.assert_array_equal(cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_UNCHANGED), expected)
+            # the page's own https origin went with the upload (all_headers: `headers` leaves Origin out)
+            assert [r.all_headers().get("origin") for r in posts] == [url.rstrip("/")]
+            assert not elsewhere, f"the page asked other hosts: {elsewhere}"
+            assert not problems, problems
+        finally:
+            browser.close()
 
 
 @pytest.mark.slow

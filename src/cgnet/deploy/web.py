@@ -17,8 +17,8 @@ from the metadata an exported ONNX file carries (`cgnet export` stores it under 
     GET /web/model.onnx     the fp32 ONNX export (exported once into the cache, verified)
     GET /web/ort/{file}     the runtime's files
 
-A static folder (`write_site`) holds the same files beside the page: index.html, app.js,
-style.css, model.json, model.onnx, ort/.
+A static folder (`write_site`) holds the same files beside the page: index.html, its JS modules
+(app.js and the modules it imports), style.css, model.json, model.onnx, ort/.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from .predictor import cache_dir, cached_export
 from .formats import read_exported_meta
 
 STATIC = Path(__file__).resolve().parent / "serve_static"
-PAGE_FILES = ("index.html", "app.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "common.js", "server.js", "browser.js", "camera.js", "style.css")
 
 # the pinned runtime: `npm view onnxruntime-web@1.30.0 dist` (tarball, integrity)
 ORT_VERSION = "1.30.0"
@@ -230,7 +230,7 @@ def write_site(source: str | os.PathLike, out_dir: str | os.PathLike, *, cache: 
                data_root: str | os.PathLike | None = None, runtime_url: str = ORT_TARBALL, log=print) -> Path:
     """Write the page as a static folder that runs the model in the browser.
 
-    out_dir gets index.html, app.js, style.css, model.onnx, model.json (`page_meta`) and ort/
+    out_dir gets the page (`PAGE_FILES`), model.onnx, model.json (`page_meta`) and ort/
     (the runtime's files and LICENSE). It is written into a staged folder beside out_dir and
     renamed when complete (`cgnet.fileio.staged_folder`). The host must send the COOP/COEP
     headers (`ISOLATION_HEADERS`) for WebAssembly threads; without them the page runs on one thread.
