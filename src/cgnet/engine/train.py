@@ -255,7 +255,6 @@ class TrainParts:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    use_graph: bool                 # the step will be captured as a CUDA graph
 
 
 # the modules --freeze keeps as loaded
@@ -287,7 +286,7 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
         optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                      weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    return TrainParts(model, model, criterion, optimizer, scaler, use_graph)
+    return TrainParts(model, model, criterion, optimizer, scaler)
 
 
 @dataclass
