@@ -107,6 +107,18 @@ def test_torchrun_two_cpu_processes(camvid, tmp_path):
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["train_state"]["iteration"] == 4  # global batch 4 = 2 per process
     assert done.stdout.count("epoch 2:") == 1 and "2 of 4 epochs fit" in done.stdout
+    assert done.stdout.splitlines().count("torchrun: 2 processes joined (gloo); batch 2 per process, 4 in all") == 1
+
+
+def test_the_processes_line_names_the_count_the_backend_and_the_batch(tmp_path):
+    """What a run under torchrun prints, here in a one-process gloo group joined in this process."""
+    import torch.distributed as dist
+    from cgnet.engine.train import processes_line
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert processes_line(3, 3) == "torchrun: 1 process joined (gloo); batch 3 per process, 3 in all"
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.slow

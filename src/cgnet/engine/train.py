@@ -41,8 +41,8 @@ from ..model import CGNet
 from ..plot import plot_history
 from ..preprocess import check_spec, make_spec
 from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
-from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
-                          is_main_process)
+from .distributed import (backend, barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
+                          is_dist, is_main_process)
 from .inference import evaluate, make_eval_loader
 from .stopping import GracefulStop, StopRequested
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
@@ -651,6 +651,13 @@ def main(args: argparse.Namespace) -> int:
         cleanup()
 
 
+def processes_line(per_rank: int, batch: int) -> str:
+    """Under torchrun: how many processes joined, the backend, and each process's share of the batch."""
+    world = get_world_size()
+    return (f"torchrun: {world} process{'es' * (world != 1)} joined ({backend()}); batch {per_rank} per process, "
+            f"{batch} in all")
+
+
 def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, resumed: dict | None,
         resume_path: Path | None, changes: list[str], init: InitWeights | None = None) -> None:
     """The run in a claimed folder: data, model, restore, the epochs, the closing line."""
@@ -674,6 +681,8 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
         print(json.dumps(cfg.to_dict(), indent=1))
         if cfg.speed_choice:
             print(f"speed settings: {cfg.speed_choice}")
+        if is_dist():
+            print(processes_line(data.per_rank, cfg.batch_size))
         print(f"{len(data.train_set)} training images, {data.n_batches} iterations per epoch, "
               f"{state.max_iters} in all" + (f", stopping at {state.stop_at}" if state.stop_at < state.max_iters else ""))
         if resumed is not None:
