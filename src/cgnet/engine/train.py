@@ -35,7 +35,7 @@ from ..checkpoint import load_checkpoint, load_matching, load_state_into, make_m
 from ..common import CGNetError
 from ..fileio import FolderLock, remove_leftover_temp_files, write_atomic
 from ..data.catalog import DatasetInfo, resolve_dataset
-from ..data.listset import MemoryTrainSet, SegDataset, seed_worker
+from ..data.listset import MemoryTrainSet, SegDataset, seed_worker, worker_context
 from ..data.stats import dataset_stats
 from ..model import CGNet
 from ..plot import plot_history
@@ -239,7 +239,8 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path, preprocess: di
         skipper = SkipBatches(sampler, per_rank)
         loader = DataLoader(train_set, batch_size=per_rank, sampler=skipper, num_workers=cfg.workers,
                             drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
-                            generator=torch.Generator().manual_seed(cfg.seed))
+                            generator=torch.Generator().manual_seed(cfg.seed),
+                            multiprocessing_context=worker_context(cfg.workers))
     val_loader = None
     if cfg.val_split and cfg.val_split != "none":
         val_set = SegDataset(root, info.split_path(root, cfg.val_split), info, spec, train=False)
