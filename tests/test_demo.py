@@ -95,9 +95,12 @@ def test_demo_downloads_camvid_when_missing(bare_clone, tmp_path, capsys):
     grid = cv2.cvtColor(cv2.imread(str(bare_clone / "demo" / "grid.png")), cv2.COLOR_BGR2RGB)
     # 233 rows of image | truth | prediction (4 x 4 frames), between the title band and a legend of
     # CamVid's 11 classes and the unlabelled pixels' black, one to a row at this width
-    title, legend_height, _ = bands(12, 12)
+    title, legend_height, (line, pad, _, _) = bands(12, 12)
     assert grid.shape == (title + CAMVID_COUNTS["test"] * 4 + legend_height, 3 * 4, 3)
-    assert (grid[:title] == 255).sum() > 0 and (grid[title:title + 4, 8:] == 0).sum() < 4 * 4 * 3
+    top = title + CAMVID_COUNTS["test"] * 4
+    for i, color in enumerate([*CAMVID.palette, (0, 0, 0)]):  # each swatch's visible part (cut at 12 px)
+        y = top + pad + i * (line + pad)
+        assert (grid[y + 1:y + line - 1, pad + 1:] == color).all(), i
     assert len(list((bare_clone / "demo" / "frames" / "overlay").iterdir())) == CAMVID_COUNTS["test"]
 
 
