@@ -141,3 +141,14 @@ def test_a_number_out_of_range_is_one_error_line_and_exit_2(argv, message, capsy
         main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.rstrip("\n").splitlines()[-1] == message
+
+
+def test_the_commands_import_the_litert_converter_only_inside_the_export():
+    """JAX (LiteRT's converter) makes forking unsafe; loading cgnet's commands must not import it."""
+    import subprocess
+    import sys
+    code = ("import sys, cgnet.cli, cgnet.deploy.export, cgnet.deploy.formats, cgnet.deploy.mobile; "
+            "print(sorted(m for m in ('jax', 'litert_torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "[]\n"

@@ -118,7 +118,7 @@ def test_train_on_the_cpu_takes_the_compiled_model_step(monkeypatch, capsys):
     monkeypatch.setattr(steps.torch, "compile", lambda fn, **how: Compiled(fn) if isinstance(fn, nn.Module) else fn)
     model, criterion, optimizer = build()
     parts = SimpleNamespace(model=model, bare=model, criterion=criterion, optimizer=optimizer,
-                            scaler=no_scaler(), use_graph=False)
+                            scaler=no_scaler())
     data = SimpleNamespace(per_rank=2, info=SimpleNamespace(num_classes=CLASSES))
     cfg = TrainConfig(crop=(32, 32), amp="off", channels_last=True, batch_size=2, compile=True)
     step = train.wrap_for_training(parts, cfg, data, CPU)

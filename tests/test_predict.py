@@ -71,6 +71,22 @@ def test_folder_file_and_glob(ckpt, tmp_path, capsys):
         np.testing.assert_array_equal(color, palette[mask])
         overlay = cv2.imread(str(out / "overlay" / f"{src.stem}.jpg"))
         assert overlay.shape == (H, W, 3)
+    check_legend(out / "legend.png", list(CAMVID.classes), palette)
+
+
+def check_legend(path, names, palette):
+    """OUT/legend.png: one class a row, each swatch in its palette colour where the layout rule of
+    visualize.legend puts it (font scale 0.6; a line as tall as 'Ag' with its descent, padding half
+    a line; a cell is swatch, padding, the widest name and two paddings)."""
+    legend = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    (_, above), descent = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)
+    line = above + descent
+    pad = line // 2
+    widest = max(cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)[0][0] for n in names)
+    assert legend.shape == (pad + len(names) * (line + pad), pad + line + pad + widest + 2 * pad, 3)
+    for i, color in enumerate(palette[:len(names)]):
+        y = pad + i * (line + pad)
+        assert (legend[y + 1:y + line - 1, pad + 1:pad + line - 1] == color).all(), names[i]
 
 
 def test_duplicate_stems_do_not_overwrite_and_no_overlay(ckpt, tmp_path):

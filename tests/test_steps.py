@@ -220,8 +220,7 @@ def test_the_fallback_chain_ends_in_an_eager_step(monkeypatch, capsys, settings,
     monkeypatch.setattr(steps, "check_against_eager", lambda *a, **k: "forced disagreement")
     monkeypatch.setattr(steps.torch, "compile", lambda fn, **kw: copy.copy(fn) if isinstance(fn, nn.Module) else fn)
     model, criterion, optimizer = build()
-    parts = SimpleNamespace(model=model, bare=model, criterion=criterion, optimizer=optimizer, scaler=no_scaler(),
-                            use_graph=False)
+    parts = SimpleNamespace(model=model, bare=model, criterion=criterion, optimizer=optimizer, scaler=no_scaler())
     data = SimpleNamespace(per_rank=BATCH, info=SimpleNamespace(num_classes=CLASSES))
     step = train.choose_step(parts, TrainConfig(crop=(32, 32), amp="off", batch_size=2, **settings), data, CPU)
     assert step.kind == chosen
@@ -343,3 +342,26 @@ def test_argmax_agreement_counts_pixels():
     half = lambda x: np.stack([np.tile([1.0, 0.0], (1, 2, 2)), np.tile([0.0, 1.0], (1, 2, 2))], 1)  # noqa: E731
     assert argmax_agreement(reference, reference, inputs) == 1.0
     assert argmax_agreement(half, reference, inputs) == 0.5
+
+
+def test_a_failed_cuda_graph_capture_leaves_model_and_optimizer_as_they_were(monkeypatch, capsys):
+    """make_graphed_step's warm-up steps change the weights, BN statistics and Adam's moments
+    before a capture can fail; the snapshot puts every one of them back, bit for bit."""
+    model, criterion, optimizer = build()
+    (x, y), = batches(1)
+    make_eager_step(model, criterion, optimizer, no_scaler(), CPU, CFG)(x, y)  # Adam has moments now
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = optimizer_moments(optimizer).clone()
+
+    def warm_up_then_fail(run, device, spec, per_rank, num_classes):
+        for _ in range(3):
+            run.zero_grad()
+            run(x, y)
+        raise RuntimeError("operation not permitted when stream is capturing\nsecond line")
+    monkeypatch.setattr(steps, "capture_graph", warm_up_then_fail)
+    assert steps.make_graphed_step(model, criterion, optimizer, CPU, CFG, BATCH, CLASSES) is None
+    assert capsys.readouterr().out == ("warning: CUDA graph capture failed (RuntimeError: operation not permitted "
+                                       "when stream is capturing); training eagerly\n")
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert torch.equal(optimizer_moments(optimizer), moments)
+    assert all(p.grad is None for p in model.parameters())

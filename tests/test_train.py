@@ -107,6 +107,18 @@ def test_torchrun_two_cpu_processes(camvid, tmp_path):
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["train_state"]["iteration"] == 4  # global batch 4 = 2 per process
     assert done.stdout.count("epoch 2:") == 1 and "2 of 4 epochs fit" in done.stdout
+    assert done.stdout.splitlines().count("torchrun: 2 processes joined (gloo); batch 2 per process, 4 in all") == 1
+
+
+def test_the_processes_line_names_the_count_the_backend_and_the_batch(tmp_path):
+    """What a run under torchrun prints, here in a one-process gloo group joined in this process."""
+    import torch.distributed as dist
+    from cgnet.engine.train import processes_line
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert processes_line(3, 3) == "torchrun: 1 process joined (gloo); batch 3 per process, 3 in all"
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -128,3 +140,34 @@ def test_custom_dataset_trains_and_evaluates_from_its_checkpoint(camvid, tmp_pat
     assert "thing10" in capsys.readouterr().out
     assert main(["train", "--data-root", str(camvid), "--out", str(out / "x"), *args, "--classes", "a,b"]) == 2
     assert "needs --ignore-index" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_loader_workers_start_from_a_forkserver_once_jax_is_imported(camvid, tmp_path, monkeypatch):
+    """JAX (which LiteRT's converter imports) runs threads, and forking it can deadlock: once it is
+    imported, the training, validation and statistics loaders start their workers from a forkserver,
+    and yield the same batches, bit for bit, as workers forked without JAX."""
+    import types
+
+    from cgnet.data.listset import worker_context
+    from cgnet.engine.train import build_data
+    cfg = TrainConfig(dataset="camvid", data_root=str(camvid), train_split="train", val_split="val", crop=(32, 32),
+                      batch_size=4, device="cpu", progress=False, workers=2, loader="workers")
+    monkeypatch.delitem(sys.modules, "jax", raising=False)
+    assert worker_context(2) is None  # without JAX: the platform's default (fork on Linux)
+    forked = build_data(cfg, torch.device("cpu"), tmp_path / "fork")
+    assert forked.loader.multiprocessing_context is None
+    monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
+    assert worker_context(0) is None  # no workers: DataLoader takes no context
+    data = build_data(cfg, torch.device("cpu"), tmp_path / "forkserver")
+    assert data.loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert data.val_loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert json.loads(next((tmp_path / "forkserver").glob("stats_*.json")).read_text()) == \
+        json.loads(next((tmp_path / "fork").glob("stats_*.json")).read_text())
+    for epoch in (0, 1):
+        got, expected = list(data.batches(epoch)), list(forked.batches(epoch))
+        assert len(got) == len(expected) == 2  # 8 images, batch 4
+        for (images, labels), (images0, labels0) in zip(got, expected):
+            assert torch.equal(images, images0) and torch.equal(labels, labels0)
+    got, expected = [image for image, _, _ in data.val_loader], [image for image, _, _ in forked.val_loader]
+    assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, expected))

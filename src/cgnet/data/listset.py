@@ -9,8 +9,10 @@ loader workers and on a GPU over an in-memory dataset, `MemoryTrainSet`).
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +156,22 @@ class MemoryTrainSet:
                        draw_params(sample_rng(ds.seed, epoch, i), *self.images[i].shape[-2:], ds.crop),
                        ds.crop, ds.spec, ds.info.ignore_index) for i in indices]
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+
+def worker_context(workers: int):
+    """The multiprocessing context of a DataLoader's workers: forkserver once JAX is imported in this
+    process (LiteRT's converter, `cgnet export --format litert`, brings it: JAX runs threads, and a
+    fork of a process with threads can deadlock, as JAX's own warning says), else None (the
+    platform's default: fork on Linux, which starts workers fastest). None without workers, where
+    DataLoader takes no context. The forkserver imports this module once, so each worker it forks
+    starts with torch and cgnet's data code loaded."""
+    if workers == 0 or "jax" not in sys.modules:
+        return None
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def seed_worker(worker_id: int) -> None:

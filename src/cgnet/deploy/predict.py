@@ -1,9 +1,10 @@
 """`cgnet predict`: segment images, folders, glob patterns and videos with any backend.
 
 For each image it writes OUT/masks/<name>.png (class ids), OUT/color/<name>.png (palette colours)
-and OUT/overlay/<name>.jpg (image blended with the colours); for each video OUT/<name>_overlay.mp4.
-Images are read in the frame viewers show (a phone photo's EXIF orientation applied), so masks and
-overlays are that way up and that size."""
+and OUT/overlay/<name>.jpg (image blended with the colours); for each video OUT/<name>_overlay.mp4;
+and once OUT/legend.png: the class names beside their colours. Images are read in the frame viewers
+show (a phone photo's EXIF orientation applied), so masks and overlays are that way up and that size."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError, number_type
 from ..fileio import check_writable
 from ..images import read_rgb
-from ..visualize import blend, colorize, default_palette
+from ..visualize import blend, colorize, default_palette, legend
 from .predictor import add_predictor_args, make_predictor, resolve_backend
 
 DEFAULT_FPS = 25.0
@@ -108,6 +109,14 @@ def palette_of(meta: dict) -> np.ndarray:
     """The model's palette; the default palette when the checkpoint stores none (original files)."""
     palette = meta.get("palette")
     return np.asarray(palette if palette is not None else default_palette(256), dtype=np.uint8)
+
+
+def write_legend(path: Path, meta: dict) -> None:
+    """The colours of the colour masks and overlays beside their class names, one per row (none
+    for a model whose metadata names no classes)."""
+    names = meta.get("classes")
+    if names:
+        _write(path, cv2.cvtColor(legend(names, palette_of(meta)[:len(names)], scale=0.6), cv2.COLOR_RGB2BGR))
 
 
 def _write(path: Path, image: np.ndarray) -> None:
@@ -219,6 +228,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                data_root=args.data_root, log=print, compile=args.compile)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_legend(out / "legend.png", predictor.meta)
     predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress)
     frames = 0
     for video, name in zip(videos, output_names(videos)):

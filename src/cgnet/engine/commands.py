@@ -25,7 +25,7 @@ from ..deploy.predictor import PredictorModule, all_precisions, make_predictor, 
 from ..deploy.runners import compile_for_inference
 from ..confusion import scores_table
 from ..preprocess import check_spec, make_spec
-from ..visualize import colorize
+from ..visualize import colorize, titled_with_legend
 from .inference import evaluate, make_eval_loader, predict_logits, save_prediction
 
 
@@ -172,9 +172,14 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=number_type(int, minimum=0), default=2)
 
 
+GRID_TITLES = ("image", "ground truth", "prediction")  # demo/grid.png's columns
+UNLABELLED = "unlabelled (not scored)"  # the legend's name for the ground truth's black (ignored) pixels
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: shipped (or given) weights scored on the CamVid test split, with a per-class
-    table, overlays of a few frames and an image | ground truth | prediction grid in one folder."""
+    table, overlays of a few frames and an image | ground truth | prediction grid (titled, with a
+    class legend) in one folder."""
     device = torch.device(args.device or default_device())
     model = load_model(args.checkpoint or DEFAULT_WEIGHTS, device=device)
     info = dataset_from_meta(model.meta, model.meta.get("dataset") or "camvid")
@@ -210,7 +215,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             rows.append(np.concatenate([read_rgb(ds.samples[i].image),
                                         colorize(label.numpy().astype(np.uint8), info.palette),
                                         colorize(pred, info.palette)], 1))
-    cv2.imwrite(str(out / "grid.png"), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
-    print(f"\nwrote {out}/per_class_iou.txt, scores.json, grid.png (image | ground truth | prediction) "
-          f"and {len(picks)} frames' overlays in {out}/frames/overlay")
+    grid = titled_with_legend(np.concatenate(rows, 0), list(GRID_TITLES), [*info.classes, UNLABELLED],
+                              [*info.palette, (0, 0, 0)])
+    cv2.imwrite(str(out / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    print(f"\nwrote {out}/per_class_iou.txt, scores.json, grid.png ({' | '.join(GRID_TITLES)}, with a class "
+          f"legend) and {len(picks)} frames' overlays in {out}/frames/overlay")
     return 0

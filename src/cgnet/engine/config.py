@@ -127,7 +127,7 @@ class TrainConfig:
         type=read_class_names)
     ignore_index: int | None = option(None, "label id of unlabelled pixels (custom datasets)", "data", DEFINES,
                                       type=int)
-    data_root: str | None = option(None, "dataset folder (with the list files)", "data", MAY_CHANGE)
+    data_root: str | None = option(None, "dataset folder (with the list files); required", "data", MAY_CHANGE)
     train_split: str = option("train", "train, trainval, or a list file", "data", DEFINES)
     val_split: str | None = option("val", "split or list file validated on ('none' to skip)", "data", DEFINES)
     # the schedule (the paper's: Adam, poly 0.9, every iteration)
@@ -192,8 +192,8 @@ class TrainConfig:
                                      "speed", MAY_CHANGE, action=argparse.BooleanOptionalAction)
     sync_bn: bool = option(False, "synchronised BatchNorm across GPUs", "speed", MAY_CHANGE,
                            action=argparse.BooleanOptionalAction)
-    workers: int | None = option(None, "loader workers per process", "speed", MAY_CHANGE, check=at_least(0),
-                                 type=int)
+    workers: int | None = option(None, "loader workers per process (default: 1 on a CPU; with CUDA the CPU count, "
+                                       "at most 8)", "speed", MAY_CHANGE, check=at_least(0), type=int)
     loader: str = option("auto", "memory: decode once, augment on the device (auto: memory on CUDA)", "speed",
                          MAY_CHANGE, choices=["auto", "workers", "memory"])
     # what it writes
@@ -233,9 +233,6 @@ def flag_of(f) -> str | None:
     return "--" + f.name.replace("_", "-") if flag == "" else flag
 
 
-# Settings that define what a run learns (its data, schedule, model, loss, preprocessing and
-# seed): `--resume` refuses a command line that changes one of them. Derived from the fields.
-RUN_DEFINING = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"] == DEFINES)
 # not taken from the run on --resume: where it writes, and where this invocation stops
 NOT_INHERITED = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"] == FRESH)
 

@@ -1,7 +1,7 @@
 """One process or many (torchrun): rank helpers so that only the main process writes.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them everything here is a one-process
-no-op. nccl on GPUs, gloo on CPUs.
+no-op. nccl on GPUs, gloo on CPUs (`backend`; `cgnet train` prints it with the process count).
 """
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
+
+
+def backend() -> str | None:
+    """The process group's backend ('gloo', 'nccl'); None in one process without a group."""
+    return str(dist.get_backend()) if is_dist() else None
 
 
 def is_main_process() -> bool:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..common import autocast
 from ..data.info import DatasetInfo
+from ..data.listset import worker_context
 from ..confusion import ConfusionMatrix
 from ..images import read_rgb
 from ..visualize import blend, colorize
@@ -25,7 +26,7 @@ def make_eval_loader(ds, rank: int = 0, world: int = 1, workers: int = 1, persis
     DistributedSampler adds. `persistent` keeps the workers between passes (validation during
     training: no new worker processes every --val-every epochs)."""
     return DataLoader(ds, batch_size=1, sampler=list(range(rank, len(ds), world)), num_workers=workers,
-                      persistent_workers=persistent and workers > 0)
+                      persistent_workers=persistent and workers > 0, multiprocessing_context=worker_context(workers))
 
 
 @torch.no_grad()

@@ -102,11 +102,9 @@ def make_graphed_step(model, criterion, optimizer, device, spec: StepSpec, per_r
     """The whole training step captured once as a CUDA graph and replayed each iteration (it is
     hundreds of small kernels, so launching them costs more than running them). The capture is
     checked against an eager step on the same data; on any failure this returns None and training
-    runs eagerly. Model and optimiser state are restored after the warm-up steps the capture needs."""
-    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
-    saved_opt = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
-                 for p, st in optimizer.state.items()}
-
+    runs eagerly. Model and optimiser state are restored after the warm-up steps the capture needs
+    (`_Snapshot`)."""
+    snapshot = _Snapshot(model, optimizer)
     body = step_body(model, criterion, optimizer, device, spec)
     body.zero_grad = lambda: optimizer.zero_grad(set_to_none=True)
 
@@ -124,18 +122,12 @@ def make_graphed_step(model, criterion, optimizer, device, spec: StepSpec, per_r
                                f"{float(expected):.5f}, or no weight update)")
     except Exception as e:  # CUDA graphs fail in many ways; training must not
         if is_main_process():
-            print(f"warning: CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                  "training eagerly")
+            first = (str(e).splitlines() or [""])[0][:200]
+            print(f"warning: CUDA graph capture failed ({type(e).__name__}: {first}); training eagerly")
         graph = None
     finally:
-        with torch.no_grad():
-            model.load_state_dict(saved_model)  # copies in place: the graph keeps its addresses
-            for p, st in optimizer.state.items():
-                for k, v in st.items():
-                    if torch.is_tensor(v):
-                        v.copy_(saved_opt[p][k]) if p in saved_opt else v.zero_()
+        snapshot.restore()  # in place: the graph keeps its addresses
     if graph is None:
-        optimizer.zero_grad(set_to_none=True)
         return None
 
     def step(images, labels):

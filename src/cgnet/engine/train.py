@@ -36,14 +36,14 @@ from ..checkpoint import load_checkpoint, load_matching, load_state_into, make_m
 from ..common import CGNetError
 from ..fileio import FolderLock, remove_leftover_temp_files, write_atomic
 from ..data.catalog import DatasetInfo, resolve_dataset
-from ..data.listset import MemoryTrainSet, SegDataset, seed_worker
+from ..data.listset import MemoryTrainSet, SegDataset, seed_worker, worker_context
 from ..data.stats import dataset_stats
 from ..model import CGNet
 from ..plot import plot_history
 from ..preprocess import check_spec, make_spec
 from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
-from .distributed import (barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
-                          is_main_process)
+from .distributed import (backend, barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
+                          is_dist, is_main_process)
 from .inference import evaluate, make_eval_loader
 from .stopping import GracefulStop, StopRequested
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
@@ -240,7 +240,8 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path, preprocess: di
         skipper = SkipBatches(sampler, per_rank)
         loader = DataLoader(train_set, batch_size=per_rank, sampler=skipper, num_workers=cfg.workers,
                             drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
-                            generator=torch.Generator().manual_seed(cfg.seed))
+                            generator=torch.Generator().manual_seed(cfg.seed),
+                            multiprocessing_context=worker_context(cfg.workers))
     val_loader = None
     if cfg.val_split and cfg.val_split != "none":
         val_set = SegDataset(root, info.split_path(root, cfg.val_split), info, spec, train=False)
@@ -256,7 +257,6 @@ class TrainParts:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    use_graph: bool                 # the step will be captured as a CUDA graph
 
 
 # the modules --freeze keeps as loaded
@@ -288,7 +288,7 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
         optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                      weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    return TrainParts(model, model, criterion, optimizer, scaler, use_graph)
+    return TrainParts(model, model, criterion, optimizer, scaler)
 
 
 @dataclass
@@ -705,6 +705,13 @@ def main(args: argparse.Namespace) -> int:
         cleanup()
 
 
+def processes_line(per_rank: int, batch: int) -> str:
+    """Under torchrun: how many processes joined, the backend, and each process's share of the batch."""
+    world = get_world_size()
+    return (f"torchrun: {world} process{'es' * (world != 1)} joined ({backend()}); batch {per_rank} per process, "
+            f"{batch} in all")
+
+
 def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, resumed: dict | None,
         resume_path: Path | None, changes: list[str], init: InitWeights | None = None) -> None:
     """The run in a claimed folder: data, model, restore, the epochs, the closing line."""
@@ -728,6 +735,8 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
         print(json.dumps(cfg.to_dict(), indent=1))
         if cfg.speed_choice:
             print(f"speed settings: {cfg.speed_choice}")
+        if is_dist():
+            print(processes_line(data.per_rank, cfg.batch_size))
         print(f"{len(data.train_set)} training images, {data.n_batches} iterations per epoch, "
               f"{state.max_iters} in all" + (f", stopping at {state.stop_at}" if state.stop_at < state.max_iters else ""))
         if resumed is not None:

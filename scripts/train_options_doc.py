@@ -1,0 +1,152 @@
+"""docs/training.md's option tables and --resume lists, written from `TrainConfig`'s fields.
+
+Each field of `cgnet.engine.config.TrainConfig` carries its option, --help text, group and
+--resume policy (`option(...)`); this script renders them into the blocks between the
+`<!-- begin NAME (generated ...) -->` / `<!-- end NAME -->` markers of docs/training.md, so the
+docs cannot list an option the command does not have, or miss one it has.
+
+    python scripts/train_options_doc.py           # rewrite the blocks
+    python scripts/train_options_doc.py --check   # exit 1, naming the stale blocks, when they differ
+
+tests/test_config.py checks that the committed docs equal what this writes.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from cgnet.engine.config import (DEFINES, FRESH, GROUP_TITLES, GROUPS, MAY_CHANGE, SAME_KIND, TrainConfig,
+                                 flag_of, show)
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "training.md"
+GENERATOR = "scripts/train_options_doc.py"
+
+
+def _default(f) -> object:
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def invocation(f) -> str:
+    """How a field is typed: `--lr LR`, `--blocks M N`, `--crop PX [PX ...]`, `--amp {off,bf16,fp16}`,
+    `--class-weights`, `--no-class-weights`."""
+    flag, parser = flag_of(f), f.metadata["parser"]
+    if parser.get("action") is argparse.BooleanOptionalAction:
+        return f"`{flag}`, `--no-{flag[2:]}`"
+    if "choices" in parser:
+        return f"`{flag} {{{','.join(parser['choices'])}}}`"
+    metavar = parser.get("metavar") or f.name.upper()
+    if isinstance(metavar, tuple):
+        metavar = " ".join(metavar)
+    if parser.get("nargs") == "+":
+        metavar = f"{metavar} [{metavar} ...]"
+    return f"`{flag} {metavar}`"
+
+
+def default_text(f) -> str:
+    """The field's default as typed on the command line; '-' where it is worked out at run time
+    (the help text says how)."""
+    value = _default(f)
+    if value is None:
+        return "-"
+    if f.name == "m":
+        return f"`{value} {_default(next(g for g in fields(TrainConfig) if g.name == 'n'))}`"
+    if f.name == "crop":
+        return "`" + " ".join(show(v) for v in value) + "`"
+    return f"`{show(value)}`"
+
+
+def options_block() -> str:
+    """One table per --help group: option, default, what --resume does with it, the help text."""
+    lines = []
+    for group in GROUPS:
+        lines += [f"**{GROUP_TITLES[group]}**", "", "| option | default | on `--resume` | |", "|---|---|---|---|"]
+        for f in fields(TrainConfig):
+            if f.metadata["group"] != group or flag_of(f) is None or f.metadata["help"] is None:
+                continue
+            text = f.metadata["help"].replace("|", "\\|")
+            lines.append(f"| {invocation(f)} | {default_text(f)} | {f.metadata['resume']} | {text} |")
+        lines.append("")
+    files_only = [f.name for f in fields(TrainConfig) if flag_of(f) is None and f.metadata["group"] is not None
+                  and f.name != "n"]
+    lines.append("Without a command-line option (set by a `--config` file): "
+                 + ", ".join(f"`{name}`" for name in files_only) + ".")
+    return "\n".join(lines)
+
+
+def _options(policy: str) -> str:
+    """The settings of one --resume policy, as options (`--lr`) or, without one, as names (`eps`)."""
+    names = []
+    for f in fields(TrainConfig):
+        if f.metadata["resume"] != policy or (f.metadata["group"] is None and f.name != "preset"):
+            continue
+        if flag_of(f) is not None:
+            names.append(f"`{flag_of(f)}`")
+        elif f.name != "n":  # n is --blocks' second value
+            names.append(f"`{f.name}` (config files)")
+    return ", ".join(names)
+
+
+def resume_block() -> str:
+    """What `--resume` does with each setting, by policy."""
+    return "\n".join([
+        f"- **{DEFINES.capitalize()}** (a change is refused naming the old and new value, and nothing is "
+        f"written): {_options(DEFINES)}; and the device's kind (cpu or cuda: {_options(SAME_KIND)} "
+        f"{SAME_KIND}).",
+        f"- **{MAY_CHANGE.capitalize()}** (taken from the run unless given; a change is printed): "
+        f"{_options(MAY_CHANGE)}.",
+        f"- **{FRESH.capitalize()}** (each invocation gives its own): {_options(FRESH)}.",
+    ])
+
+
+BLOCKS = {"options": options_block, "resume": resume_block}
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- begin {name} \(generated[^>]*-->\n)(.*?)(<!-- end {name} -->)", re.S)
+
+
+def update(text: str) -> str:
+    """`text` with every block rewritten; ValueError when a block's markers are missing."""
+    for name, render in BLOCKS.items():
+        pattern = _pattern(name)
+        if not pattern.search(text):
+            raise ValueError(f"no '<!-- begin {name} (generated by {GENERATOR}) -->' ... "
+                             f"'<!-- end {name} -->' block")
+        text = pattern.sub(lambda m: m.group(1) + render() + "\n" + m.group(3), text, count=1)
+    return text
+
+
+def stale_blocks(text: str) -> list[str]:
+    """The blocks of `text` that differ from what the fields say."""
+    new = update(text)
+    return [name for name in BLOCKS if _pattern(name).search(text).group(2) != _pattern(name).search(new).group(2)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 when the docs are stale")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the Markdown file (default docs/training.md)")
+    args = parser.parse_args(argv)
+    text = args.doc.read_text()
+    try:
+        stale = stale_blocks(text)
+    except ValueError as e:
+        print(f"{args.doc}: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        if stale:
+            print(f"{args.doc}: stale generated block(s) {', '.join(stale)}; run python {GENERATOR}",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if stale:
+        args.doc.write_text(update(text))
+        print(f"{args.doc}: rewrote {', '.join(stale)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
