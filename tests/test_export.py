@@ -2,6 +2,7 @@
 import json
 import os
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -127,6 +128,13 @@ def test_every_format_entry_is_complete_and_its_suffix_unique():
         assert set(entry.calibrated) <= set(entry.precisions)
         if entry.backend:  # every backend's precisions are benchmark paths
             assert all(f"{entry.backend}-{p}" in PATHS for p in entry.precisions)
+
+
+def test_the_readme_command_list_names_every_format_export_writes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("cgnet export --format onnx"))
+    listed = line.split("#", 1)[1].split(":", 1)[0]
+    assert [name.strip() for name in listed.split(",")] == WRITABLE
 
 
 def test_the_verified_texts_state_the_thresholds_the_export_applies(monkeypatch):
