@@ -944,7 +944,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)  # before loading the model: a busy port fails at once
     try:
         backend = resolve_backend(args.backend, args.precision, args.checkpoint, args.compile)
-        predictor = make_predictor(args.checkpoint, backend=backend, precision=args.precision, device=args.device,
+        predictor = make_predictor(args.checkpoint, backend=args.backend, precision=args.precision, device=args.device,
                                    data_root=args.data_root, log=print, compile=args.compile)
         name = Path(args.checkpoint).name if args.checkpoint else DEFAULT_WEIGHTS
         app = create_app(predictor, name=name, max_upload_mb=args.max_upload_mb,
