@@ -175,8 +175,8 @@ def test_an_exported_file_runs_only_with_the_backend_and_precision_that_fit_it(o
         assert str(refused.value) == message
     with pytest.raises(InputError) as refused:  # a precision of the format, but not of this file
         make_predictor(onnx_file, precision="int8")
-    assert str(refused.value) == f"{onnx_file} was exported as fp32, not int8: give --precision fp32, or export a " \
-                                 "int8 file"
+    assert str(refused.value) == (f"{onnx_file} was exported as fp32, not int8: give --precision fp32 (or auto), or "
+                                  "export it again with --precision int8")
 
 
 def test_predict_looks_up_the_files_format_and_plans_once(onnx_file, tmp_path, monkeypatch, capsys):

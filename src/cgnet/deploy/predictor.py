@@ -81,8 +81,8 @@ def _open_exported(path: Path, fmt: ExportFormat, precision: str | None) -> Pred
     chosen = meta.get("export_precision", "fp32")
     if precision and precision != chosen:
         if not fmt.precision_at_load:
-            raise InputError(f"{path} was exported as {chosen}, not {precision}: give --precision {chosen}, "
-                             f"or export a {precision} file")
+            raise InputError(f"{path} was exported as {chosen}, not {precision}: give --precision {chosen} (or "
+                             f"auto), or export it again with --precision {precision}")
         chosen = precision
     label = fmt.backend or fmt.name
     with quiet_third_party():
