@@ -1,7 +1,10 @@
 """Exports (every format of the formats table), the inference simplifications, backends in eval, bench."""
 import json
+import os
 import warnings
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,8 +15,10 @@ from cgnet.deploy import export as exporter
 from cgnet.deploy import simplify
 from cgnet.cli import main, make_parser
 from cgnet.deploy.bench import PATHS
+from cgnet.deploy import formats, predictor as predictor_module, runners
 from cgnet.deploy.formats import FORMATS
 from cgnet.data.catalog import CAMVID
+from cgnet.common import InputError
 from cgnet.deploy.predictor import make_predictor
 from helpers.randomize import randomized
 
@@ -40,22 +45,42 @@ def test_prelu_as_max_only_when_every_slope_is_at_most_one():
         assert torch.equal(simplify.MaxPReLU(prelu)(x.view(1, 1, 1, -1)), prelu(x.view(1, 1, 1, -1)))
 
 
+WRITABLE = [name for name, entry in FORMATS.items() if entry.write is not None]
+# CI installs every runtime (CGNET_REQUIRE_MOBILE=1 for the phone ones): there a missing one fails
+REQUIRE_MOBILE = os.environ.get("CGNET_REQUIRE_MOBILE") == "1"
+
+
+def needs_runtime(fmt: str) -> None:
+    """Skip (with the command that installs it) when the format's runtime is missing, or fail
+    where CGNET_REQUIRE_MOBILE=1 requires the phone runtimes."""
+    entry = FORMATS[fmt]
+    if entry.installed():
+        return
+    how = f"{', '.join(entry.modules)} not installed (pip install 'cgnet[{entry.extra}]')"
+    if REQUIRE_MOBILE and entry.extra in ("executorch", "litert"):
+        pytest.fail(f"CGNET_REQUIRE_MOBILE=1 but {how}")
+    pytest.skip(how)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt, ext", [("onnx", "onnx"), ("openvino", "xml"), ("pt2", "pt2")])
-def test_export_round_trip_with_metadata_and_dynamic_size(randomized_ckpt, camvid, tmp_path, fmt, ext, capsys):
-    if fmt == "openvino":
-        pytest.importorskip("openvino")
-    if fmt == "onnx":
-        pytest.importorskip("onnxruntime")
-    out = tmp_path / f"m.{ext}"
+@pytest.mark.parametrize("fmt", WRITABLE)
+def test_export_round_trip_with_metadata(randomized_ckpt, camvid, tmp_path, fmt, capsys):
+    """Every writable format of the table: written, verified, opened by make_predictor with its
+    metadata, and equal to eager PyTorch at sizes other than the one traced (fixed-size formats:
+    at the file's own size)."""
+    needs_runtime(fmt)
+    entry = FORMATS[fmt]
+    out = tmp_path / f"m{entry.suffix}"
+    size = ["--size", "48x64"] if entry.fixed_size else []
     assert main(["export", "--checkpoint", str(randomized_ckpt), "--format", fmt, "--out", str(out),
-                 "--data-root", str(camvid)]) == 0
+                 "--data-root", str(camvid), *size]) == 0
     printed = capsys.readouterr().out
     assert "argmax agreement 100.000%" in printed and "PReLU as max(x, a*x): yes" in printed
     pred = make_predictor(out)
     assert pred.meta["classes"] == list(CAMVID.classes) and pred.meta["export_format"] == fmt
+    assert pred.backend == (entry.backend or fmt) and pred.precision == "fp32"
     model = load_model(randomized_ckpt)
-    for h, w in ((40, 48), (53, 77)):  # sizes other than the one traced
+    for h, w in ([(48, 64)] if entry.fixed_size else [(40, 48), (53, 77)]):
         image = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
         with torch.no_grad():
             expected = model(torch.from_numpy(pred.input(image)))[0].numpy()
@@ -85,7 +110,9 @@ def test_torchscript_files_of_earlier_versions_still_load(randomized_ckpt, tmp_p
      "cgnet export: error: --format pt2 writes fp32, not int8: use --format onnx or executorch"),
     (["--format", "onnx", "--precision", "bf16"], "cgnet export: error: --format onnx writes fp32 or int8, not bf16: "
                                                   "use --format openvino"),
-    (["--format", "pt2", "--out", "model.onnx"], "cgnet export: error: --out model.onnx: a pt2 file ends in .pt2"),
+    (["--format", "pt2", "--out", "model.onnx"], "cgnet export: error: --out model.onnx: --format pt2 files end in .pt2"),
+    (["--format", "executorch", "--out", "model"], "cgnet export: error: --out model: --format executorch files end "
+                                                   "in .pte"),
 ])
 def test_export_refuses_what_its_format_cannot_write(argv, message, randomized_ckpt, capsys):
     assert main(["export", "--checkpoint", str(randomized_ckpt), *argv]) == 2
@@ -103,10 +130,93 @@ def test_every_format_entry_is_complete_and_its_suffix_unique():
             assert all(f"{entry.backend}-{p}" in PATHS for p in entry.precisions)
 
 
+def test_the_readme_command_list_names_every_format_export_writes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("cgnet export --format onnx"))
+    listed = line.split("#", 1)[1].split(":", 1)[0]
+    assert [name.strip() for name in listed.split(",")] == WRITABLE
+
+
+def test_the_verified_texts_state_the_thresholds_the_export_applies(monkeypatch):
+    assert FORMATS["onnx"].verified.endswith(
+        "; fp32: max |logit diff| <= 0.01 and argmax agreement >= 99.9%; int8 (static QDQ, calibrated on 200 "
+        "training crops): argmax agreement >= 97%")
+    assert FORMATS["openvino"].verified.endswith(
+        "; fp32: max |logit diff| <= 0.01 and argmax agreement >= 99.9%; bf16 (an inference precision): argmax "
+        "agreement >= 99.9%")
+    monkeypatch.setitem(formats.AGREEMENT, "int8", 0.5)  # one number, read by both the text and the check
+    assert FORMATS["executorch"].verified.endswith("min/max calibration on 200 training crops): argmax agreement >= 50%")
+    # the export reads the same table: test_export_that_disagrees_is_refused_and_removed raises it
+
+
+@pytest.fixture(scope="module")
+def onnx_file(randomized_ckpt, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    return exporter.export(load_model(randomized_ckpt), tmp_path_factory.mktemp("onnx") / "m.onnx", "onnx",
+                           log=lambda *a: None)
+
+
+def test_an_exported_file_runs_only_with_the_backend_and_precision_that_fit_it(onnx_file):
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    auto = make_predictor(onnx_file).predict(image)
+    same = make_predictor(onnx_file, backend="onnxruntime", precision="fp32")
+    assert same.backend == "onnxruntime" and np.array_equal(same.predict(image), auto)
+    refusals = {
+        ("openvino", "auto", False): f"--backend openvino does not run {onnx_file} (ONNX Runtime: --backend "
+                                     "onnxruntime or auto)",
+        ("torch", "auto", False): f"--backend torch does not run {onnx_file} (ONNX Runtime: --backend onnxruntime "
+                                  "or auto)",
+        ("auto", "bf16", False): f"--precision bf16 does not fit {onnx_file} (ONNX Runtime runs fp32 or int8)",
+        ("auto", "auto", True): f"--compile compiles a checkpoint with torch, not an exported file ({onnx_file})",
+    }
+    for (backend, precision, compile), message in refusals.items():
+        with pytest.raises(InputError) as refused:
+            make_predictor(onnx_file, backend=backend, precision=precision, compile=compile)
+        assert str(refused.value) == message
+    with pytest.raises(InputError) as refused:  # a precision of the format, but not of this file
+        make_predictor(onnx_file, precision="int8")
+    assert str(refused.value) == (f"{onnx_file} was exported as fp32, not int8: give --precision fp32 (or auto), or "
+                                  "export it again with --precision int8")
+
+
+def test_predict_looks_up_the_files_format_and_plans_once(onnx_file, tmp_path, monkeypatch, capsys):
+    calls = {"format_of": 0, "plan_inference": 0}
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+    for module in (formats, predictor_module):
+        counted(module, "format_of")
+    counted(predictor_module, "plan_inference")
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.zeros((24, 32, 3), np.uint8))
+    assert main(["predict", str(image), "--checkpoint", str(onnx_file), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 0
+    assert calls == {"format_of": 1, "plan_inference": 1}
+    assert capsys.readouterr().out.splitlines() == [f"segmented 1 image with onnxruntime (fp32) -> {tmp_path / 'o'}"]
+
+
+def test_openvino_refuses_int8_instead_of_running_fp32(randomized_ckpt, tmp_path):
+    pytest.importorskip("openvino")
+    path = exporter.export(load_model(randomized_ckpt), tmp_path / "m.xml", "openvino", log=lambda *a: None)
+    with pytest.raises(InputError) as refused:
+        runners.openvino_runner(path, "int8")
+    assert str(refused.value) == (f"{path}: OpenVINO runs fp32 or bf16 here, not int8 (cgnet writes no quantised "
+                                  "OpenVINO file)")
+    with pytest.raises(InputError) as refused:  # through the formats table, before the runtime is asked
+        make_predictor(path, precision="int8")
+    assert str(refused.value) == f"--precision int8 does not fit {path} (OpenVINO runs fp32 or bf16)"
+    assert make_predictor(path, precision="bf16").precision == "bf16"  # an inference precision, applied at load
+
+
 @pytest.mark.slow
 def test_export_that_disagrees_is_refused_and_removed(randomized_ckpt, camvid, tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setitem(exporter.AGREEMENT, "fp32", 1.01)  # unreachable
+    monkeypatch.setitem(formats.AGREEMENT, "fp32", 1.01)  # unreachable
     out = tmp_path / "bad.onnx"
     assert main(["export", "--checkpoint", str(randomized_ckpt), "--format", "onnx", "--out", str(out),
                  "--data-root", str(camvid)]) == 2
@@ -122,7 +232,7 @@ def test_int8_and_bf16_exports_verify(randomized_ckpt, camvid, tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"int8 export disagrees .*argmax agreement"):
         exporter.export(load_model(randomized_ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q.fp32.onnx").exists()
-    monkeypatch.setitem(exporter.AGREEMENT, "int8", 0.3)
+    monkeypatch.setitem(formats.AGREEMENT, "int8", 0.3)
     out = exporter.export(load_model(randomized_ckpt), tmp_path / "q.onnx", "onnx", "int8", data_root=str(camvid), log=lambda *a: None)
     pred = make_predictor(out)
     assert pred.meta["export_precision"] == "int8"

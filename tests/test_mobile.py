@@ -2,6 +2,7 @@
 plain and app-ready, against eager PyTorch; and the two XNNPACK-friendly simplifications."""
 import importlib.util
 import math
+import re
 import os
 
 import numpy as np
@@ -297,3 +298,59 @@ def test_cgnet_export_app_io_file_predicts_the_eager_class_ids(randomized_ckpt, 
 def test_export_refuses_phone_options_where_they_do_not_apply(argv, message, randomized_ckpt, capsys):
     assert main(["export", "--checkpoint", str(randomized_ckpt), *argv]) == 2
     assert capsys.readouterr().err == f"cgnet export: error: {message}\n"
+
+
+# ---- what cgnet prints around the converters and runtimes -------------------------------------
+
+def export_lines(fmt: str, camvid, out) -> list[str]:
+    """The exact stdout of `cgnet export` of the tiny model at 40x48 (the generated frames' size),
+    the verification's largest logit difference left as a pattern."""
+    return [re.escape("folded BatchNorm into convolutions; PReLU as max(x, a*x): yes"),
+            rf"verified on 3 real frames from {re.escape(str(camvid))}, resized to the file's 40x48 against eager "
+            r"fp32: max \|logit diff\| [0-9.e+-]+, argmax agreement 100\.000% \(needs >= 99\.9%, diff <= 0\.01\)",
+            f"wrote {re.escape(str(out))}"]
+
+
+def assert_lines(text: str, patterns: list[str]) -> None:
+    lines = text.splitlines()
+    assert len(lines) == len(patterns), lines
+    for line, pattern in zip(lines, patterns):
+        assert re.fullmatch(pattern, line), (line, pattern)
+
+
+@needs_litert
+@pytest.mark.slow
+def test_litert_export_prints_the_converters_log_only_with_debug(randomized_ckpt, camvid, tmp_path, capfd):
+    """Its progress log (`[START] LiteRT-Torch Convert > ...`, Python prints) and absl's C++ lines
+    (`I0000 ... flatbuffer_export.cc`, written to file descriptor 2) appear under --debug only."""
+    argv = ["export", "--checkpoint", str(randomized_ckpt), "--format", "litert", "--size", "40x48",
+            "--data-root", str(camvid)]
+    out = tmp_path / "quiet.tflite"
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capfd.readouterr()
+    assert_lines(printed.out, export_lines("litert", camvid, out))
+    assert printed.err == ""
+    loud = tmp_path / "loud.tflite"
+    assert main([*argv, "--out", str(loud), "--debug"]) == 0
+    printed = capfd.readouterr()
+    assert "[START] LiteRT-Torch Convert" in printed.out and "flatbuffer_export.cc" in printed.err
+    cgnet_lines = [line for line in printed.out.splitlines()
+                   if line.startswith(("folded", "verified", "wrote"))]
+    assert_lines("\n".join(cgnet_lines), export_lines("litert", camvid, loud))
+
+
+@needs_executorch
+@pytest.mark.slow
+def test_executorch_export_and_predict_print_only_cgnets_lines(randomized_ckpt, camvid, tmp_path, capfd):
+    """No torchao "Failed to load ... .so" lines, warnings or ExecuTorch cpuinfo lines."""
+    out = tmp_path / "m.pte"
+    assert main(["export", "--checkpoint", str(randomized_ckpt), "--format", "executorch", "--size", "40x48",
+                 "--data-root", str(camvid), "--out", str(out)]) == 0
+    printed = capfd.readouterr()
+    assert_lines(printed.out, export_lines("executorch", camvid, out))
+    assert printed.err == ""
+    image = sorted((camvid / "test").iterdir())[0]
+    assert main(["predict", str(image), "--checkpoint", str(out), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    printed = capfd.readouterr()
+    assert printed.out.splitlines() == [f"segmented 1 image with executorch (fp32) -> {tmp_path / 'o'}"]
+    assert printed.err == ""

@@ -155,3 +155,103 @@ def test_missing_backend_says_how_to_install(ckpt, tmp_path, capsys, monkeypatch
     assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
                  "--backend", "onnxruntime", "--no-progress"]) == 2
     assert "pip install 'cgnet[onnx]'" in capsys.readouterr().err
+
+
+# ---- the fastest accurate path by default -----------------------------------------------------
+
+EVERY_BACKEND = ["torch", "onnxruntime", "openvino", "executorch", "litert"]
+
+
+@pytest.mark.parametrize("capability, bf16, installed, expected", [
+    ("AVX512", True, EVERY_BACKEND, ("openvino", "bf16")),    # native bf16: OpenVINO bf16
+    ("AVX2", True, EVERY_BACKEND, ("openvino", "bf16")),      # the flag decides, whatever ATen picked
+    ("AVX512", False, EVERY_BACKEND, ("openvino", "fp32")),   # ONNX Runtime lost to eager there: not listed
+    ("AVX512", False, ["torch", "onnxruntime"], ("torch", "fp32")),
+    ("AVX2", False, EVERY_BACKEND, ("onnxruntime", "fp32")),  # 1.52x against OpenVINO's 1.44x
+    ("AVX2", False, ["torch", "openvino"], ("openvino", "fp32")),
+    ("AVX2", False, ["torch"], ("torch", "fp32")),
+    ("DEFAULT", False, EVERY_BACKEND, ("openvino", "fp32")),  # not measured: the earlier default
+    ("DEFAULT", False, ["torch"], ("torch", "fp32")),
+])
+def test_the_default_path_for_each_kind_of_cpu(capability, bf16, installed, expected):
+    from cgnet.deploy.fastest import fastest_paths
+    paths, description = fastest_paths("auto", "auto", installed, capability, bf16)
+    assert (paths[0].backend, paths[0].precision) == expected
+    assert paths[-1].backend == "torch"  # the exact reference is always the last resort
+    assert description == (f"{capability} CPU with native bf16" if bf16 else
+                           f"{capability} CPU without native bf16" if capability != "DEFAULT" else "DEFAULT CPU")
+    # what the user fixes narrows the choice: --precision fp32 on a bf16 CPU, --backend torch
+    fp32, _ = fastest_paths("auto", "fp32", installed, capability, bf16)
+    assert all(p.precision == "fp32" for p in fp32) and fp32
+    assert [p.backend for p in fastest_paths("torch", "auto", installed, capability, bf16)[0]] == ["torch"]
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from cgnet.common import cpu_has_native_bf16
+    line = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\nbogomips\t: 4800\n"
+    assert cpu_has_native_bf16(line.format("avx512_bf16 avx512_vnni"))
+    assert cpu_has_native_bf16(line.format("amx_bf16 amx_tile"))
+    assert not cpu_has_native_bf16(line.format("avx512_vnni"))
+    assert not cpu_has_native_bf16(line.format("xavx512_bf16y"))  # whole flags only
+    assert not cpu_has_native_bf16("model name\t: avx512_bf16 in a name, not a flag\n")
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """Pretend to be a given kind of CPU with a given set of installed runtimes."""
+    from cgnet.deploy import fastest, predictor
+
+    def pretend(capability: str, bf16: bool, installed: list[str]):
+        monkeypatch.setattr(fastest.torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        monkeypatch.setattr(fastest, "cpu_has_native_bf16", lambda: bf16)
+        monkeypatch.setattr(predictor, "available_backends", lambda: list(installed))
+    return pretend
+
+
+def test_predict_prints_the_path_it_chose_and_obeys_an_override(ckpt, tmp_path, cpu, capsys):
+    write_image(tmp_path / "x.png", 0)
+    cpu("AVX2", False, ["torch"])
+    out = tmp_path / "o"
+    args = ["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu",
+            "--no-progress"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "inference path: AVX2 CPU without native bf16: torch fp32 (eager PyTorch, the exact reference); "
+        "override with --backend/--precision",
+        f"segmented 1 image with torch (fp32) -> {out}"]
+    assert main([*args, "--backend", "torch", "--precision", "bf16"]) == 0  # overridden: nothing chosen, no line
+    assert capsys.readouterr().out.splitlines() == [f"segmented 1 image with torch (bf16) -> {out}"]
+    cpu("AVX512", True, ["torch"])  # OpenVINO missing: the bf16 path is not installed, torch fp32 runs
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith(
+        "inference path: AVX512 CPU with native bf16: torch fp32 (")
+
+
+def test_a_refused_fast_path_gives_way_to_the_next_one_once(ckpt, tmp_path, cpu, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    from cgnet.deploy import formats
+    monkeypatch.setenv("CGNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(formats.AGREEMENT, "fp32", 1.01)  # no export can pass
+    cpu("AVX2", False, ["torch", "onnxruntime"])
+    write_image(tmp_path / "x.png", 0)
+    args = ["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+            "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("inference path: AVX2 CPU without native bf16: onnxruntime fp32 (measured 1.52x")
+    assert lines[-2] == ("inference path: onnxruntime fp32 refused (the onnx fp32 export disagrees with PyTorch "
+                         "beyond the tolerance (argmax agreement 100.00%, max |diff| " + lines[-2].split("max |diff| ")[1])
+    assert lines[-2].endswith("); not kept); torch fp32 instead (eager PyTorch, the exact reference)")
+    assert lines[-1].startswith("segmented 1 image with torch (fp32)")
+    # remembered: the next run does not export again
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "refused" in lines[1] and not any("verified" in line for line in lines)
+
+
+def test_eval_keeps_exact_fp32_unless_asked():
+    from cgnet.cli import make_parser
+    args = make_parser().parse_args(["eval"])
+    assert (args.backend, args.precision) == ("torch", "fp32")
+    predict = make_parser().parse_args(["predict", "x.png"])
+    assert (predict.backend, predict.precision) == ("auto", "auto")

@@ -127,8 +127,12 @@ def test_page_meta_is_the_checkpoints(randomized_ckpt, tmp_path):
     assert path == onnx_path
     assert {k: v for k, v in web.page_meta(onnx_meta, "tiny.pt").items() if k != "precision"} == \
         {k: v for k, v in info.items() if k != "precision"}
-    with pytest.raises(web.InputError, match=r"^model\.xml: the in-browser mode runs an ONNX file"):
-        web.model_onnx("model.xml")
+    for name, title in (("model.xml", "OpenVINO"), ("model.pte", "ExecuTorch"), ("model.tflite", "LiteRT"),
+                        ("model.pt2", "PyTorch"), ("model.ts", "TorchScript")):  # every format of the table but ONNX
+        with pytest.raises(web.InputError) as refused:
+            web.model_onnx(name)
+        assert str(refused.value).startswith(f"{name}: the in-browser mode runs ONNX files, not {title}")
+        assert str(refused.value).endswith("; give a checkpoint or an .onnx file")
 
 
 def test_write_site_refuses_a_non_empty_folder(randomized_ckpt, tmp_path, capsys):

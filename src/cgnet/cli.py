@@ -3,6 +3,7 @@ concern (`cgnet.engine.train.main`, `cgnet.deploy.predict.cmd_predict`, ...); th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -108,7 +109,8 @@ def make_parser() -> argparse.ArgumentParser:
     tools = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     add_data_commands(tools)
     for command in [*sub.choices.values(), *tools.choices.values()]:
-        command.add_argument("--debug", action="store_true", help="show the traceback of every error")
+        command.add_argument("--debug", action="store_true",
+                             help="show the traceback of every error and the third-party libraries' own logs")
     return parser
 
 
@@ -138,6 +140,28 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and args.command in HEAVY_COMMANDS:
         reexec_with_allocator_env(sys.argv[1:])
     debug = getattr(args, "debug", False) or os.environ.get("CGNET_DEBUG") == "1"
+    with debug_environment(debug):
+        return run_command(args, debug)
+
+
+@contextlib.contextmanager
+def debug_environment(debug: bool):
+    """CGNET_DEBUG=1 while a --debug command runs, which also shows the third-party libraries' own
+    output (cgnet.common.quiet_third_party); restored afterwards (main is called in-process by tests)."""
+    previous = os.environ.get("CGNET_DEBUG")
+    if debug:
+        os.environ["CGNET_DEBUG"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CGNET_DEBUG", None)
+        else:
+            os.environ["CGNET_DEBUG"] = previous
+
+
+def run_command(args: argparse.Namespace, debug: bool) -> int:
+    """The command's function, with cgnet's error handling (see `main`)."""
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -5,7 +5,14 @@ Nothing here imports from the rest of cgnet, so every module may import it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import io
+import logging
 import math
+import os
+import sys
+import warnings
 
 import torch
 
@@ -45,6 +52,30 @@ class MissingFileError(CGNetError, FileNotFoundError):
 def default_device() -> str:
     """'cuda' when a GPU is available, else 'cpu'."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of x86 CPUs that compute in bf16
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags);
+    False where that file is missing (not Linux) or unreadable.
+
+    Args:
+        cpuinfo: the text of /proc/cpuinfo (default: read it).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
 def autocast(device: torch.device | str, precision: str, cache: bool = True):
@@ -105,3 +136,56 @@ def parse_floats(text: str) -> list[float]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
     return values
+
+
+# ---- third-party output ------------------------------------------------------------------------
+
+def showing_debug_output() -> bool:
+    """Whether `--debug` (or CGNET_DEBUG=1) asked for the third-party libraries' own output."""
+    return os.environ.get("CGNET_DEBUG") == "1"
+
+
+def _flush_all() -> None:
+    """Flush Python's streams and the C library's, so that what was written so far lands where
+    the file descriptors point now."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def quiet_third_party():
+    """Hide what third-party libraries print while cgnet calls them (converters, runtimes and
+    their imports): torchao's "Failed to load ... .so" lines, the LiteRT converter's progress log,
+    absl / glog lines from C++ (`I0000 ... flatbuffer_export.cc`), ExecuTorch's cpuinfo lines, ONNX
+    Runtime's advice, Python warnings. `--debug` (CGNET_DEBUG=1) shows all of it.
+
+    C and C++ code writes to file descriptors 1 and 2 directly, so those point at the null device
+    for the block; Python's `sys.stdout` and `sys.stderr` (where pybind11 modules send their logs)
+    go to discarded buffers; log records and warnings are switched off. So nothing cgnet prints
+    itself belongs inside the block, and it is not for code that runs while other threads print.
+    """
+    if showing_debug_output():
+        yield
+        return
+    _flush_all()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    sink = os.open(os.devnull, os.O_WRONLY)
+    logging_disabled = logging.root.manager.disable
+    try:
+        for fd in (1, 2):
+            os.dup2(sink, fd)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            logging.disable(logging.CRITICAL)
+            yield
+    finally:
+        logging.disable(logging_disabled)
+        _flush_all()
+        for fd in (1, 2):
+            os.dup2(saved[fd], fd)
+            os.close(saved[fd])
+        os.close(sink)

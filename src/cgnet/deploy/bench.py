@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model
-from ..common import DEFAULT_WEIGHTS, number_type, parse_size
+from ..common import DEFAULT_WEIGHTS, number_type, parse_size, quiet_third_party
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import read_list
 from ..images import read_rgb
@@ -128,7 +128,8 @@ def build_runner(path: str, model, workdir: Path, device: torch.device, data_roo
     fmt = format_for_backend(backend)
     out = export(model, workdir / f"{path}{fmt.suffix}", fmt.name, precision, data_root=data_root,
                  log=lambda *a: None)
-    run = fmt.load(out, precision)
+    with quiet_third_party():  # the runtime's start-up lines; --debug shows them
+        run = fmt.load(out, precision)
     return (lambda x: run(x).argmax(1).astype(np.uint8)) if labels else run
 
 

@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from ..checkpoint import load_model
-from ..common import DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, MissingFileError, parse_size
+from ..common import (DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, MissingFileError, parse_size,
+                      quiet_third_party)
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import SegDataset, read_list
 from ..fileio import check_writable
@@ -24,17 +25,12 @@ from ..images import read_rgb
 from ..model import CGNet
 from ..preprocess import check_spec, to_tensor
 from . import mobile
-from .formats import FORMATS, ExportFormat, writable_formats
+from .formats import AGREEMENT, FORMATS, MAX_ABS_FP32, ExportFormat, writable_formats
 from .runners import torch_runner
 from .simplify import MaxPReLU, simplify_for_inference
 
 class ExportError(CGNetError, ValueError):
     """An export that cannot be made or that failed its verification."""
-
-
-# argmax agreement (fraction of pixels) an export must reach against eager fp32 PyTorch
-AGREEMENT = {"fp32": 0.999, "bf16": 0.99, "int8": 0.97}
-MAX_ABS_FP32 = 1e-2
 
 
 # ---- verification --------------------------------------------------------------------------
@@ -160,6 +156,17 @@ def verify_app(run_image, reference: CGNet, images: list[np.ndarray], precision:
     return report
 
 
+def verification_line(report: dict, source: str, precision: str) -> str:
+    """The line `export` prints about its verification (`verify` or `verify_app`'s report)."""
+    needs = f"needs >= {100 * AGREEMENT[precision]:.1f}%"
+    if report["max_abs_diff"] is None:  # an app-ready file gives class ids only
+        return (f"verified on {source} against eager fp32: class-id agreement "
+                f"{100 * report['argmax_agreement']:.3f}% ({needs})")
+    return (f"verified on {source} against eager fp32: max |logit diff| {report['max_abs_diff']:.3g}, argmax "
+            f"agreement {100 * report['argmax_agreement']:.3f}% ({needs}"
+            + (f", diff <= {MAX_ABS_FP32}" if precision == "fp32" else "") + ")")
+
+
 def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_root: str | None = None,
            prelu_as_max: bool | None = None, verify_count: int = 8, size: tuple[int, int] | None = None,
            app_io: bool = False, log=print) -> Path:
@@ -169,7 +176,7 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
     file carries the checkpoint's metadata. It is run through its own runtime on real frames of
     the checkpoint's dataset (or deterministic synthetic frames when none are found) and removed
     again if its argmax agreement or largest logit difference misses the tolerance
-    (`AGREEMENT`, `MAX_ABS_FP32`).
+    (`AGREEMENT`, `MAX_ABS_FP32` of the formats table).
 
     Args:
         model: a CGNet with `meta` (from `load_model`).
@@ -212,18 +219,16 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
     # written under a temporary name and renamed only once verified: an interrupted or failed
     # export never leaves a file that looks finished (cached exports rely on this)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
+    if calibration is not None:  # the calibration's progress bar is inside the quiet block
+        log(f"{precision}: calibrating on {len(calibration)} training crops")
     try:
-        entry.write(simple, tmp, meta, precision, calibration, **options)
-        if app_io:
-            report = verify_app(entry.load_app(tmp), model, frames, precision)
-            log(f"verified on {source} against eager fp32: class-id agreement "
-                f"{100 * report['argmax_agreement']:.3f}% (needs >= {100 * AGREEMENT[precision]:.1f}%)")
-        else:
-            report = verify(entry.load(tmp, precision), model, frames, precision)
-            log(f"verified on {source} against eager fp32: max |logit diff| "
-                f"{report['max_abs_diff']:.3g}, argmax agreement {100 * report['argmax_agreement']:.3f}% "
-                f"(needs >= {100 * AGREEMENT[precision]:.1f}%"
-                + (f", diff <= {MAX_ABS_FP32}" if precision == "fp32" else "") + ")")
+        with quiet_third_party():  # converters and runtimes print their own logs; --debug shows them
+            entry.write(simple, tmp, meta, precision, calibration, **options)
+            if app_io:
+                report = verify_app(entry.load_app(tmp), model, frames, precision)
+            else:
+                report = verify(entry.load(tmp, precision), model, frames, precision)
+        log(verification_line(report, source, precision))
         if not report["ok"]:
             diff = f", max |diff| {report['max_abs_diff']:.3g}" if report["max_abs_diff"] is not None else ""
             raise ExportError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance "
@@ -269,7 +274,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     kind = "_app" if args.app_io else ""
     out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}{kind}{entry.suffix}")
     if out.suffix != entry.suffix:
-        raise InputError(f"--out {out}: a {args.format} file ends in {entry.suffix}")
+        raise InputError(f"--out {out}: --format {args.format} files end in {entry.suffix}")
     check_writable(out, "--out", folder=False)
     path = export(model, out, args.format, args.precision, data_root=args.data_root, prelu_as_max=args.prelu_as_max,
                   size=args.size, app_io=args.app_io)

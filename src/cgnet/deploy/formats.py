@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,17 +89,12 @@ def _quantize_onnx_int8(fp32_path: Path, path: Path, calibration: list[np.ndarra
             return None if x is None else {"image": x}
 
     # ONNX Runtime logs advice on the root logger ("consider pre-processing", and a per-channel axis
-    # for the BatchNorms after concatenations, which stay per tensor): not for cgnet's users
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        quantization.quantize_static(str(fp32_path), str(path), Reader(), quant_format=quantization.QuantFormat.QDQ,
-                                     per_channel=True, reduce_range=True,
-                                     activation_type=quantization.QuantType.QUInt8,
-                                     weight_type=quantization.QuantType.QInt8)
-    finally:
-        root.setLevel(level)
+    # for the BatchNorms after concatenations, which stay per tensor): `export` calls this writer
+    # inside `quiet_third_party`, which keeps it from cgnet's users
+    quantization.quantize_static(str(fp32_path), str(path), Reader(), quant_format=quantization.QuantFormat.QDQ,
+                                 per_channel=True, reduce_range=True,
+                                 activation_type=quantization.QuantType.QUInt8,
+                                 weight_type=quantization.QuantType.QInt8)
     # quantize_static keeps metadata_props in the versions tested; set it again in case one drops it
     _set_onnx_meta(require("onnx"), path, json.loads(_onnx_meta(fp32_path)))
 
@@ -172,7 +166,7 @@ class ExportFormat:
     write: Callable | None         # write(simple_model, path, meta, precision, calibration)
     load: Callable                 # load(path, precision) -> run(x) -> logits
     read_meta: Callable            # read_meta(path) -> the metadata JSON, or None
-    verified: str                  # how an export is checked before it gets its name
+    checked: str                   # how an export is run to verify it (`verified` adds the thresholds)
     backend: str | None = None     # --backend NAME runs a checkpoint through this format
     companions: tuple[str, ...] = ()  # suffixes of files written beside it
     calibrated: tuple[str, ...] = ()  # precisions that need calibration frames
@@ -180,6 +174,21 @@ class ExportFormat:
     fixed_size: bool = False          # one input size, chosen at export (--size); runners resize to it
     load_app: Callable | None = None  # load_app(path) -> run_image(H x W x 3 uint8) -> H x W class ids,
     #                                   for files written app-ready (--app-io)
+    precision_notes: tuple[tuple[str, str], ...] = ()  # (precision, how it is made) for `verified`
+
+    @property
+    def verified(self) -> str:
+        """How an export is checked before it gets its name: `checked`, then each precision's
+        bar from `AGREEMENT` and `MAX_ABS_FP32` (the numbers `cgnet.deploy.export.verify` applies)."""
+        if self.write is None:
+            return self.checked
+        notes = dict(self.precision_notes)
+        bars = []
+        for precision in self.precisions:
+            note = f" ({notes[precision]})" if precision in notes else ""
+            diff = f"max |logit diff| <= {MAX_ABS_FP32:g} and " if precision == "fp32" else ""
+            bars.append(f"{precision}{note}: {diff}argmax agreement >= {100 * AGREEMENT[precision]:g}%")
+        return f"{VERIFIED}{self.checked}; " + "; ".join(bars)
 
     def files(self, path: Path) -> list[Path]:
         """The file and its companions."""
@@ -211,32 +220,37 @@ def _importable(module: str) -> bool:
         return False
 
 
+# argmax agreement (fraction of pixels) an export must reach against eager fp32 PyTorch, per
+# precision, and the largest logit difference an fp32 export may have: `cgnet.deploy.export.verify`
+# applies them, `ExportFormat.verified` states them. bf16 is held to fp32's agreement: it is the
+# default path where the CPU runs bf16 natively, so it must not change what the model predicts.
+AGREEMENT = {"fp32": 0.999, "bf16": 0.999, "int8": 0.97}
+MAX_ABS_FP32 = 1e-2
+
 VERIFIED = ("run through its own runtime on real frames of the checkpoint's dataset (synthetic frames when "
             "none are found) against eager fp32 PyTorch")
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("onnx", ".onnx", "ONNX Runtime", ("fp32", "int8"), "onnx", ("onnx", "onnxruntime"),
-                 write_onnx, lambda path, precision: onnxruntime_runner(path), _onnx_meta,
-                 VERIFIED + "; fp32: max |logit diff| <= 1e-2 and argmax agreement >= 99.9%; int8 "
-                 "(static QDQ, calibrated on 200 training crops): agreement >= 97%",
-                 backend="onnxruntime", calibrated=("int8",)),
+                 write_onnx, lambda path, precision: onnxruntime_runner(path), _onnx_meta, "",
+                 backend="onnxruntime", calibrated=("int8",),
+                 precision_notes=(("int8", "static QDQ, calibrated on 200 training crops"),)),
     ExportFormat("openvino", ".xml", "OpenVINO", ("fp32", "bf16"), "openvino", ("openvino", "onnx"),
-                 write_openvino, openvino_runner, _openvino_meta,
-                 VERIFIED + "; fp32 as ONNX; bf16 (an inference precision): agreement >= 99%",
-                 backend="openvino", companions=(".bin",), precision_at_load=True),
+                 write_openvino, openvino_runner, _openvino_meta, "",
+                 backend="openvino", companions=(".bin",), precision_at_load=True,
+                 precision_notes=(("bf16", "an inference precision"),)),
     ExportFormat("pt2", ".pt2", "PyTorch (torch.export)", ("fp32",), None, (),
-                 write_pt2, lambda path, precision: exported_program_runner(path), _pt2_meta,
-                 VERIFIED + "; fp32 as ONNX"),
+                 write_pt2, lambda path, precision: exported_program_runner(path), _pt2_meta, ""),
     ExportFormat("executorch", ".pte", "ExecuTorch (XNNPACK delegate; Android, iOS, Linux)", ("fp32", "int8"),
                  "executorch", ("executorch", "torchao"), mobile.write_executorch, mobile.executorch_runner,
                  lambda path: json.dumps(mobile.read_mobile_meta(path)),
-                 VERIFIED + ", through ExecuTorch's own runtime at the file's fixed size; fp32 as ONNX; int8 "
-                 "(PT2E, XNNPACK quantizer, min/max calibration on 200 training crops): agreement >= 97%",
-                 backend="executorch", calibrated=("int8",), fixed_size=True, load_app=mobile.executorch_app_runner),
+                 ", through ExecuTorch's own runtime at the file's fixed size",
+                 backend="executorch", calibrated=("int8",), fixed_size=True, load_app=mobile.executorch_app_runner,
+                 precision_notes=(("int8", "PT2E, XNNPACK quantizer, min/max calibration on 200 training crops"),)),
     ExportFormat("litert", ".tflite", "LiteRT, formerly TensorFlow Lite (Android, iOS)", ("fp32",), "litert",
                  ("litert_torch", "ai_edge_litert"), mobile.write_litert, mobile.litert_runner,
                  lambda path: json.dumps(mobile.read_mobile_meta(path)),
-                 VERIFIED + ", through LiteRT's own interpreter at the file's fixed size; fp32 as ONNX",
+                 ", through LiteRT's own interpreter at the file's fixed size",
                  backend="litert", fixed_size=True, load_app=mobile.litert_app_runner),
     ExportFormat("torchscript", ".ts", "TorchScript (read only: torch 2.13 deprecates it; export pt2)", ("fp32",),
                  None, (), None, lambda path, precision: torchscript_runner(path), _torchscript_meta,
@@ -275,11 +289,16 @@ def available_backends() -> list[str]:
     return ["torch"] + [f.backend for f in FORMATS.values() if f.backend and f.installed()]
 
 
-def read_exported_meta(path: str | os.PathLike) -> dict:
+def read_exported_meta(path: str | os.PathLike, fmt: ExportFormat | None = None) -> dict:
     """The cgnet metadata stored in a file written by `cgnet export` (classes, palette,
-    preprocessing, export format and precision)."""
+    preprocessing, export format and precision).
+
+    Args:
+        path: the exported file.
+        fmt: its format, when the caller has already looked it up (default: by its suffix).
+    """
     path = Path(path)
-    fmt = format_of(path)
+    fmt = fmt or format_of(path)
     if fmt is None:
         raise InputError(f"{path}: not an exported model ({', '.join(exported_suffixes())})")
     fmt.require()

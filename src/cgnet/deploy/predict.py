@@ -21,7 +21,7 @@ from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFile
 from ..fileio import check_writable
 from ..images import read_rgb
 from ..visualize import blend, colorize, default_palette, legend
-from .predictor import add_predictor_args, make_predictor, resolve_backend
+from .predictor import add_predictor_args, make_predictor
 
 DEFAULT_FPS = 25.0
 
@@ -223,8 +223,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     images, videos = collect_inputs(args.inputs)
     check_writable(args.out, "--out")
-    backend = resolve_backend(args.backend, args.precision, args.checkpoint, args.compile)
-    predictor = make_predictor(args.checkpoint, backend=backend, precision=args.precision, device=args.device,
+    predictor = make_predictor(args.checkpoint, backend=args.backend, precision=args.precision, device=args.device,
                                data_root=args.data_root, log=print, compile=args.compile)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

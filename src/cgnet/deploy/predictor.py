@@ -9,18 +9,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..checkpoint import load_model, resolve_weights
-from ..common import DEFAULT_WEIGHTS, InputError, MissingFileError, default_device
+from ..common import DEFAULT_WEIGHTS, InputError, MissingFileError, default_device, quiet_third_party
 from ..model import CGNet
 from ..preprocess import check_spec, to_tensor
-from .export import export
-from .formats import (FORMATS, available_backends, backends, exported_suffixes, format_for_backend, format_of,
-                      read_exported_meta)
+from .export import ExportError, export
+from .fastest import FastPath, fastest_paths, path_line
+from .formats import (FORMATS, ExportFormat, available_backends, backends, exported_suffixes, format_for_backend,
+                      format_of, read_exported_meta)
 from .runners import compiled_torch_runner, torch_runner
 
 
@@ -61,19 +63,32 @@ def load_exported(path: str | os.PathLike, precision: str | None = None) -> Pred
     Args:
         path: the exported file.
         precision: where the runtime applies it at load time (OpenVINO), the inference precision
-            (default: the one it was exported for); other formats run as exported.
+            (default: the one it was exported for); for other formats, a precision other than the
+            file's is refused.
     """
-    path = Path(path)
+    fmt = format_of(path)
+    if fmt is None:
+        raise InputError(f"{path}: not an exported model ({', '.join(exported_suffixes())})")
+    return _open_exported(Path(path), fmt, precision)
+
+
+def _open_exported(path: Path, fmt: ExportFormat, precision: str | None) -> Predictor:
+    """`load_exported` once the file's format is known."""
     if not path.is_file():
         raise MissingFileError(f"{path}: no such file")
-    meta = read_exported_meta(path)
-    fmt = format_of(path)
+    with quiet_third_party():  # runtimes print their own start-up lines; --debug shows them
+        meta = read_exported_meta(path, fmt)
     chosen = meta.get("export_precision", "fp32")
-    if precision and fmt.precision_at_load:
+    if precision and precision != chosen:
+        if not fmt.precision_at_load:
+            raise InputError(f"{path} was exported as {chosen}, not {precision}: give --precision {chosen} (or "
+                             f"auto), or export it again with --precision {precision}")
         chosen = precision
-    if meta.get("app_io"):
-        return Predictor(_app_file_run(path), meta, fmt.backend or fmt.name, chosen, run_image=fmt.load_app(path))
-    return Predictor(fmt.load(path, chosen), meta, fmt.backend or fmt.name, chosen)
+    label = fmt.backend or fmt.name
+    with quiet_third_party():
+        if meta.get("app_io"):
+            return Predictor(_app_file_run(path), meta, label, chosen, run_image=fmt.load_app(path))
+        return Predictor(fmt.load(path, chosen), meta, label, chosen)
 
 
 def _app_file_run(path: Path):
@@ -92,11 +107,19 @@ def cached_export(model: CGNet, source: str | os.PathLike, fmt: str, precision: 
                   cache: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
                   log=None) -> Path:
     """Export once per (checkpoint content, format, precision) into the cache folder. Only a
-    verified export ever gets its final name there (see `export`)."""
+    verified export ever gets its final name there (see `export`); one that failed its verification
+    leaves a `.refused` note with the reason, so later calls fail at once (delete it to retry)."""
     digest = hashlib.sha256(resolve_weights(source).read_bytes()).hexdigest()[:16]
     path = cache_dir(cache) / f"{digest}_{precision}{FORMATS[fmt].suffix}"
+    refused = path.with_name(path.name + ".refused")
+    if refused.is_file():
+        raise ExportError(refused.read_text().strip())
     if not path.exists():
-        export(model, path, fmt, precision, data_root=data_root, log=log or (lambda *a: None))
+        try:
+            export(model, path, fmt, precision, data_root=data_root, log=log or (lambda *a: None))
+        except ExportError as e:
+            refused.write_text(f"{e}\n")
+            raise
     return path
 
 
@@ -108,28 +131,46 @@ def backends_for(precision: str) -> list[str]:
     return [f.backend for f in FORMATS.values() if f.backend and precision in f.precisions]
 
 
-def resolve_backend(backend: str, precision: str, checkpoint: str | os.PathLike | None, compile: bool = False) -> str:
-    """The backend `make_predictor` will use, checked before any model is loaded: a missing
-    optional backend or an impossible precision fails here with a one-line message. 'auto' is
-    OpenVINO when installed, else torch; it is torch for what only torch does (fp16, --compile)."""
-    exported = format_of(checkpoint) if checkpoint else None
+@dataclass(frozen=True)
+class InferencePlan:
+    """What `make_predictor` runs, decided once, before any model is loaded (`plan_inference`)."""
+    model: str                          # a checkpoint, the name of shipped weights, or an exported file
+    backend: str                        # 'torch' or a backend of the formats table
+    precision: str                      # for an exported file: 'auto' keeps the file's own
+    exported: ExportFormat | None = None  # the file's format, when `model` is an exported file
+    compile: bool = False
+    why: str | None = None              # the line saying which path was chosen for this CPU, and why
+    fallbacks: tuple[FastPath, ...] = ()  # the next fastest paths, should this one's export be refused
+
+
+def plan_inference(model: str | os.PathLike | None = None, backend: str = "auto", precision: str = "auto",
+                   compile: bool = False, device: str | None = None) -> InferencePlan:
+    """The backend, precision and (for an exported file) format `make_predictor` will use,
+    checked before any model is loaded: a missing optional backend, an impossible precision or a
+    backend that does not run the file fails here with one line. 'auto' is the fastest accurate
+    path for this CPU (`cgnet.deploy.fastest`); torch for what only torch does (fp16, --compile,
+    a CUDA device). The file's format is looked up once, here."""
+    model = str(model or DEFAULT_WEIGHTS)
+    exported = format_of(model)
     if exported is not None:
-        if compile:
-            raise InputError(f"--compile compiles a checkpoint with torch, not an exported file ({checkpoint})")
-        if precision == "fp16":
-            raise InputError(f"--precision fp16 runs a checkpoint with torch, not an exported file ({checkpoint})")
-        if not Path(checkpoint).is_file():
-            raise MissingFileError(f"{checkpoint}: no such file")
-        exported.require()
-        return backend
-    if backend == "auto":
-        torch_only = compile or precision in TORCH_PRECISIONS[2:]
-        backend = "openvino" if "openvino" in available_backends() and not torch_only else "torch"
+        return _plan_exported(model, exported, backend, precision, compile)
+    if backend == "auto" and (compile or precision == "fp16" or torch.device(device or default_device()).type != "cpu"):
+        backend = "torch"  # what only torch does
+    why, fallbacks = None, ()
+    if "auto" in (backend, precision):
+        paths, description = fastest_paths(backend, precision, available_backends())
+        if paths:
+            why = path_line(description, paths[0]) if backend == "auto" else None
+            backend, precision, fallbacks = paths[0].backend, paths[0].precision, tuple(paths[1:])
+        elif backend == "auto":  # a precision no measured path of this CPU runs (int8, ...)
+            installed = [b for b in backends_for(precision) if b in available_backends()]
+            backend = (installed or (["torch"] if precision in TORCH_PRECISIONS else backends_for(precision)))[0]
+        precision = "fp32" if precision == "auto" else precision
     if backend == "torch":
         if precision not in TORCH_PRECISIONS:
             raise InputError(f"--precision {precision} needs --backend {' or '.join(backends_for(precision))} "
                              f"(torch runs {', '.join(TORCH_PRECISIONS)})")
-        return backend
+        return InferencePlan(model, backend, precision, compile=compile, why=why)
     fmt = format_for_backend(backend)
     if compile:
         raise InputError(f"--compile needs the torch backend, not {backend}")
@@ -138,10 +179,31 @@ def resolve_backend(backend: str, precision: str, checkpoint: str | os.PathLike 
         raise InputError(f"--precision {precision} needs " + (f"--backend {' or '.join(others)}" if others else
                                                               "the torch backend") + f", not {backend}")
     fmt.require()
-    return backend
+    return InferencePlan(model, backend, precision, why=why, fallbacks=fallbacks)
 
 
-def make_predictor(model: str | os.PathLike | None = None, *, backend: str = "auto", precision: str = "fp32",
+def _plan_exported(model: str, fmt: ExportFormat, backend: str, precision: str, compile: bool) -> InferencePlan:
+    """`plan_inference` for a file written by cgnet export: its format decides the backend."""
+    runs_in = fmt.backend or "torch"  # pt2 and TorchScript files run in PyTorch
+    if compile:
+        raise InputError(f"--compile compiles a checkpoint with torch, not an exported file ({model})")
+    if backend not in ("auto", runs_in):
+        raise InputError(f"--backend {backend} does not run {model} ({fmt.title}: --backend {runs_in} or auto)")
+    if precision not in ("auto", *fmt.precisions):
+        raise InputError(f"--precision {precision} does not fit {model} ({fmt.title} runs "
+                         f"{' or '.join(fmt.precisions)})")
+    if not Path(model).is_file():
+        raise MissingFileError(f"{model}: no such file")
+    fmt.require()
+    return InferencePlan(model, runs_in, precision, exported=fmt)
+
+
+def resolve_backend(backend: str, precision: str, checkpoint: str | os.PathLike | None, compile: bool = False) -> str:
+    """The backend `make_predictor` will use (`plan_inference`'s), checked before any model is loaded."""
+    return plan_inference(checkpoint, backend, precision, compile).backend
+
+
+def make_predictor(model: str | os.PathLike | None = None, *, backend: str = "auto", precision: str = "auto",
                    device: str | None = None, cache: str | os.PathLike | None = None,
                    data_root: str | os.PathLike | None = None, log=None, compile: bool = False) -> Predictor:
     """A `Predictor` (image in, class ids or logits out) for a checkpoint or an exported file.
@@ -150,14 +212,17 @@ def make_predictor(model: str | os.PathLike | None = None, *, backend: str = "au
         model: a checkpoint (ours or the original release's), the name of shipped weights
             (default 'camvid'), or a file written by `cgnet export` (any suffix of `FORMATS`).
         backend: 'torch', a backend of the formats table ('onnxruntime', 'openvino', ...), or
-            'auto' (OpenVINO when installed, else torch). A checkpoint run by another backend
-            than torch is exported once into the cache folder, verified, and reused.
-        precision: 'fp32', 'bf16' (torch autocast or OpenVINO), 'fp16' (torch on CUDA) or
-            'int8' (the exported backends that list it).
+            'auto': the fastest accurate path for this CPU (`cgnet.deploy.fastest`; torch on a GPU).
+            A checkpoint run by another backend than torch is exported once into the cache
+            folder, verified, and reused. For an exported file: auto or the backend that runs it.
+        precision: 'auto' (with backend: the fastest accurate one; an exported file's own), 'fp32',
+            'bf16' (torch autocast or OpenVINO), 'fp16' (torch on CUDA) or 'int8' (the exported
+            backends that list it).
         device: torch backend only (default: CUDA when available).
         cache: the export cache folder (default $CGNET_CACHE or ~/.cache/cgnet).
         data_root: frames to verify a fresh export on (default: the checkpoint's dataset in its
             default location, else synthetic frames).
+        log: where the line on the chosen path and the export's progress go (default: nowhere).
         compile: torch backend: the compiled path (`runners.compile_for_inference`: BN folded,
             inductor, CUDA graphs on CUDA, the argmax inside the graph); each new image size
             compiles once (tens of seconds).
@@ -165,20 +230,38 @@ def make_predictor(model: str | os.PathLike | None = None, *, backend: str = "au
     Returns:
         A Predictor: `predict(rgb_uint8_HxWx3) -> HxW uint8 class ids`, `logits(...) -> C x H x W`.
     """
-    model = str(model or DEFAULT_WEIGHTS)
-    if format_of(model) is not None:
-        return load_exported(model, precision if precision != "fp32" else None)
-    backend = resolve_backend(backend, precision, model, compile)
-    net = load_model(model)
-    if backend == "torch":
+    plan = plan_inference(model, backend, precision, compile, device)
+    if plan.exported is not None:
+        return _open_exported(Path(plan.model), plan.exported, None if plan.precision == "auto" else plan.precision)
+    log = log or (lambda *a: None)
+    if plan.why:
+        log(plan.why)
+    return _checkpoint_predictor(plan, load_model(plan.model), device, cache, data_root, log)
+
+
+def _checkpoint_predictor(plan: InferencePlan, net: CGNet, device, cache, data_root, log) -> Predictor:
+    """`make_predictor` for a checkpoint; an automatic choice whose export is refused gives way to
+    the next fastest path, with a line saying so."""
+    if plan.backend == "torch":
         device = device or default_device()
-        if compile:
+        precision = plan.precision
+        if plan.compile:
             return Predictor(compiled_torch_runner(net, precision, device), net.meta, "torch-compiled", precision,
                              run_labels=compiled_torch_runner(net, precision, device, labels=True))
         return Predictor(torch_runner(net, precision, device), net.meta, "torch", precision,
                          run_labels=torch_runner(net, precision, device, labels=True))
-    fmt = format_for_backend(backend).name
-    return load_exported(cached_export(net, model, fmt, precision, cache, data_root, log), precision)
+    fmt = format_for_backend(plan.backend)
+    try:
+        path = cached_export(net, plan.model, fmt.name, plan.precision, cache, data_root, log)
+    except ExportError as e:
+        if not plan.fallbacks:
+            raise
+        following = plan.fallbacks[0]
+        log(f"inference path: {plan.backend} {plan.precision} refused ({e}); "
+            f"{following.backend} {following.precision} instead ({following.measured})")
+        plan = replace(plan, backend=following.backend, precision=following.precision, fallbacks=plan.fallbacks[1:])
+        return _checkpoint_predictor(plan, net, device, cache, data_root, log)
+    return _open_exported(path, fmt, plan.precision)
 
 
 def all_precisions() -> list[str]:
@@ -207,10 +290,12 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint, or a file written by cgnet export "
                                         f"({' / '.join(exported_suffixes())}) (default: the shipped camvid weights)")
     p.add_argument("--backend", choices=["auto", *backends()], default="auto",
-                   help="what runs the model (default auto: openvino when installed, else torch)")
-    p.add_argument("--precision", choices=all_precisions(), default="fp32",
+                   help="what runs the model (default auto: the fastest accurate path for this CPU, printed in "
+                        "one line, see docs/speed.md; torch on a GPU)")
+    p.add_argument("--precision", choices=["auto", *all_precisions()], default="auto",
                    help="fp16 needs the torch backend (a GPU); int8 --backend "
-                        f"{' or '.join(backends_for('int8'))} (default fp32)")
+                        f"{' or '.join(backends_for('int8'))} (default auto: with --backend auto the fastest "
+                        "accurate one for this CPU, else fp32; an exported file's own)")
     p.add_argument("--device", help="torch backend only: cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--compile", action="store_true",
                    help="torch backend only: BN folded, compiled by inductor, CUDA graphs on CUDA, class ids "

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..common import AUTOCAST_DTYPES, CGNetError, InputError, autocast
+from ..common import AUTOCAST_DTYPES, CGNetError, InputError, autocast, quiet_third_party
 from .simplify import simplify_for_inference
 
 class MissingBackend(CGNetError, RuntimeError):
@@ -24,7 +24,8 @@ def require(module: str, extra: str | None = None):
     """Import an optional backend, or fail with the one line that says how to get it (`extra`:
     the pip extra of cgnet that brings it; the formats table in `cgnet.deploy.formats` names it)."""
     try:
-        return importlib.import_module(module)
+        with quiet_third_party():  # torchao, LiteRT, ... print load warnings when imported
+            return importlib.import_module(module)
     except ImportError:
         how = f"pip install 'cgnet[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
         raise MissingBackend(f"{module} is not installed: {how}") from None
@@ -129,13 +130,20 @@ def onnxruntime_runner(path: Path, threads: int | None = None):
     return lambda x: session.run(None, {name: x})[0]
 
 
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # cgnet's name -> OpenVINO's inference precision
+
+
 def openvino_runner(path: Path, precision: str = "fp32"):
+    """An OpenVINO IR on the CPU at an inference precision (fp32, or bf16: OpenVINO casts where the
+    CPU runs bf16 natively and emulates it elsewhere). int8 is refused: cgnet writes no quantised
+    OpenVINO graph, and the precision hint alone would run the fp32 graph while calling it int8."""
+    if precision not in OPENVINO_PRECISIONS:
+        raise InputError(f"{path}: OpenVINO runs fp32 or bf16 here, not {precision} (cgnet writes no quantised "
+                         "OpenVINO file)")
     openvino = require("openvino")
     core = openvino.Core()
     model = core.read_model(str(path))
-    config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}.get(precision, "f32")}
-    if precision == "int8":  # the int8 graph itself decides; the rest runs in f32
-        config = {}
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     return lambda x: request.infer({0: x})[compiled.output(0)].copy()

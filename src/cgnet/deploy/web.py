@@ -39,7 +39,7 @@ from ..download import DownloadError, fetch, file_digest
 from ..fileio import check_writable, staged_folder
 from .predict import palette_of
 from .predictor import cache_dir, cached_export
-from .formats import read_exported_meta
+from .formats import FORMATS, format_of, read_exported_meta
 
 STATIC = Path(__file__).resolve().parent / "serve_static"
 PAGE_FILES = ("index.html", "app.js", "common.js", "server.js", "browser.js", "camera.js", "style.css")
@@ -206,12 +206,14 @@ def model_onnx(source: str | os.PathLike, cache: str | os.PathLike | None = None
     written by `cgnet export`, else the checkpoint's fp32 export (made once into the cache,
     verified against PyTorch: `cached_export`)."""
     path = Path(source)
-    if path.suffix in (".xml", ".ts"):
-        raise InputError(f"{source}: the in-browser mode runs an ONNX file; give a checkpoint or an .onnx file")
-    if path.suffix == ".onnx":
+    fmt = format_of(path)
+    if fmt is not None and fmt is not FORMATS["onnx"]:
+        raise InputError(f"{source}: the in-browser mode runs ONNX files, not {fmt.title}; give a checkpoint "
+                         f"or an {FORMATS['onnx'].suffix} file")
+    if fmt is not None:
         if not path.is_file():
             raise MissingFileError(f"{source}: no such file")
-        return path, read_exported_meta(path)
+        return path, read_exported_meta(path, fmt)
     model = load_model(source)
     if model.meta.get("preprocess") is None:
         raise InputError(f"{source}: the checkpoint stores no preprocessing; the in-browser mode needs it")

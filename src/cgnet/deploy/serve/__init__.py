@@ -37,7 +37,7 @@ from pathlib import Path
 from PIL import Image
 
 from ...common import DEFAULT_WEIGHTS, CGNetError, number_type
-from ..predictor import add_predictor_args, make_predictor, resolve_backend
+from ..predictor import add_predictor_args, make_predictor
 from ..web import add_tls_args, tls_options
 from .app import create_app, require_serve
 from .guard import GuardHosts, UploadError, host_name, served_hosts, shorten
@@ -141,8 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     sock = bind(args.host, args.port)  # before loading the model: a busy port fails at once
     try:
-        backend = resolve_backend(args.backend, args.precision, args.checkpoint, args.compile)
-        predictor = make_predictor(args.checkpoint, backend=backend, precision=args.precision, device=args.device,
+        predictor = make_predictor(args.checkpoint, backend=args.backend, precision=args.precision, device=args.device,
                                    data_root=args.data_root, log=print, compile=args.compile)
         name = Path(args.checkpoint).name if args.checkpoint else DEFAULT_WEIGHTS
         app = create_app(predictor, name=name, max_upload_mb=args.max_upload_mb,
