@@ -3,12 +3,17 @@ against the engine they import, and their figures must follow from their raw tim
 their --json output, the arithmetic done again here; the printed table shows the same figures)."""
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from cgnet import CGNet, make_meta, save_checkpoint
+from cgnet.preprocess import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,3 +69,32 @@ def test_gpu_latency_dry_run_ratios(tmp_path):
         assert (f"{row['mode']:<32}{row['min_ms']:>9.2f}{row['median_ms']:>11.2f}{row['ratio']:>8.2f}"
                 f"{row['setup_s']:>9.1f}") in lines
     assert rows[0]["ratio"] == 1.0
+
+
+def test_predict_pace_arithmetic_on_a_tiny_video(tmp_path):
+    torch.manual_seed(0)
+    model = CGNet(11, m=2, n=2).eval()
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", model, make_meta(model, preprocess=make_spec("standard"),
+                                                                  dataset="camvid"))
+    out = run_script("-m", "benchmarks.predict_pace", "--frames", "7", "--size", "40", "56", "--synthetic",
+                     "--runs", "4", "--rounds", "2", "--json", str(tmp_path / "figures.json"),
+                     "--", "--backend", "torch", "--device", "cpu", "--checkpoint", str(ckpt))
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert (figures["backend"], figures["precision"], figures["frames"]) == ("torch", "fp32", 7)
+    lines = out.splitlines()
+    for i, row in enumerate(figures["rounds"]):
+        # frames/s as cgnet predict printed it on its last line, for the 7 frames of the video
+        found = re.fullmatch(r"segmented 0 images and 7 frames from 1 video with torch \(fp32\) -> .*: "
+                             r"(\d+\.\d\d) frames/s", row["last_line"])
+        assert found and row["frames_per_s"] == float(found[1])
+        assert len(row["latency_ms"]) == 4 and min(row["latency_ms"]) > 0
+        assert row["median_ms"] == statistics.median(row["latency_ms"])
+        assert row["ratio"] == pytest.approx(row["frames_per_s"] * row["median_ms"] / 1000, rel=1e-12)
+        assert (f"round {i + 1}: {row['frames_per_s']:.2f} frames/s; median model latency {row['median_ms']:.1f} ms; "
+                f"frames/s x model s {row['ratio']:.3f}") in lines
+    rate = statistics.median(r["frames_per_s"] for r in figures["rounds"])
+    median = statistics.median(t for r in figures["rounds"] for t in r["latency_ms"])  # all 8 calls
+    assert (figures["frames_per_s"], figures["median_ms"]) == (rate, median)
+    assert figures["ratio"] == pytest.approx(rate * median / 1000, rel=1e-12)
+    assert lines[-1] == (f"path torch (fp32): {rate:.2f} frames/s (median of 2 runs) x {median:.1f} ms (median "
+                         f"model latency, 8 calls) = {figures['ratio']:.3f} (goal >= 0.9)")
