@@ -322,3 +322,9 @@ def test_folder_last_line_states_images_per_second(ckpt, tmp_path, capsys):
     assert run(tmp_path / "folder", "--checkpoint", ckpt, "--out", tmp_path / "out") == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"segmented 3 images with torch \(fp32\) -> .*: \d+\.\d\d images/s", last)
+    # --no-overlap: one stage after the other, the same files
+    assert run(tmp_path / "folder", "--checkpoint", ckpt, "--out", tmp_path / "seq", "--no-overlap") == 0
+    for sub, suffix in (("masks", "png"), ("color", "png"), ("overlay", "jpg")):
+        for i in range(3):
+            assert ((tmp_path / "out" / sub / f"{i}.{suffix}").read_bytes()
+                    == (tmp_path / "seq" / sub / f"{i}.{suffix}").read_bytes())

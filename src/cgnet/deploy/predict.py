@@ -352,6 +352,9 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overlay", dest="overlay", action="store_false",
                    help="write masks and colour masks only (videos always get their overlay video)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode, run the model and encode at once, in three threads (default); --no-overlap: "
+                        "one after the other (same files)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -363,12 +366,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress)
+    predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress,
+                   overlap=args.overlap)
     image_s, start = time.perf_counter() - start, time.perf_counter()
     frames = 0
     for video, name in zip(videos, output_names(videos)):
         frames += predict_video(predictor, video, out / f"{name}_overlay.mp4", alpha=args.alpha,
-                                progress=args.progress)
+                                progress=args.progress, overlap=args.overlap)
     video_s = time.perf_counter() - start
     parts = [f"{len(images)} image{'s' * (len(images) != 1)}"]
     paces = [pace(len(images), image_s, "images")] if images else []
