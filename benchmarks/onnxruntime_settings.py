@@ -13,7 +13,8 @@ rounds (`benchmarks.devices.alternating_times`: 3 warm-up calls, then --runs tim
   XNNPACK rewrites) under each session setting of `cgnet.deploy.runners.ORT_PRESETS` (threads,
   spinning, optimisation level: "extended" leaves out the NCHWc layout transformer, parallel
   execution, denormals as zero);
-- the fp32 file with PReLU kept as ONNX PRelu, and without the XNNPACK rewrites (default settings);
+- the fp32 file with PReLU kept as ONNX PRelu, with PReLU as (1 - a) * relu(x) + a * x (ops the
+  NCHWc layout covers, unlike Max), and without the XNNPACK rewrites (default settings);
 - cgnet's int8 file (static QDQ, per-channel 7-bit weights, calibrated on --calibration CamVid
   training crops) with the default and the "extended" settings, and the same quantisation with
   8-bit weights.
@@ -50,9 +51,33 @@ from cgnet.common import CGNetError, DEFAULT_WEIGHTS
 from cgnet.deploy.export import calibration_inputs
 from cgnet.deploy.formats import _quantize_onnx_int8, write_onnx
 from cgnet.deploy.runners import DEFAULT_ORT, ORT_PRESETS, onnxruntime_runner, onnxruntime_session, torch_runner
-from cgnet.deploy.simplify import simplify_for_inference
+from cgnet.deploy.simplify import MaxPReLU, simplify_for_inference
 
 EAGER = "eager fp32 (torch)"
+FILE_VARIANTS = ("fp32 PReLU op", "fp32 PReLU as relu-add", "fp32 without XNNPACK rewrites")
+
+
+class ReluAddPReLU(torch.nn.Module):
+    """PReLU as (1 - a) * relu(x) + a * x (equal to max(x, a*x) up to rounding, for any a): made
+    of ops ORT's NCHWc layout covers (Relu, per-channel Mul, Add), where max(x, a*x) makes it
+    convert both operands back to NCHW (a ReorderOutput each) and the result in again."""
+
+    def __init__(self, prelu: MaxPReLU):
+        super().__init__()
+        self.register_buffer("slope", prelu.slope.clone())
+        self.register_buffer("rest", 1 - prelu.slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rest * torch.relu(x) + self.slope * x
+
+
+def relu_add_prelu(simple: torch.nn.Module) -> torch.nn.Module:
+    """The simplified model with every MaxPReLU as `ReluAddPReLU`."""
+    for parent in list(simple.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MaxPReLU):
+                setattr(parent, name, ReluAddPReLU(child))
+    return simple
 
 
 def profile_summary(events: list[dict], runs: int, top: int) -> list[dict]:
@@ -90,6 +115,7 @@ def write_files(model, tmp: Path, int8: bool, calibration_count: int, data_root:
     files, notes = {}, []
     for variant, simple in (("fp32", simplify_for_inference(model)),
                             ("fp32 PReLU op", simplify_for_inference(model, prelu_as_max=False)),
+                            ("fp32 PReLU as relu-add", relu_add_prelu(simplify_for_inference(model))),
                             ("fp32 without XNNPACK rewrites", without_rewrites(simplify_for_inference(model)))):
         files[variant] = tmp / f"{variant.replace(' ', '_')}.onnx"
         write_onnx(simple, files[variant], meta)
@@ -108,7 +134,7 @@ def build_runners(model, files: dict, presets: list[str]) -> dict:
     runners = {EAGER: torch_runner(model, "fp32", "cpu", channels_last=False)}
     for preset in presets:
         runners[f"fp32 {preset}"] = onnxruntime_runner(files["fp32"], ORT_PRESETS[preset])
-    for variant in ("fp32 PReLU op", "fp32 without XNNPACK rewrites"):
+    for variant in FILE_VARIANTS:
         runners[f"{variant} (default)"] = onnxruntime_runner(files[variant], DEFAULT_ORT)
     if "int8" in files:
         for preset in ("default", "extended"):

@@ -126,7 +126,8 @@ def test_onnxruntime_settings_ratios_follow_from_the_timings(camvid, tmp_path):
     figures = json.loads((tmp_path / "figures.json").read_text())
     rows = {r["variant"]: r for r in figures["rows"]}
     assert list(rows) == ["eager fp32 (torch)", "fp32 default", "fp32 extended", "fp32 no-spinning",
-                          "fp32 PReLU op (default)", "fp32 without XNNPACK rewrites (default)", "int8 default",
+                          "fp32 PReLU op (default)", "fp32 PReLU as relu-add (default)",
+                          "fp32 without XNNPACK rewrites (default)", "int8 default",
                           "int8 extended", "int8 8-bit weights (default)"]
     eager = statistics.median(rows["eager fp32 (torch)"]["times_ms"])
     lines = out.splitlines()
