@@ -102,7 +102,9 @@ def test_predict_pace_arithmetic_on_a_tiny_video(tmp_path):
 
 def test_onnxruntime_profile_summary_by_hand():
     from benchmarks.onnxruntime_settings import profile_summary
-    node = lambda op, us: {"cat": "Node", "name": f"n_{op}_kernel_time", "dur": us, "args": {"op_name": op}}  # noqa: E731
+    def node(op, us):
+        return {"cat": "Node", "name": f"n_{op}_kernel_time", "dur": us, "args": {"op_name": op}}
+
     events = [node("Conv", 3000), node("Conv", 5000), node("Max", 1200), node("ReorderInput", 800),
               {"cat": "Node", "name": "n_fence_before", "dur": 9000, "args": {"op_name": "Conv"}},  # not kernel time
               {"cat": "Session", "name": "model_run", "dur": 99000}]
