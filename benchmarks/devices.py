@@ -27,9 +27,9 @@ def profile_table(fn, device: torch.device, calls: int, rows: int = 25, by_shape
         sort_by=key, row_limit=rows, max_name_column_width=70, max_shapes_column_width=90)
 
 
-def alternating_medians(runners: dict, x, rounds: int, runs: int, warmup: int = 3) -> dict:
-    """Median milliseconds of each CPU runner `run(x)`, timed in alternating rounds (each round:
-    `warmup` untimed calls, then `runs` timed ones) so that a machine's drift hits all alike."""
+def alternating_times(runners: dict, x, rounds: int, runs: int, warmup: int = 3) -> dict:
+    """Milliseconds of every call of each CPU runner `run(x)`, timed in alternating rounds (each
+    round: `warmup` untimed calls, then `runs` timed ones) so that a machine's drift hits all alike."""
     times = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
@@ -39,4 +39,9 @@ def alternating_medians(runners: dict, x, rounds: int, runs: int, warmup: int = 
                 start = time.perf_counter()
                 run(x)
                 times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def alternating_medians(runners: dict, x, rounds: int, runs: int, warmup: int = 3) -> dict:
+    """The median of each runner's `alternating_times`."""
+    return {name: statistics.median(t) for name, t in alternating_times(runners, x, rounds, runs, warmup).items()}

@@ -3,12 +3,17 @@ against the engine they import, and their figures must follow from their raw tim
 their --json output, the arithmetic done again here; the printed table shows the same figures)."""
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from cgnet import CGNet, make_meta, save_checkpoint
+from cgnet.preprocess import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,3 +69,80 @@ def test_gpu_latency_dry_run_ratios(tmp_path):
         assert (f"{row['mode']:<32}{row['min_ms']:>9.2f}{row['median_ms']:>11.2f}{row['ratio']:>8.2f}"
                 f"{row['setup_s']:>9.1f}") in lines
     assert rows[0]["ratio"] == 1.0
+
+
+def test_predict_pace_arithmetic_on_a_tiny_video(tmp_path):
+    torch.manual_seed(0)
+    model = CGNet(11, m=2, n=2).eval()
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", model, make_meta(model, preprocess=make_spec("standard"),
+                                                                  dataset="camvid"))
+    out = run_script("-m", "benchmarks.predict_pace", "--frames", "7", "--size", "40", "56", "--synthetic",
+                     "--runs", "4", "--rounds", "2", "--json", str(tmp_path / "figures.json"),
+                     "--", "--backend", "torch", "--device", "cpu", "--checkpoint", str(ckpt))
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert (figures["backend"], figures["precision"], figures["frames"]) == ("torch", "fp32", 7)
+    lines = out.splitlines()
+    for i, row in enumerate(figures["rounds"]):
+        # frames/s as cgnet predict printed it on its last line, for the 7 frames of the video
+        found = re.fullmatch(r"segmented 0 images and 7 frames from 1 video with torch \(fp32\) -> .*: "
+                             r"(\d+\.\d\d) frames/s", row["last_line"])
+        assert found and row["frames_per_s"] == float(found[1])
+        assert len(row["latency_ms"]) == 4 and min(row["latency_ms"]) > 0
+        assert row["median_ms"] == statistics.median(row["latency_ms"])
+        assert row["ratio"] == pytest.approx(row["frames_per_s"] * row["median_ms"] / 1000, rel=1e-12)
+        assert (f"round {i + 1}: {row['frames_per_s']:.2f} frames/s; median model latency {row['median_ms']:.1f} ms; "
+                f"frames/s x model s {row['ratio']:.3f}") in lines
+    rate = statistics.median(r["frames_per_s"] for r in figures["rounds"])
+    median = statistics.median(t for r in figures["rounds"] for t in r["latency_ms"])  # all 8 calls
+    assert (figures["frames_per_s"], figures["median_ms"]) == (rate, median)
+    assert figures["ratio"] == pytest.approx(rate * median / 1000, rel=1e-12)
+    assert lines[-1] == (f"path torch (fp32): {rate:.2f} frames/s (median of 2 runs) x {median:.1f} ms (median "
+                         f"model latency, 8 calls) = {figures['ratio']:.3f} (goal >= 0.9)")
+
+
+def test_onnxruntime_profile_summary_by_hand():
+    from benchmarks.onnxruntime_settings import profile_summary
+    def node(op, us):
+        return {"cat": "Node", "name": f"n_{op}_kernel_time", "dur": us, "args": {"op_name": op}}
+
+    events = [node("Conv", 3000), node("Conv", 5000), node("Max", 1200), node("ReorderInput", 800),
+              {"cat": "Node", "name": "n_fence_before", "dur": 9000, "args": {"op_name": "Conv"}},  # not kernel time
+              {"cat": "Session", "name": "model_run", "dur": 99000}]
+    table = profile_summary(events, runs=2, top=2)  # 10 ms of kernels over 2 runs
+    assert [r["op"] for r in table] == ["Conv", "Max"]
+    assert table[0] == {"op": "Conv", "ms_per_run": 4.0, "share": 0.8, "calls_per_run": 1.0}
+    assert table[1] == {"op": "Max", "ms_per_run": pytest.approx(0.6), "share": pytest.approx(0.12),
+                        "calls_per_run": 0.5}
+
+
+def test_onnxruntime_settings_ratios_follow_from_the_timings(camvid, tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = CGNet(11, m=2, n=2).eval()
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", model, make_meta(model, preprocess=make_spec("standard"),
+                                                                  dataset="camvid"))
+    out = run_script("-m", "benchmarks.onnxruntime_settings", "--checkpoint", str(ckpt), "--size", "32", "48",
+                     "--runs", "3", "--rounds", "2", "--presets", "default", "extended", "no-spinning",
+                     "--calibration", "4", "--data-root", str(camvid), "--profile-runs", "2", "--top", "4",
+                     "--json", str(tmp_path / "figures.json"))
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    rows = {r["variant"]: r for r in figures["rows"]}
+    assert list(rows) == ["eager fp32 (torch)", "fp32 default", "fp32 extended", "fp32 no-spinning",
+                          "fp32 PReLU op (default)", "fp32 PReLU as relu-add (default)",
+                          "fp32 without XNNPACK rewrites (default)", "int8 default",
+                          "int8 extended", "int8 8-bit weights (default)"]
+    eager = statistics.median(rows["eager fp32 (torch)"]["times_ms"])
+    lines = out.splitlines()
+    for name, row in rows.items():
+        assert len(row["times_ms"]) == 2 * 3 and row["median_ms"] == statistics.median(row["times_ms"])
+        assert row["ratio_to_eager"] == pytest.approx(eager / row["median_ms"], rel=1e-12)
+        if name.startswith("fp32"):  # the same function: float32 rounding apart (logits of order 1)
+            assert row["max_abs_logit_diff"] < 1e-4
+        printed = [line for line in lines if line.startswith(f"{name:<40}")]
+        assert len(printed) == 1 and printed[0].endswith("slower than eager") == (row["ratio_to_eager"] < 1)
+        assert f"{row['median_ms']:>11.1f}{row['ratio_to_eager']:>9.2f}" in printed[0]
+    assert set(figures["profiles"]) == {"fp32", "int8"}
+    for table in figures["profiles"].values():
+        assert 0 < len(table) <= 4 and sum(r["share"] for r in table) <= 1 + 1e-9
+        assert [r["ms_per_run"] for r in table] == sorted((r["ms_per_run"] for r in table), reverse=True)
+    assert any(r["op"] == "Conv" for r in figures["profiles"]["fp32"])

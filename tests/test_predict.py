@@ -1,5 +1,10 @@
 """`cgnet predict` on small generated images and a tiny video, with a tiny checkpoint."""
+import random
+import re
 import sys
+import threading
+import time
+from contextlib import closing
 
 import cv2
 import numpy as np
@@ -8,6 +13,9 @@ import torch
 
 from cgnet import CGNet, load_model, make_meta, save_checkpoint
 from cgnet.cli import main
+from cgnet.common import InputError
+from cgnet.deploy import predict as predict_module
+from cgnet.deploy.predict import OrderedWorker, predict_images, predict_video, prefetch
 from cgnet.data.catalog import CAMVID
 from cgnet.preprocess import make_spec, to_tensor
 from cgnet.deploy.predictor import make_predictor
@@ -255,3 +263,183 @@ def test_eval_keeps_exact_fp32_unless_asked():
     assert (args.backend, args.precision) == ("torch", "fp32")
     predict = make_parser().parse_args(["predict", "x.png"])
     assert (predict.backend, predict.precision) == ("auto", "auto")
+
+# ---- decoding, the model and writing overlapped ----------------------------------------------------
+
+def jitter(fn, rng, most=0.004):
+    """fn with a random delay of up to `most` seconds before each call: stages finish out of step."""
+    def slow(*args):
+        time.sleep(most * rng.random())
+        return fn(*args)
+    return slow
+
+
+def stage_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("cgnet-predict")]
+
+
+def test_prefetch_and_ordered_worker_keep_order_under_random_delays():
+    rng = random.Random(0)
+    written = []
+    with closing(prefetch((jitter(lambda i: i, rng)(i) for i in range(60)), depth=2)) as items, \
+            OrderedWorker(jitter(written.append, rng), depth=3) as writer:
+        for i in items:
+            writer.put(jitter(lambda k: k * k, rng)(i))
+    assert written == [i * i for i in range(60)]
+    assert stage_threads() == []
+
+
+def test_an_error_in_any_stage_stops_at_its_item():
+    def source():
+        for i in range(100):
+            if i == 7:
+                raise InputError("frame 7 is broken")
+            yield i
+
+    written = []
+    with pytest.raises(InputError, match="frame 7 is broken"):
+        with closing(prefetch(source(), depth=2)) as items, OrderedWorker(written.append, depth=3) as writer:
+            for i in items:
+                writer.put(i)
+    assert written == list(range(7))  # what the sequential loop writes before the error; nothing after
+
+    def write(i):
+        if i == 4:
+            raise OSError("disk full")
+        written.append(i)
+
+    written.clear()
+    put = 0
+    with pytest.raises(OSError, match="disk full"):
+        with closing(prefetch(iter(range(100)), depth=2)) as items, OrderedWorker(write, depth=3) as writer:
+            for i in items:
+                writer.put(i)
+                put += 1
+    assert written == [0, 1, 2, 3]
+    assert put <= 4 + 3 + 1  # the error is raised by a put at most the queue's depth later
+    assert stage_threads() == []  # both threads have ended
+
+
+def test_folder_overlapped_gives_the_sequential_files_under_random_delays(ckpt, tmp_path, monkeypatch):
+    sources = [write_image(tmp_path / "in" / f"{i:02d}.png", i, size=(H + i % 3, W)) for i in range(12)]
+    paths = sorted((tmp_path / "in").iterdir())
+    predictor = make_predictor(ckpt, backend="torch", device="cpu")
+    predict_images(predictor, paths, tmp_path / "sequential", overlap=False, progress=False)
+    rng = random.Random(1)
+    monkeypatch.setattr(predict_module, "read_image", jitter(predict_module.read_image, rng))
+    monkeypatch.setattr(predict_module, "_write", jitter(predict_module._write, rng, 0.002))
+    predictor.predict = jitter(predictor.predict, rng)
+    predict_images(predictor, paths, tmp_path / "overlapped", progress=False)
+    for sub, suffix in (("masks", "png"), ("color", "png"), ("overlay", "jpg")):
+        for i in range(12):
+            assert ((tmp_path / "overlapped" / sub / f"{i:02d}.{suffix}").read_bytes()
+                    == (tmp_path / "sequential" / sub / f"{i:02d}.{suffix}").read_bytes())
+    for i, image in enumerate(sources):  # each file holds its own image's mask
+        mask = cv2.imread(str(tmp_path / "overlapped" / "masks" / f"{i:02d}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(mask, predictor.predict(image))
+
+
+def write_video(path, frames):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, frames[0].shape[1::-1])
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write mp4v")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+def read_video(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(got[1])
+    cap.release()
+    return frames
+
+
+N_FRAMES = 23  # more than the queues hold
+
+
+def test_video_frames_written_in_order_under_random_delays(ckpt, tmp_path, monkeypatch, capsys):
+    # frame i is flat grey 10 * i; a model that labels a frame by its grey level (class i % 11), slowly
+    write_video(tmp_path / "clip.mp4", [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(N_FRAMES)])
+    predictor = make_predictor(ckpt, backend="torch", device="cpu")
+    rng = random.Random(2)
+    predictor.predict = jitter(lambda rgb: np.full(rgb.shape[:2], round(rgb.mean() / 10) % 11, np.uint8), rng)
+    monkeypatch.setattr(predict_module, "make_predictor", lambda *a, **k: predictor)
+    monkeypatch.setattr(predict_module, "blend", jitter(predict_module.blend, rng))
+    assert run(tmp_path / "clip.mp4", "--checkpoint", ckpt, "--out", tmp_path / "out") == 0
+    frames = read_video(tmp_path / "out" / "clip_overlay.mp4")
+    assert len(frames) == N_FRAMES
+    palette = np.asarray(CAMVID.palette, dtype=np.float64)[:, ::-1]  # BGR
+    # overlay of frame i: 0.5 grey + 0.5 colour of class i % 11; the nearest expected colour names the frame
+    expected = np.stack([0.5 * 10 * i + 0.5 * palette[i % 11] for i in range(N_FRAMES)])
+    means = np.stack([f.reshape(-1, 3).mean(0) for f in frames])
+    nearest = np.linalg.norm(means[:, None] - expected[None], axis=2).argmin(1)
+    assert nearest.tolist() == list(range(N_FRAMES))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(rf"segmented 0 images and {N_FRAMES} frames from 1 video with torch \(fp32\) -> "
+                        rf"{re.escape(str(tmp_path / 'out'))}: \d+\.\d\d frames/s", last)
+
+
+def test_video_overlapped_gives_the_sequential_frames(ckpt, tmp_path):
+    rng = np.random.default_rng(3)
+    write_video(tmp_path / "clip.mp4", [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(N_FRAMES)])
+    predictor = make_predictor(ckpt, backend="torch", device="cpu")
+    assert predict_video(predictor, tmp_path / "clip.mp4", tmp_path / "a.mp4", progress=False) == N_FRAMES
+    assert predict_video(predictor, tmp_path / "clip.mp4", tmp_path / "b.mp4", progress=False,
+                         overlap=False) == N_FRAMES
+    overlapped, sequential = read_video(tmp_path / "a.mp4"), read_video(tmp_path / "b.mp4")
+    assert len(overlapped) == len(sequential) == N_FRAMES
+    for a, b in zip(overlapped, sequential):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4", "clip.mp4"]  # no partial files
+
+
+def test_an_error_mid_video_or_mid_folder_is_one_line_and_leaves_no_partial_output(ckpt, tmp_path, monkeypatch,
+                                                                                   capsys):
+    write_video(tmp_path / "clip.mp4", [np.full((48, 64, 3), 10 * i, np.uint8) for i in range(N_FRAMES)])
+    predictor = make_predictor(ckpt, backend="torch", device="cpu")
+    model_predict, calls = predictor.predict, []
+
+    def failing(rgb):
+        calls.append(1)
+        if len(calls) == 9:
+            raise InputError("the model failed on frame 9")
+        return model_predict(rgb)
+
+    predictor.predict = failing
+    monkeypatch.setattr(predict_module, "make_predictor", lambda *a, **k: predictor)
+    out = tmp_path / "out"
+    assert run(tmp_path / "clip.mp4", "--checkpoint", ckpt, "--out", out) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["cgnet predict: error: the model failed on frame 9"]
+    assert list(out.iterdir()) == []  # neither the overlay video nor its partial file
+    assert stage_threads() == []
+
+    # a broken image amid a folder: the images before it are written, it and those after it are not
+    predictor.predict = model_predict
+    for name in "ab":
+        write_image(tmp_path / "folder" / f"{name}.png", ord(name))
+    (tmp_path / "folder" / "c.png").write_bytes(b"not a png")
+    for name in "de":
+        write_image(tmp_path / "folder" / f"{name}.png", ord(name))
+    assert run(tmp_path / "folder", "--checkpoint", ckpt, "--out", out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "folder" / "c.png") in err[0]
+    for sub, suffix in (("masks", "png"), ("color", "png"), ("overlay", "jpg")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"a.{suffix}", f"b.{suffix}"]
+    assert stage_threads() == []
+
+
+def test_folder_last_line_states_images_per_second(ckpt, tmp_path, capsys):
+    for i in range(3):
+        write_image(tmp_path / "folder" / f"{i}.png", i)
+    assert run(tmp_path / "folder", "--checkpoint", ckpt, "--out", tmp_path / "out") == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"segmented 3 images with torch \(fp32\) -> .*: \d+\.\d\d images/s", last)
+    # --no-overlap: one stage after the other, the same files
+    assert run(tmp_path / "folder", "--checkpoint", ckpt, "--out", tmp_path / "seq", "--no-overlap") == 0
+    for sub, suffix in (("masks", "png"), ("color", "png"), ("overlay", "jpg")):
+        for i in range(3):
+            assert ((tmp_path / "out" / sub / f"{i}.{suffix}").read_bytes()
+                    == (tmp_path / "seq" / sub / f"{i}.{suffix}").read_bytes())

@@ -2,6 +2,8 @@
 the eager step, the learning rate reaching the compiled step, the fallbacks, the check against
 eager that guards the compiled (and on CUDA captured) step, and `cgnet bench`'s CUDA-only path."""
 import copy
+import json
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch.nn as nn
 
 import cgnet.engine.steps as steps
 from cgnet.cli import main, make_parser
+import cgnet.deploy.bench as bench
 from cgnet.deploy.bench import argmax_agreement, select_paths
 from cgnet.engine.config import TrainConfig, compare_for_resume
 from cgnet.engine.steps import check_against_eager, configure_optimizer, make_compiled_step, make_eager_step, set_lr
@@ -334,6 +337,30 @@ def test_bench_on_cpu_skips_the_cuda_graph_path_with_a_note(camvid, capsys):
     notes = [line for line in out.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "torch-compiled-cudagraph-bf16" in notes[0]
     assert "torch-eager-fp32" in out
+
+
+def test_bench_says_which_paths_are_slower_than_eager(camvid, tmp_path, capsys, monkeypatch):
+    # runners that take a known time: eager 40 ms, torch-fp32 10 ms (4x), onnxruntime-fp32 120 ms (1/3x)
+    delays = {"torch-eager-fp32": 0.04, "torch-fp32": 0.01, "onnxruntime-fp32": 0.12}
+
+    def fake_runner(path, model, workdir, device, data_root, labels=False):
+        return lambda x: (time.sleep(delays[path]), np.zeros((1, CLASSES, *x.shape[2:]), np.float32))[1]
+
+    monkeypatch.setattr(bench, "build_runner", fake_runner)
+    assert main(["bench", "--paths", *delays, "--sizes", "32x48", "--runs", "3", "--warmup", "0",
+                 "--json", str(tmp_path / "bench.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {r["path"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert [rows[p]["slower_than_eager"] for p in delays] == [False, False, True]
+    # sleeps last at least their delay and a few ms more at most: the ratios stay far from 1
+    assert rows["torch-fp32"]["ratio_to_eager_fp32"] > 2 and rows["onnxruntime-fp32"]["ratio_to_eager_fp32"] < 0.5
+    table = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in delays
+             and line.split()[1] == "32x48"}
+    assert table["onnxruntime-fp32"].endswith("  slower than eager")
+    assert not table["torch-fp32"].endswith("slower than eager")
+    assert not table["torch-eager-fp32"].endswith("slower than eager")
+    assert any(line.strip().startswith("onnxruntime-fp32") and "x eager fp32: slower than eager)" in line
+               for line in lines)  # the progress line, printed as soon as the path is timed
 
 
 def test_argmax_agreement_counts_pixels():

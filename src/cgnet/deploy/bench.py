@@ -16,6 +16,8 @@ of one call from a normalised float32 array on the host to its result on the hos
 model runs (the compiled paths inside the compiled graph, so the full-size logits are never
 written; on a GPU only the class ids are copied back), and the exported paths with numpy. On
 CUDA cuDNN picks its kernels by timing them (cudnn.benchmark; the shapes are static).
+A path slower than eager fp32 (ratio below 1) says so in the table ("slower than eager") and
+in its JSON row (`slower_than_eager`).
 Peak memory: the process's resident-set high-water mark, reset before each path (Linux), or
 torch.cuda.max_memory_allocated on CUDA. --agreement-frames N: the argmax agreement of every path
 with eager fp32 (on the same device) over N test frames of the checkpoint's dataset, when found.
@@ -152,6 +154,11 @@ def time_runner(run, x: np.ndarray, warmup: int, runs: int, device: torch.device
     return times
 
 
+def slower_note(ratio: float | None, lead: str = "  ") -> str:
+    """'  slower than eager' after a path whose ratio to eager fp32 is below 1, else ''."""
+    return f"{lead}slower than eager" if ratio is not None and ratio < 1 else ""
+
+
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="default: the shipped camvid weights")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(360, 480), (512, 1024), (1024, 2048)],
@@ -204,7 +211,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 if path == "torch-eager-fp32":
                     base[f"{h}x{w}"] = statistics.median(times)
                 # the ratio as soon as it is known: a run cut short by a time limit still shows it
-                ratio = f" ({base[f'{h}x{w}'] / statistics.median(times):.2f}x eager fp32)" if f"{h}x{w}" in base else ""
+                ratio = (f" ({base[f'{h}x{w}'] / statistics.median(times):.2f}x eager fp32"
+                         f"{slower_note(base[f'{h}x{w}'] / statistics.median(times), ': ')})"
+                         if f"{h}x{w}" in base else "")
                 print(f"  {path:<29} {h}x{w}: {statistics.median(times):8.1f} ms{ratio}", flush=True)
             if inputs and path != "torch-eager-fp32":
                 reference = reference or torch_runner(model, "fp32", device, channels_last=False, labels=labels)
@@ -212,6 +221,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"  {path:<29} argmax agreement with eager fp32: {100 * agreement[path]:.3f}%", flush=True)
     for r in rows:
         r["ratio_to_eager_fp32"] = base[r["size"]] / r["median_ms"] if r["size"] in base else None
+        r["slower_than_eager"] = r["ratio_to_eager_fp32"] < 1 if r["ratio_to_eager_fp32"] is not None else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     what = "uint8 class ids" if labels else "float32 logits"
     print(f"\n{name}; torch {torch.__version__}; batch 1; {args.runs} runs after {args.warmup} warm-up; "
@@ -221,7 +231,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ratio = f"{r['ratio_to_eager_fp32']:.2f}" if r["ratio_to_eager_fp32"] else "-"
         peak = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] else "-"
         print(f"{r['path']:<30}{r['size']:>10}{r['min_ms']:>9.1f}{r['median_ms']:>11.1f}{r['images_per_s']:>8.1f}"
-              f"{ratio:>9}{peak:>9}")
+              f"{ratio:>9}{peak:>9}{slower_note(r['ratio_to_eager_fp32'])}")
     if agreement:
         print(f"argmax agreement with eager fp32 ({len(inputs)} test frames): "
               + ", ".join(f"{p} {100 * a:.3f}%" for p, a in agreement.items()))

@@ -70,14 +70,16 @@ def _set_onnx_meta(onnx, path: Path, meta: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def _quantize_onnx_int8(fp32_path: Path, path: Path, calibration: list[np.ndarray]) -> None:
+def _quantize_onnx_int8(fp32_path: Path, path: Path, calibration: list[np.ndarray],
+                        reduce_range: bool = True) -> None:
     """Static post-training quantisation (QDQ, per channel) calibrated on normalised crops.
 
     Weights use 7 bits (`reduce_range`): x86 CPUs without VNNI (AVX2, older AVX-512) multiply
     uint8 activations by int8 weights with an instruction that adds pairs of products in int16
     and saturates; with 8-bit weights CGNet's int8 file lost 8 points of CamVid test mIoU on an
     AVX2-only EPYC (85% class-id agreement with fp32); with weights in [-64, 64] a pair's sum
-    (at most 2 x 255 x 64 = 32,640 < 32,767) cannot saturate, whatever CPU runs the file."""
+    (at most 2 x 255 x 64 = 32,640 < 32,767) cannot saturate, whatever CPU runs the file.
+    `reduce_range=False` (8-bit weights) is for benchmarks/onnxruntime_settings.py's comparison."""
     quantization = require("onnxruntime.quantization")
 
     class Reader(quantization.CalibrationDataReader):
@@ -92,7 +94,7 @@ def _quantize_onnx_int8(fp32_path: Path, path: Path, calibration: list[np.ndarra
     # for the BatchNorms after concatenations, which stay per tensor): `export` calls this writer
     # inside `quiet_third_party`, which keeps it from cgnet's users
     quantization.quantize_static(str(fp32_path), str(path), Reader(), quant_format=quantization.QuantFormat.QDQ,
-                                 per_channel=True, reduce_range=True,
+                                 per_channel=True, reduce_range=reduce_range,
                                  activation_type=quantization.QuantType.QUInt8,
                                  weight_type=quantization.QuantType.QInt8)
     # quantize_static keeps metadata_props in the versions tested; set it again in case one drops it

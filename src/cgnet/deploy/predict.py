@@ -3,15 +3,31 @@
 For each image it writes OUT/masks/<name>.png (class ids), OUT/color/<name>.png (palette colours)
 and OUT/overlay/<name>.jpg (image blended with the colours); for each video OUT/<name>_overlay.mp4;
 and once OUT/legend.png: the class names beside their colours. Images are read in the frame viewers
-show (a phone photo's EXIF orientation applied), so masks and overlays are that way up and that size."""
+show (a phone photo's EXIF orientation applied), so masks and overlays are that way up and that size.
+
+Decoding, the model and the overlay/encoding overlap: a thread decodes the next images or frames
+(`prefetch`), the calling thread runs the model (the thread that built it: compiled and CUDA-graph
+paths stay on one thread), and another thread colours, blends, encodes and writes (`OrderedWorker`),
+joined by bounded queues of `PIPELINE_DEPTH` items. Each stage is one thread, so outputs are
+written in input order and are the same files the stages give one after the other
+(`overlap=False`). An error in any stage ends the run at that item: the items before it are
+written, none after it, and a video's overlay is written under a temporary name and renamed only
+when complete."""
 
 from __future__ import annotations
 
 import argparse
 import glob
 import math
+import os
+import queue
+import secrets
+import threading
+import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -24,6 +40,8 @@ from ..visualize import blend, colorize, default_palette, legend
 from .predictor import add_predictor_args, make_predictor
 
 DEFAULT_FPS = 25.0
+PIPELINE_DEPTH = 4  # items waiting between two stages (4 decoded 1080p frames: 25 MB)
+_END = object()
 
 
 def is_image(path: Path) -> bool:
@@ -124,24 +142,122 @@ def _write(path: Path, image: np.ndarray) -> None:
         raise InputError(f"cannot write {path}")
 
 
+def prefetch(items: Iterable, depth: int = PIPELINE_DEPTH, overlap: bool = True) -> Iterator:
+    """The items of `items`, in order, produced up to `depth` ahead by a background thread (e.g.
+    decoded while the model runs). An exception the producer raises is raised here in its item's
+    place, after the items before it. Closing the generator (`contextlib.closing`, or its end)
+    stops the thread and waits for it, so the producer's resources can be released after.
+    `overlap=False`: plain iteration in the calling thread."""
+    if not overlap:
+        yield from items
+        return
+    box: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            put((False, error))
+
+    thread = threading.Thread(target=produce, name="cgnet-predict-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = box.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class OrderedWorker:
+    """Runs `fn(item)` in one background thread for each item `put`, in the order put, with at
+    most `depth` items waiting (`put` blocks when they are). Its first error is raised by the next
+    `put` or when the `with` block ends; it runs nothing after that error. Leaving the block
+    normally or with an exception finishes the items already put (as a sequential loop would
+    have written them before the error); Ctrl-C (a non-Exception) drops them.
+    `overlap=False`: `put` runs `fn` in the calling thread."""
+
+    def __init__(self, fn: Callable, depth: int = PIPELINE_DEPTH, overlap: bool = True,
+                 name: str = "cgnet-predict-write"):
+        self.fn, self.overlap, self.error = fn, overlap, None
+        self.cancelled = threading.Event()
+        self.box: queue.Queue = queue.Queue(depth)
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True) if overlap else None
+        if self.thread is not None:
+            self.thread.start()
+
+    def _loop(self) -> None:
+        while (item := self.box.get()) is not _END:  # after an error or a cancel: drain, run nothing
+            if self.error is None and not self.cancelled.is_set():
+                try:
+                    self.fn(item)
+                except BaseException as error:  # noqa: BLE001 - raised in the calling thread
+                    self.error = error
+
+    def put(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.thread is None:
+            self.fn(item)
+        else:
+            self.box.put(item)
+
+    def __enter__(self) -> "OrderedWorker":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if self.thread is not None:
+            if kind is not None and not issubclass(kind, Exception):
+                self.cancelled.set()
+            self.box.put(_END)
+            self.thread.join()
+        if self.error is not None and (kind is None or issubclass(kind, Exception)):
+            raise self.error  # an earlier item's error comes first, as in a sequential loop
+
+
 def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0.5, overlay: bool = True,
-                   progress: bool = True) -> list[str]:
-    """Masks, colour masks and (optionally) overlays for `images`; returns the names used."""
+                   progress: bool = True, overlap: bool = True) -> list[str]:
+    """Masks, colour masks and (optionally) overlays for `images`; returns the names used.
+    Decoding, the model and writing overlap (see the module's docstring) unless overlap=False."""
     names = output_names(images)
     subs = ("masks", "color") + (("overlay",) if overlay else ())
     if images:
         for sub in subs:
             (out / sub).mkdir(parents=True, exist_ok=True)
     palette = palette_of(predictor.meta)
-    for path, name in tqdm(list(zip(images, names)), desc="images", unit="img", disable=not progress,
-                           dynamic_ncols=True):
-        image = read_rgb(path)
-        pred = predictor.predict(image)
+
+    def write(entry: tuple[str, np.ndarray, np.ndarray]) -> None:
+        name, image, pred = entry
         color = colorize(pred, palette)
         _write(out / "masks" / f"{name}.png", pred)
         _write(out / "color" / f"{name}.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
         if overlay:
             _write(out / "overlay" / f"{name}.jpg", cv2.cvtColor(blend(image, color, alpha), cv2.COLOR_RGB2BGR))
+
+    decoded = prefetch(((name, read_rgb(path)) for path, name in zip(images, names)), overlap=overlap)
+    with closing(decoded), OrderedWorker(write, overlap=overlap) as writer, \
+            tqdm(total=len(images), desc="images", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for name, image in decoded:
+            writer.put((name, image, predictor.predict(image)))
+            bar.update(1)
     return names
 
 
@@ -172,38 +288,67 @@ class VideoStreams:
             self.writer.release()
 
 
-def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, progress: bool = True) -> int:
-    """Overlay video of `path` (mp4v, same fps and size) at `out_file`; returns the frames written."""
-    with VideoStreams(path) as streams:
-        cap = streams.cap
-        if not cap.isOpened():
-            raise InputError(f"cannot read video {path} (corrupt, or a format this OpenCV build cannot decode)")
+def _frames(cap, frame: np.ndarray, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """RGB frames of an opened video from `frame` (already read) on, each made BGR and
+    `size` (width, height) first."""
+    while frame is not None:
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        if frame.shape[1::-1] != size:
+            frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         ok, frame = cap.read()
-        if not ok or frame is None:
-            raise InputError(f"cannot read video {path} (no frame could be decoded)")
-        fps = video_fps(cap)
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        height, width = frame.shape[:2]
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        writer = streams.open_writer(out_file, "mp4v", fps, (width, height))
-        if not writer.isOpened():
-            raise CGNetError(f"cannot write {out_file}: this OpenCV build has no mp4v encoder")
-        palette = palette_of(predictor.meta)
-        frames = 0
-        with tqdm(total=count if count > 0 else None, desc=path.name, unit="frame", disable=not progress,
-                  dynamic_ncols=True, leave=False) as bar:
-            while ok and frame is not None:
-                if frame.ndim == 2:
-                    frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-                if frame.shape[:2] != (height, width):
-                    frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                color = colorize(predictor.predict(rgb), palette)
-                writer.write(cv2.cvtColor(blend(rgb, color, alpha), cv2.COLOR_RGB2BGR))
-                frames += 1
-                bar.update(1)
-                ok, frame = cap.read()
-        return frames
+        if not ok:
+            return
+
+
+def partial_name(path: Path) -> Path:
+    """Where a video is written before it is complete: a hidden name beside `path`, with its
+    suffix (the container follows it)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.partial{path.suffix}")
+
+
+def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, progress: bool = True,
+                  overlap: bool = True) -> int:
+    """Overlay video of `path` (mp4v, same fps and size) at `out_file`; returns the frames written.
+    Decoding, the model and encoding overlap (see the module's docstring) unless overlap=False;
+    `out_file` appears only when the whole video is written."""
+    partial = partial_name(out_file)
+    try:
+        with VideoStreams(path) as streams:
+            cap = streams.cap
+            if not cap.isOpened():
+                raise InputError(f"cannot read video {path} (corrupt, or a format this OpenCV build cannot decode)")
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                raise InputError(f"cannot read video {path} (no frame could be decoded)")
+            fps = video_fps(cap)
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            size = (frame.shape[1], frame.shape[0])
+            out_file.parent.mkdir(parents=True, exist_ok=True)
+            writer = streams.open_writer(partial, "mp4v", fps, size)
+            if not writer.isOpened():
+                raise CGNetError(f"cannot write {out_file}: this OpenCV build has no mp4v encoder")
+            palette = palette_of(predictor.meta)
+
+            def encode(entry: tuple[np.ndarray, np.ndarray]) -> None:
+                rgb, pred = entry
+                writer.write(cv2.cvtColor(blend(rgb, colorize(pred, palette), alpha), cv2.COLOR_RGB2BGR))
+
+            frames = 0
+            decoded = prefetch(_frames(cap, frame, size), overlap=overlap)
+            # both threads stop (the encoder after the frames put) before the streams are released
+            with tqdm(total=count if count > 0 else None, desc=path.name, unit="frame", disable=not progress,
+                      dynamic_ncols=True, leave=False) as bar, closing(decoded), \
+                    OrderedWorker(encode, overlap=overlap, name="cgnet-predict-encode") as encoder:
+                for rgb in decoded:
+                    encoder.put((rgb, predictor.predict(rgb)))
+                    frames += 1
+                    bar.update(1)
+        os.replace(partial, out_file)
+    finally:
+        partial.unlink(missing_ok=True)
+    return frames
 
 
 # ---- command line --------------------------------------------------------------------------
@@ -218,6 +363,9 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overlay", dest="overlay", action="store_false",
                    help="write masks and colour masks only (videos always get their overlay video)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode, run the model and encode at once, in three threads (default); --no-overlap: "
+                        "one after the other (same files)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -228,13 +376,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_legend(out / "legend.png", predictor.meta)
-    predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress)
+    start = time.perf_counter()
+    predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress,
+                   overlap=args.overlap)
+    image_s, start = time.perf_counter() - start, time.perf_counter()
     frames = 0
     for video, name in zip(videos, output_names(videos)):
         frames += predict_video(predictor, video, out / f"{name}_overlay.mp4", alpha=args.alpha,
-                                progress=args.progress)
+                                progress=args.progress, overlap=args.overlap)
+    video_s = time.perf_counter() - start
     parts = [f"{len(images)} image{'s' * (len(images) != 1)}"]
+    paces = [pace(len(images), image_s, "images")] if images else []
     if videos:
         parts.append(f"{frames} frame{'s' * (frames != 1)} from {len(videos)} video{'s' * (len(videos) != 1)}")
-    print(f"segmented {' and '.join(parts)} with {predictor.backend} ({predictor.precision}) -> {out}")
+        paces.append(pace(frames, video_s, "frames"))
+    print(f"segmented {' and '.join(parts)} with {predictor.backend} ({predictor.precision}) -> {out}: "
+          f"{', '.join(paces)}")
     return 0
+
+
+def pace(count: int, seconds: float, unit: str) -> str:
+    """'12.34 frames/s': `count` items over `seconds` (from the first read to the last write)."""
+    return f"{count / seconds if seconds > 0 else float('inf'):.2f} {unit}/s"

@@ -8,6 +8,7 @@ the bottom of `cgnet.deploy`: it imports only `simplify` of it (the formats tabl
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,12 +121,84 @@ def compiled_torch_runner(model, precision: str = "fp32", device: str | torch.de
     return run
 
 
-def onnxruntime_runner(path: Path, threads: int | None = None):
+# ORT's graph optimisation levels by name. On x86 "layout" and "all" add the NCHWc layout
+# transformer (convolutions in blocked channels, reorders at the ops it does not cover); "extended"
+# stops before it.
+ORT_OPTIMIZATION = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                    "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    """ONNX Runtime CPU session settings (`onnxruntime_runner`); the defaults are ORT's own.
+
+    Args:
+        intra_op_threads: threads of one operator (0: ORT's choice, one per physical core).
+        inter_op_threads: threads running independent operators at once (with `parallel`; 0: ORT's choice).
+        parallel: ORT_PARALLEL execution (independent branches at once) instead of ORT_SEQUENTIAL.
+        spinning: the pool threads spin between operators (`session.intra_op.allow_spinning`):
+            less wake-up latency, but they hold the cores that other threads (decoding, encoding) want.
+        optimization: graph optimisation level, a key of `ORT_OPTIMIZATION`.
+        denormal_as_zero: flush denormal floats to zero (`session.set_denormal_as_zero`).
+        profile: a file prefix: ORT writes its per-node profile (JSON) there, `end_profiling` names it.
+    """
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    parallel: bool = False
+    spinning: bool = True
+    optimization: str = "all"
+    denormal_as_zero: bool = False
+    profile: str | None = None
+
+
+# the settings `benchmarks/onnxruntime_settings.py` times against eager PyTorch; DEFAULT_ORT is what
+# cgnet runs, ORT's own defaults until a measurement on a quiet machine picks another
+ORT_PRESETS = {
+    "default": OrtSettings(),
+    "threads-1": OrtSettings(intra_op_threads=1),
+    "threads-2": OrtSettings(intra_op_threads=2),
+    "no-spinning": OrtSettings(spinning=False),
+    "extended": OrtSettings(optimization="extended"),  # no NCHWc layout transformer
+    "basic": OrtSettings(optimization="basic"),
+    "parallel": OrtSettings(parallel=True, intra_op_threads=1, inter_op_threads=2),
+    "denormal-as-zero": OrtSettings(denormal_as_zero=True),
+}
+DEFAULT_ORT = ORT_PRESETS["default"]
+
+
+def ort_session_options(settings: OrtSettings):
+    """`onnxruntime.SessionOptions` for `settings`."""
     onnxruntime = require("onnxruntime")
+    if settings.optimization not in ORT_OPTIMIZATION:
+        raise InputError(f"ONNX Runtime optimisation level {settings.optimization!r} is not one of "
+                         f"{', '.join(ORT_OPTIMIZATION)}")
     opts = onnxruntime.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    opts.intra_op_num_threads = settings.intra_op_threads
+    opts.inter_op_num_threads = settings.inter_op_threads
+    opts.execution_mode = (onnxruntime.ExecutionMode.ORT_PARALLEL if settings.parallel
+                           else onnxruntime.ExecutionMode.ORT_SEQUENTIAL)
+    opts.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel,
+                                            ORT_OPTIMIZATION[settings.optimization])
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if settings.spinning else "0")
+    if settings.denormal_as_zero:
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if settings.profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = settings.profile
+    return opts
+
+
+def onnxruntime_session(path: Path, settings: OrtSettings | None = None):
+    """An ONNX Runtime CPU session of the file at `path` with `settings` (default `DEFAULT_ORT`)."""
+    onnxruntime = require("onnxruntime")
+    return onnxruntime.InferenceSession(str(path), ort_session_options(settings or DEFAULT_ORT),
+                                        providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_runner(path: Path, settings: OrtSettings | None = None):
+    """ONNX Runtime on the CPU: run(float32 N x 3 x H x W array) -> N x C x H x W float32 logits."""
+    session = onnxruntime_session(path, settings)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
