@@ -222,13 +222,15 @@ def test_predict_prints_the_path_it_chose_and_obeys_an_override(ckpt, tmp_path, 
     out = tmp_path / "o"
     args = ["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu",
             "--no-progress"]
+    pace = r": \d+\.\d\d images/s"  # the run's last line ends with its pace
     assert main(args) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "inference path: AVX2 CPU without native bf16: torch fp32 (eager PyTorch, the exact reference); "
-        "override with --backend/--precision",
-        f"segmented 1 image with torch (fp32) -> {out}"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("inference path: AVX2 CPU without native bf16: torch fp32 (eager PyTorch, the exact "
+                        "reference); override with --backend/--precision")
+    assert len(lines) == 2 and re.fullmatch(re.escape(f"segmented 1 image with torch (fp32) -> {out}") + pace, lines[1])
     assert main([*args, "--backend", "torch", "--precision", "bf16"]) == 0  # overridden: nothing chosen, no line
-    assert capsys.readouterr().out.splitlines() == [f"segmented 1 image with torch (bf16) -> {out}"]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and re.fullmatch(re.escape(f"segmented 1 image with torch (bf16) -> {out}") + pace, lines[0])
     cpu("AVX512", True, ["torch"])  # OpenVINO missing: the bf16 path is not installed, torch fp32 runs
     assert main(args) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith(

@@ -375,7 +375,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                data_root=args.data_root, log=print, compile=args.compile)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_legend(out / "legend.png", predictor.meta)
     start = time.perf_counter()
     predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress,
                    overlap=args.overlap)
@@ -385,6 +384,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         frames += predict_video(predictor, video, out / f"{name}_overlay.mp4", alpha=args.alpha,
                                 progress=args.progress, overlap=args.overlap)
     video_s = time.perf_counter() - start
+    write_legend(out / "legend.png", predictor.meta)  # once everything else is written: a run that failed leaves none
     parts = [f"{len(images)} image{'s' * (len(images) != 1)}"]
     paces = [pace(len(images), image_s, "images")] if images else []
     if videos:
