@@ -125,6 +125,11 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--out", default="augmented.png")
 
+    add_import_command(data)
+
+
+def add_import_command(data: argparse._SubParsersAction) -> None:
+    """`cgnet data import` and its options (docs/data.md has the table of commands per tool)."""
     p = data.add_parser("import", help="an annotation tool's export (CVAT, COCO, LabelMe, VOC, id or colour masks) "
                                        "as a dataset folder",
                         description="Write images/, labels/ (8-bit class ids), classes.txt ('name r,g,b' per "
