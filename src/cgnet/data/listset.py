@@ -10,6 +10,7 @@ GPU by `augment` over images decoded once into its memory.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from collections import deque
@@ -228,7 +229,7 @@ def prefetch(make, jobs, threads: int):
         return
     jobs = iter(jobs)
     with ThreadPoolExecutor(threads, thread_name_prefix="cgnet-batches") as pool:
-        pending = deque(pool.submit(make, job) for job, _ in zip(jobs, range(threads + 1)))
+        pending = deque(pool.submit(make, job) for job in itertools.islice(jobs, threads + 1))
         try:
             while pending:
                 done = pending.popleft()
