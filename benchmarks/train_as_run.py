@@ -3,7 +3,7 @@
     python -m benchmarks.train_as_run --data-root ../shared/datasets/CamVid [--rounds 3] [--json out.json]
     python -m benchmarks.train_as_run --data-root ... --cpu-capability avx2    # the AVX2 kind, emulated
     python -m benchmarks.train_as_run --data-root ... \\
-        --variant "defaults=" --variant "memory+kernels=--loader memory --depthwise-backward taps --prelu-backward fused"
+        --variant "defaults=" --variant "dw-taps=--depthwise-backward taps" --variant "no-compile=--no-compile"
 
 Each round times, one after the other (so that a drifting machine hits all alike):
 
@@ -48,7 +48,9 @@ from cgnet.cli import ALLOCATOR_ENV
 
 ISA_ENV = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 DEFAULT_VARIANTS = ["defaults=",
-                    "memory+kernels=--loader memory --depthwise-backward taps --prelu-backward fused"]
+                    "memory=--loader memory --workers 1",
+                    "memory+dw-taps+prelu=--loader memory --workers 1 --depthwise-backward taps --prelu-backward fused",
+                    "memory+dw-conv+prelu=--loader memory --workers 1 --depthwise-backward conv --prelu-backward fused"]
 SETTINGS = ("loader", "workers", "depthwise_backward", "prelu_backward", "channels_last", "compile", "amp")
 BAR = re.compile(r"epoch (\d+)/\d+:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 CLASSES, IGNORE = 11, 11  # CamVid
