@@ -229,7 +229,8 @@ def main():
     args = p.parse_args()
     env = {**ALLOCATOR_ENV, **ISA_ENV[args.cpu_capability]}
     if sys.platform.startswith("linux") and any(os.environ.get(k) != v for k, v in env.items()):
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.train_as_run", *sys.argv[1:]], {**os.environ, **env})
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.train_as_run", *sys.argv[1:]],
+                  {**os.environ, **env})
     args.train_args = [*args.train_args, "--blocks", *map(str, args.blocks)]
     variants = parse_variants(args.variant or DEFAULT_VARIANTS)
     figures = {"cpu": cpu_description(), "torch": torch.__version__, "batch": args.batch_size, "crop": args.crop,
@@ -237,8 +238,9 @@ def main():
                "cpu_capability_asked": args.cpu_capability, "baseline": {"rounds": []},
                "variants": [{"name": n, "flags": f, "rounds": []} for n, f in variants.items()]}
     cpu = figures["cpu"]
-    print(f"CPU: {cpu['model']}; ATen capability {cpu['capability']} (ATEN_CPU_CAPABILITY={cpu['ATEN_CPU_CAPABILITY']}, "
-          f"ONEDNN_MAX_CPU_ISA={cpu['ONEDNN_MAX_CPU_ISA']}); avx512_bf16 {cpu['avx512_bf16']}, AMX {cpu['amx']}; "
+    print(f"CPU: {cpu['model']}; ATen capability {cpu['capability']} "
+          f"(ATEN_CPU_CAPABILITY={cpu['ATEN_CPU_CAPABILITY']}, ONEDNN_MAX_CPU_ISA={cpu['ONEDNN_MAX_CPU_ISA']}); "
+          f"avx512_bf16 {cpu['avx512_bf16']}, AMX {cpu['amx']}; "
           f"{cpu['threads']} threads; torch {torch.__version__}", flush=True)
     baseline = EagerBaseline(args.batch_size, tuple(args.crop), tuple(args.blocks))
     with tempfile.TemporaryDirectory(prefix="train_as_run-") as work:

@@ -156,7 +156,8 @@ def test_batch_augmentation_agrees_with_the_tensor_augmentation():
     frames = [random_frame(37, 53, 0), random_frame(20, 30, 1)]
     params = [augmentation.draw_params(augmentation.sample_rng(0, 0, i), *frames[i % 2][1].shape, (24, 32))
               for i in range(46)]
-    params += [{"size": (37, 53), "top": 5, "left": 9, "flip": True}, {"size": (40, 60), "top": 16, "left": 0, "flip": False}]
+    params += [{"size": (37, 53), "top": 5, "left": 9, "flip": True},
+               {"size": (40, 60), "top": 16, "left": 0, "flip": False}]
     assert {p["size"] == frames[i % 2][1].shape for i, p in enumerate(params)} == {True, False}
     assert any(p["size"][0] == 2 * frames[i % 2][1].shape[0] for i, p in enumerate(params))
     assert {p["flip"] for p in params} == {True, False}
@@ -181,7 +182,8 @@ def test_batch_augmentation_pads_crops_and_flips_exactly():
               {"size": (20, 30), "top": 0, "left": 4, "flip": True}]    # padded, then flipped: padding on the left
     images, labels = augmentation.augment_batch([image] * 3, [label] * 3, params, (24, 32), spec, 11)
     chw = normalize_(torch.from_numpy(image).permute(2, 0, 1).float(), spec)  # the values normalize_ gives
-    assert torch.equal(images[0, :, :20, :30], chw) and (images[0, :, 20:] == 0).all() and (images[0, :, :, 30:] == 0).all()
+    assert torch.equal(images[0, :, :20, :30], chw)
+    assert (images[0, :, 20:] == 0).all() and (images[0, :, :, 30:] == 0).all()
     assert (labels[0, 20:] == 11).all() and (labels[0, :, 30:] == 11).all()
     assert torch.equal(labels[0, :20, :30], torch.from_numpy(label).long())
     assert torch.equal(images[1, :, :18, 5:], chw[:, 2:, 3:].flip(-1)) and (images[1, :, :, :5] == 0).all()
@@ -190,8 +192,8 @@ def test_batch_augmentation_pads_crops_and_flips_exactly():
     assert torch.equal(images[2, :, :20, 6:], chw[:, :, 4:].flip(-1)) and (labels[2, :, :6] == 11).all()
 
 
-@pytest.mark.parametrize("size_in, size_out", [(360, 180), (360, 612), (480, 240), (480, 960), (7, 3), (37, 74),
-                                               (360, 504), (480, 336), (45, 45)])
+@pytest.mark.parametrize("size_in, size_out", [(360, 180), (360, 612), (480, 240), (480, 960), (7, 3),
+                                               (37, 74), (360, 504), (480, 336), (45, 45)])
 def test_nearest_indices_are_torchs(size_in, size_out):
     ramp = torch.arange(size_in, dtype=torch.float32)[None, None, :, None]
     expected = functional.interpolate(ramp, size=(size_out, 1), mode="nearest")[0, 0, :, 0].long()

@@ -113,6 +113,12 @@ def option(default, help: str | None, group: str | None, resume: str, *, flag: s
     return field(default=default, metadata=meta)
 
 
+# The CPU's defaults for the training loader and the training-only backward passes
+# (cgnet.engine.grads), in one place: each stays at the old path until it is measured faster
+# as `cgnet train` runs (benchmarks/train_as_run.py, docs/speed.md).
+CPU_TRAINING_DEFAULTS = {"loader": "workers", "depthwise_backward": "aten", "prelu_backward": "aten"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run is. Each field carries its command-line option, --help group,
@@ -196,15 +202,18 @@ class TrainConfig:
                                  "speed", MAY_CHANGE, check=at_least(0), type=int)
     loader: str = option("auto", "memory: decode the training images once and keep them (on a GPU: in its memory, "
                                  "augmented there; on the CPU: when they fit in half the available memory); workers: "
-                                 "decode each crop in loader workers (auto: memory on CUDA; on the CPU see "
-                                 "CPU_TRAINING_DEFAULTS)", "speed", MAY_CHANGE, choices=["auto", "workers", "memory"])
+                                 "decode each crop in loader workers (auto: memory on CUDA, "
+                                 f"{CPU_TRAINING_DEFAULTS['loader']} on the CPU)", "speed", MAY_CHANGE,
+                         choices=["auto", "workers", "memory"])
     depthwise_backward: str | None = option(
         None, "the depthwise convolutions' backward: aten, or taps/conv (input gradient by the forward kernel with "
-              "flipped taps; weight gradient tap by tap, or as one convolution); default: aten on CUDA, on the CPU "
-              "see CPU_TRAINING_DEFAULTS", "speed", MAY_CHANGE, choices=["aten", "taps", "conv"])
+              "flipped taps; weight gradient tap by tap, or as one convolution); default: aten on CUDA, "
+              f"{CPU_TRAINING_DEFAULTS['depthwise_backward']} on the CPU", "speed", MAY_CHANGE,
+        choices=["aten", "taps", "conv"])
     prelu_backward: str | None = option(
         None, "PReLU's backward: aten, or fused (both gradients in one pass, then one sum per channel); default: "
-              "aten on CUDA, on the CPU see CPU_TRAINING_DEFAULTS", "speed", MAY_CHANGE, choices=["aten", "fused"])
+              f"aten on CUDA, {CPU_TRAINING_DEFAULTS['prelu_backward']} on the CPU", "speed", MAY_CHANGE,
+        choices=["aten", "fused"])
     # what it writes
     val_every: int = option(10, "validate every K epochs (and after the last)", "output", MAY_CHANGE,
                             check=at_least(1), type=int, metavar="K")
@@ -364,12 +373,6 @@ def _typed(value, hint):
             raise TypeError(value)
         return value
     raise TypeError(value)
-
-
-# The CPU's defaults for the training loader and the training-only backward passes
-# (cgnet.engine.grads), in one place: each stays at the old path until it is measured faster
-# as `cgnet train` runs (benchmarks/train_as_run.py, docs/speed.md).
-CPU_TRAINING_DEFAULTS = {"loader": "workers", "depthwise_backward": "aten", "prelu_backward": "aten"}
 
 
 # What was measured on each kind of CPU (docs/speed.md, batch 8, crop 360, fp32): with AVX-512,
