@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # each runs a script in a fresh interpreter (imports, a generated tree, steps)
 
 
-def run_script(*argv: str) -> str:
+def run_script(*argv: str, timeout: float = 300) -> str:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -146,3 +146,50 @@ def test_onnxruntime_settings_ratios_follow_from_the_timings(camvid, tmp_path):
         assert 0 < len(table) <= 4 and sum(r["share"] for r in table) <= 1 + 1e-9
         assert [r["ms_per_run"] for r in table] == sorted((r["ms_per_run"] for r in table), reverse=True)
     assert any(r["op"] == "Conv" for r in figures["profiles"]["fp32"])
+
+def test_train_as_run_on_a_generated_dataset(tmp_path):
+    """Two rounds of the eager baseline and two `cgnet train` variants on a small generated
+    CamVid: the figures follow from the raw timings, and each variant ran with its options."""
+    from helpers.camvid_like import make_camvid_like
+    root = make_camvid_like(tmp_path / "CamVid", counts={"train": 24, "val": 2, "test": 1}, size=(64, 80))
+    out = run_script("-m", "benchmarks.train_as_run", "--data-root", str(root), "--rounds", "2", "--warmup", "2",
+                     "--iters", "8", "--batch-size", "2", "--crop", "64", "64", "--blocks", "2", "2",
+                     "--variant", "plain=--loader workers --workers 0",
+                     "--variant", "fast=--loader memory --workers 1 --depthwise-backward taps --prelu-backward fused",
+                     "--json", str(tmp_path / "figures.json"), "--", "--no-compile", "--val-split", "none",
+                     timeout=900)  # four cgnet train runs
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert (figures["batch"], figures["crop"], figures["warmup"], figures["iters"]) == (2, [64, 64], 2, 8)
+    assert figures["cpu"]["capability"] and figures["cpu"]["threads"] >= 1
+    base_rounds = figures["baseline"]["rounds"]
+    assert len(base_rounds) == 2
+    for r in base_rounds:
+        assert len(r["step_s"]) == 8 and r["images_per_s"] == pytest.approx(2 * 8 / sum(r["step_s"]), rel=1e-12)
+    base = statistics.median(r["images_per_s"] for r in base_rounds)
+    assert figures["baseline"]["images_per_s_median"] == pytest.approx(base, rel=1e-12)
+    plain, fast = figures["variants"]
+    assert (plain["name"], fast["name"]) == ("plain", "fast") and "error" not in plain and "error" not in fast
+    assert plain["settings"] == {"loader": "workers", "workers": 0, "depthwise_backward": "aten",
+                                 "prelu_backward": "aten", "channels_last": plain["settings"]["channels_last"],
+                                 "compile": False, "amp": "off"}
+    assert (fast["settings"]["loader"], fast["settings"]["workers"], fast["settings"]["depthwise_backward"],
+            fast["settings"]["prelu_backward"]) == ("memory", 1, "taps", "fused")
+    lines = out.splitlines()
+    for variant in (plain, fast):
+        assert len(variant["rounds"]) == 2
+        for r in variant["rounds"]:
+            counts = [n for n, _ in r["stamps"]]
+            assert counts == sorted(counts) and counts[0] == 0 and max(counts) <= 10  # stopped by --max-iters 10
+            drawn = {n: t for n, t in r["stamps"] if 2 <= n <= 10}
+            a, b = min(drawn), max(drawn)
+            assert (r["from_iter"], r["to_iter"]) == (a, b) and b > a
+            assert r["images_per_s"] == pytest.approx(2 * (b - a) / (drawn[b] - drawn[a]), rel=1e-12)
+            assert r["setup_s"] == drawn[a]
+            assert "--max-iters" in r["command"] and r["command"][r["command"].index("--max-iters") + 1] == "10"
+        median = statistics.median(r["images_per_s"] for r in variant["rounds"])
+        assert variant["images_per_s_median"] == pytest.approx(median, rel=1e-12)
+        assert variant["ratio"] == pytest.approx(median / base, rel=1e-12)
+        rates = " ".join(f"{r['images_per_s']:.2f}" for r in variant["rounds"])
+        assert any(line.startswith(f"{variant['name']:<28}{rates:<30}{median:>8.2f}{median / base:>9.2f}")
+                   for line in lines)
+    assert "training loader: memory (decoded once, 1 background thread); backward: depthwise taps, PReLU fused" in out

@@ -4,13 +4,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional
 
 from cgnet.data import augment as augmentation
 from cgnet.data import listset
 from cgnet.data import stats as data_stats
 from cgnet.data.catalog import CAMVID, CITYSCAPES, custom_dataset
 from cgnet.images import read_rgb
-from cgnet.preprocess import make_spec, original_spec
+from cgnet.preprocess import make_spec, normalize_, original_spec
 from cgnet.visualize import denormalize
 from helpers.camvid_like import make_camvid_like
 
@@ -133,6 +134,94 @@ def test_memory_trainset_matches_dataset(camvid):
     mem = listset.MemoryTrainSet(ds, torch.device("cpu"), progress=False)
     images, labels = mem.batch([4, 1], epoch=2)
     assert torch.equal(images[0], ds[4][0]) and torch.equal(labels[1], ds[1][1])
+    # built ahead in background threads: the same batches, in order
+    groups = [[0, 5], [7, 2], [3, 1], [6, 4]]
+    direct = [mem.batch(g, epoch=2) for g in groups]
+    for threads in (1, 2):
+        ahead = list(mem.batches(groups, epoch=2, threads=threads))
+        assert len(ahead) == 4 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                                       for a, b in zip(ahead, direct))
+    assert 8 * 40 * 48 * 4 == listset.memory_estimate(ds)  # 8 frames of 48 x 40: 3 bytes + 1 label byte a pixel
+
+
+def random_frame(h, w, seed):
+    gen = np.random.default_rng(seed)
+    return gen.integers(0, 256, (h, w, 3), dtype=np.uint8), gen.integers(0, 12, (h, w), dtype=np.uint8)
+
+
+def test_batch_augmentation_agrees_with_the_tensor_augmentation():
+    """Labels identical, images within one 8-bit level (the 8-bit resize's rounding), over draws
+    that scale down and up (2x included), pad, crop and flip."""
+    spec = make_spec("standard", mean=[0.3, 0.4, 0.5], std=[0.2, 0.25, 0.3])
+    level = torch.tensor([1 / 255 / s for s in spec["std"]])[:, None, None]  # one 8-bit level, normalised
+    frames = [random_frame(37, 53, 0), random_frame(20, 30, 1)]
+    params = [augmentation.draw_params(augmentation.sample_rng(0, 0, i), *frames[i % 2][1].shape, (24, 32))
+              for i in range(46)]
+    params += [{"size": (37, 53), "top": 5, "left": 9, "flip": True},
+               {"size": (40, 60), "top": 16, "left": 0, "flip": False}]
+    assert {p["size"] == frames[i % 2][1].shape for i, p in enumerate(params)} == {True, False}
+    assert any(p["size"][0] == 2 * frames[i % 2][1].shape[0] for i, p in enumerate(params))
+    assert {p["flip"] for p in params} == {True, False}
+    images, labels = augmentation.augment_batch([frames[i % 2][0] for i in range(48)],
+                                                [frames[i % 2][1] for i in range(48)], params, (24, 32), spec, 11)
+    assert images.shape == (48, 3, 24, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    for i, p in enumerate(params):
+        image, label = frames[i % 2]
+        ref_image, ref_label = augmentation.augment(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label),
+                                                    p, (24, 32), spec, 11)
+        assert torch.equal(labels[i], ref_label), p
+        assert ((images[i] - ref_image).abs() <= level * (1 + 1e-4)).all(), p
+        if p["size"] == label.shape:  # no resize: the same values, padding included
+            assert torch.equal(images[i], ref_image), p
+
+
+def test_batch_augmentation_pads_crops_and_flips_exactly():
+    image, label = random_frame(20, 30, 2)
+    spec = make_spec("standard", mean=[0, 0, 0], std=[1, 1, 1])
+    params = [{"size": (20, 30), "top": 0, "left": 0, "flip": False},   # crop bigger than the image: padded
+              {"size": (20, 30), "top": 2, "left": 3, "flip": True},
+              {"size": (20, 30), "top": 0, "left": 4, "flip": True}]    # padded, then flipped: padding on the left
+    images, labels = augmentation.augment_batch([image] * 3, [label] * 3, params, (24, 32), spec, 11)
+    chw = normalize_(torch.from_numpy(image).permute(2, 0, 1).float(), spec)  # the values normalize_ gives
+    assert torch.equal(images[0, :, :20, :30], chw)
+    assert (images[0, :, 20:] == 0).all() and (images[0, :, :, 30:] == 0).all()
+    assert (labels[0, 20:] == 11).all() and (labels[0, :, 30:] == 11).all()
+    assert torch.equal(labels[0, :20, :30], torch.from_numpy(label).long())
+    assert torch.equal(images[1, :, :18, 5:], chw[:, 2:, 3:].flip(-1)) and (images[1, :, :, :5] == 0).all()
+    assert torch.equal(labels[1, :18, 5:], torch.from_numpy(label[2:, 3:][:, ::-1].copy()).long())
+    assert (labels[1, 18:] == 11).all() and (labels[1, :, :5] == 11).all()
+    assert torch.equal(images[2, :, :20, 6:], chw[:, :, 4:].flip(-1)) and (labels[2, :, :6] == 11).all()
+
+
+@pytest.mark.parametrize("size_in, size_out", [(360, 180), (360, 612), (480, 240), (480, 960), (7, 3),
+                                               (37, 74), (360, 504), (480, 336), (45, 45)])
+def test_nearest_indices_are_torchs(size_in, size_out):
+    ramp = torch.arange(size_in, dtype=torch.float32)[None, None, :, None]
+    expected = functional.interpolate(ramp, size=(size_out, 1), mode="nearest")[0, 0, :, 0].long()
+    assert augmentation.nearest_indices(size_in, size_out).tolist() == expected.tolist()
+
+
+def test_prefetch_keeps_order_raises_at_its_turn_and_stops_early():
+    for threads in (0, 1, 3):
+        assert list(listset.prefetch(lambda j: j * j, range(10), threads)) == [j * j for j in range(10)]
+    started = []
+
+    def make(job):
+        started.append(job)
+        if job == 4:
+            raise ValueError("bad job 4")
+        return job
+
+    got = []
+    with pytest.raises(ValueError, match="bad job 4"):
+        for value in listset.prefetch(make, range(100), 2):
+            got.append(value)
+    assert got == [0, 1, 2, 3] and len(started) <= 8  # at most threads + 1 ahead of the consumer
+    started.clear()
+    stream = listset.prefetch(make, range(3, -1, -1), 1)
+    assert next(stream) == 3
+    stream.close()  # a loop that breaks: nothing more is started than was queued
+    assert len(started) <= 3
 
 
 def test_stats_by_hand_and_cache_keyed_by_list(tmp_path, camvid):

@@ -171,3 +171,28 @@ def test_loader_workers_start_from_a_forkserver_once_jax_is_imported(camvid, tmp
             assert torch.equal(images, images0) and torch.equal(labels, labels0)
     got, expected = [image for image, _, _ in data.val_loader], [image for image, _, _ in forked.val_loader]
     assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, expected))
+
+def test_the_in_memory_loader_gives_the_workers_loaders_run(camvid, tmp_path, capsys):
+    """--loader memory on the CPU (decoded once, batches built in 2 background threads) makes the
+    same batches as loader workers decoding every crop: the same run, bit for bit."""
+    log_w, w = train(camvid, tmp_path / "w", "--epochs", "2", "--loader", "workers", "--workers", "0")
+    assert "training loader: workers (0 loader workers, decoding every crop); backward: depthwise aten, " \
+           "PReLU aten" in capsys.readouterr().out
+    log_m, m = train(camvid, tmp_path / "m", "--epochs", "2", "--loader", "memory", "--workers", "2")
+    assert "training loader: memory (decoded once, 2 background threads)" in capsys.readouterr().out
+    assert [r["loss"] for r in log_w] == [r["loss"] for r in log_m] and same_weights(w, m)
+
+
+@pytest.mark.slow
+def test_the_training_kernels_train_and_leave_plain_checkpoints(camvid, tmp_path, capsys):
+    log_a, a = train(camvid, tmp_path / "a", "--epochs", "2")
+    capsys.readouterr()
+    log_k, k = train(camvid, tmp_path / "k", "--epochs", "2", "--depthwise-backward", "taps",
+                     "--prelu-backward", "fused")
+    assert "backward: depthwise taps, PReLU fused" in capsys.readouterr().out
+    assert k["meta"]["config"]["depthwise_backward"] == "taps" and k["meta"]["config"]["prelu_backward"] == "fused"
+    assert list(k["model"]) == list(a["model"])  # a plain CGNet's state_dict
+    # the same steps up to rounding: the first epoch's mean loss (two steps) agrees closely
+    assert log_k[0]["loss"] == pytest.approx(log_a[0]["loss"], rel=1e-4)
+    model = load_model(tmp_path / "k" / "last.pt")
+    assert type(model.down2.loc) is torch.nn.Conv2d and type(model.down2.bn_act.act) is torch.nn.PReLU

@@ -4,15 +4,19 @@ A list file has one `<image> <label>` pair per line, relative to the data root (
 hold images only). Images are read with OpenCV and turned into RGB; grayscale and RGBA images
 are converted. Every problem is reported with the list file, the line and the file involved.
 
-Training items are augmented by `cgnet.data.augment` (the same torch code runs on the CPU in
-loader workers and on a GPU over an in-memory dataset, `MemoryTrainSet`).
+Training items are augmented by `cgnet.data.augment`: on the CPU by `augment_batch` (8-bit, in
+loader workers or, with `MemoryTrainSet`, in background threads over images decoded once), on a
+GPU by `augment` over images decoded once into its memory.
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import random
 import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..preprocess import normalize_
-from .augment import augment, draw_params, sample_rng
+from .augment import augment, augment_batch, draw_params, sample_rng
 from .info import DatasetInfo, resolve_list_file
 from ..common import InputError, MissingFileError
 from ..images import read_rgb
@@ -132,30 +136,100 @@ class SegDataset(Dataset):
         label = torch.from_numpy(lab) if lab is not None else torch.empty(0, dtype=torch.uint8)
         if not self.train:
             return normalize_(image.float(), self.spec), label.long(), index
-        params = draw_params(sample_rng(self.seed, self.epoch, index), img.shape[0], img.shape[1], self.crop)
-        image, label = augment(image, label, params, self.crop, self.spec, self.info.ignore_index)
-        return image, label, index
+        images, labels = augment_batch([img], [lab], [self.params(index, self.epoch, img.shape[:2])], self.crop,
+                                       self.spec, self.info.ignore_index)
+        return images[0], labels[0], index
+
+    def params(self, index: int, epoch: int, size: tuple[int, int]) -> dict:
+        """The augmentation's draws for an item of an epoch (a function of seed, epoch and index)."""
+        return draw_params(sample_rng(self.seed, epoch, index), size[0], size[1], self.crop)
 
 
 class MemoryTrainSet:
-    """Training crops from images decoded once and kept (uint8) on a device: for GPUs, where
-    loader workers cannot keep up. Same augmentation and same random draws as SegDataset."""
+    """Training crops from images decoded once and kept as uint8: in the process's memory on the
+    CPU (augmented by `augment_batch`, in background threads: `batches`), in the device's memory
+    on a GPU (augmented there by `augment`, where loader workers cannot keep up). The same random
+    draws as SegDataset; on the CPU the same crops too.
+
+    Args:
+        dataset: the training SegDataset (its list, crop, preprocessing and seed).
+        device: where the images are kept and augmented.
+        progress: a progress bar while decoding.
+    """
 
     def __init__(self, dataset: SegDataset, device: torch.device, progress: bool = True):
-        from tqdm import tqdm
-        self.ds, self.device = dataset, device
+        self.ds, self.device = dataset, torch.device(device)
         self.images, self.labels = [], []
         for i in tqdm(range(len(dataset)), desc="decode to memory", disable=not progress):
             img, lab = dataset.load(i)
-            self.images.append(torch.from_numpy(img).permute(2, 0, 1).to(device))
-            self.labels.append(torch.from_numpy(lab).to(device))
+            if self.device.type == "cpu":
+                self.images.append(img)
+                self.labels.append(lab)
+            else:
+                self.images.append(torch.from_numpy(img).permute(2, 0, 1).to(device))
+                self.labels.append(torch.from_numpy(lab).to(device))
 
     def batch(self, indices: list[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """B x 3 x H x W float images and B x H x W int64 labels: the items `indices` of an epoch."""
         ds = self.ds
-        out = [augment(self.images[i], self.labels[i],
-                       draw_params(sample_rng(ds.seed, epoch, i), *self.images[i].shape[-2:], ds.crop),
+        if self.device.type == "cpu":
+            params = [ds.params(i, epoch, self.images[i].shape[:2]) for i in indices]
+            return augment_batch([self.images[i] for i in indices], [self.labels[i] for i in indices], params,
+                                 ds.crop, ds.spec, ds.info.ignore_index)
+        out = [augment(self.images[i], self.labels[i], ds.params(i, epoch, self.images[i].shape[-2:]),
                        ds.crop, ds.spec, ds.info.ignore_index) for i in indices]
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+    def batches(self, groups: list[list[int]], epoch: int, threads: int = 0):
+        """`batch` of each group of indices, in order; on the CPU with `threads` > 0 built ahead
+        in that many background threads (at most threads + 1 batches ahead), beside the step."""
+        threads = threads if self.device.type == "cpu" else 0
+        return prefetch(lambda indices: self.batch(indices, epoch), groups, threads)
+
+
+def memory_estimate(dataset: SegDataset) -> int:
+    """Bytes that `MemoryTrainSet` would keep for `dataset`: its first image and label decoded,
+    times the list's length (CamVid's frames are all one size)."""
+    img, lab = dataset.load(0)
+    return len(dataset) * (img.nbytes + (lab.nbytes if lab is not None else 0))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system has available (Linux's MemAvailable); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+_END = object()
+
+
+def prefetch(make, jobs, threads: int):
+    """Yield make(job) for each job, in order. With threads > 0 the results are computed in that
+    many background threads, at most threads + 1 ahead of the one being consumed; closing the
+    generator early (a loop that breaks) cancels what has not started and waits for the rest.
+    An exception in `make` is raised here, at its job's turn."""
+    if threads <= 0:
+        for job in jobs:
+            yield make(job)
+        return
+    jobs = iter(jobs)
+    with ThreadPoolExecutor(threads, thread_name_prefix="cgnet-batches") as pool:
+        pending = deque(pool.submit(make, job) for job in itertools.islice(jobs, threads + 1))
+        try:
+            while pending:
+                done = pending.popleft()
+                following = next(jobs, _END)
+                if following is not _END:
+                    pending.append(pool.submit(make, following))
+                yield done.result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def worker_context(workers: int):

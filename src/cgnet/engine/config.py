@@ -113,6 +113,12 @@ def option(default, help: str | None, group: str | None, resume: str, *, flag: s
     return field(default=default, metadata=meta)
 
 
+# The CPU's defaults for the training loader and the training-only backward passes
+# (cgnet.engine.grads), in one place: each stays at the old path until it is measured faster
+# as `cgnet train` runs (benchmarks/train_as_run.py, docs/speed.md).
+CPU_TRAINING_DEFAULTS = {"loader": "workers", "depthwise_backward": "aten", "prelu_backward": "aten"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run is. Each field carries its command-line option, --help group,
@@ -192,10 +198,24 @@ class TrainConfig:
                                      "speed", MAY_CHANGE, action=argparse.BooleanOptionalAction)
     sync_bn: bool = option(False, "synchronised BatchNorm across GPUs", "speed", MAY_CHANGE,
                            action=argparse.BooleanOptionalAction)
-    workers: int | None = option(None, "loader workers per process (default: 1 on a CPU; with CUDA the CPU count, "
-                                       "at most 8)", "speed", MAY_CHANGE, check=at_least(0), type=int)
-    loader: str = option("auto", "memory: decode once, augment on the device (auto: memory on CUDA)", "speed",
-                         MAY_CHANGE, choices=["auto", "workers", "memory"])
+    workers: int | None = option(None, "loader workers per process (default: 1 on a CPU; with CUDA the CPU count, at "
+                                       "most 8); with --loader memory on the CPU, the background threads that build "
+                                       "batches beside the step (0: in the step's thread)",
+                                 "speed", MAY_CHANGE, check=at_least(0), type=int)
+    loader: str = option("auto", "memory: decode the training images once and keep them (on a GPU: in its memory, "
+                                 "augmented there; on the CPU: when they fit in half the available memory); workers: "
+                                 "decode each crop in loader workers (auto: memory on CUDA, "
+                                 f"{CPU_TRAINING_DEFAULTS['loader']} on the CPU)", "speed", MAY_CHANGE,
+                         choices=["auto", "workers", "memory"])
+    depthwise_backward: str | None = option(
+        None, "the depthwise convolutions' backward: aten, or taps/conv (input gradient by the forward kernel with "
+              "flipped taps; weight gradient tap by tap, or as one convolution); default: aten on CUDA, "
+              f"{CPU_TRAINING_DEFAULTS['depthwise_backward']} on the CPU", "speed", MAY_CHANGE,
+        choices=["aten", "taps", "conv"])
+    prelu_backward: str | None = option(
+        None, "PReLU's backward: aten, or fused (both gradients in one pass, then one sum per channel); default: "
+              f"aten on CUDA, {CPU_TRAINING_DEFAULTS['prelu_backward']} on the CPU", "speed", MAY_CHANGE,
+        choices=["aten", "fused"])
     # what it writes
     val_every: int = option(10, "validate every K epochs (and after the last)", "output", MAY_CHANGE,
                             check=at_least(1), type=int, metavar="K")
@@ -404,7 +424,11 @@ def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> Tra
     cfg = replace(cfg, device=device,
                   amp=cfg.amp or ("bf16" if on_cuda else "off"),
                   workers=cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if on_cuda else 1),
-                  loader=cfg.loader if cfg.loader != "auto" else ("memory" if on_cuda else "workers"))
+                  loader=cfg.loader if cfg.loader != "auto" else
+                  ("memory" if on_cuda else CPU_TRAINING_DEFAULTS["loader"]),
+                  depthwise_backward=cfg.depthwise_backward or
+                  ("aten" if on_cuda else CPU_TRAINING_DEFAULTS["depthwise_backward"]),
+                  prelu_backward=cfg.prelu_backward or ("aten" if on_cuda else CPU_TRAINING_DEFAULTS["prelu_backward"]))
     if on_cuda:
         cfg = replace(cfg, channels_last=cfg.channels_last is not False, compile=cfg.compile is True)
     elif cfg.channels_last is None or cfg.compile is None:

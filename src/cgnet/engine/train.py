@@ -36,7 +36,7 @@ from ..checkpoint import load_checkpoint, load_matching, load_state_into, make_m
 from ..common import CGNetError
 from ..fileio import FolderLock, remove_leftover_temp_files, write_atomic
 from ..data.catalog import DatasetInfo, resolve_dataset
-from ..data.listset import MemoryTrainSet, SegDataset, seed_worker, worker_context
+from ..data.listset import MemoryTrainSet, SegDataset, available_memory, memory_estimate, seed_worker, worker_context
 from ..data.stats import dataset_stats
 from ..model import CGNet
 from ..plot import plot_history
@@ -44,6 +44,7 @@ from ..preprocess import check_spec, make_spec
 from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
 from .distributed import (backend, barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
                           is_dist, is_main_process)
+from .grads import use_training_kernels
 from .inference import evaluate, make_eval_loader
 from .stopping import GracefulStop, StopRequested
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
@@ -169,9 +170,10 @@ class TrainData:
     per_rank: int                   # images per process and step
     n_batches: int                  # steps per epoch
     loader: DataLoader | None       # CPU: loader workers
-    memset: MemoryTrainSet | None   # GPU: images decoded once into device memory
+    memset: MemoryTrainSet | None   # --loader memory: images decoded once (on the CPU, or into GPU memory)
     val_loader: DataLoader | None
     skipper: "SkipBatches | None" = None  # the loader's sampler
+    threads: int = 0                # --loader memory on the CPU: background threads building batches
 
     def batches(self, epoch: int, skip: int = 0):
         """The epoch's (images, labels) batches, without the first `skip` (an epoch resumed in
@@ -180,8 +182,9 @@ class TrainData:
         self.train_set.set_epoch(epoch)
         if self.memset is not None:
             indices = list(self.sampler)
-            for b in range(skip, len(indices) // self.per_rank):
-                yield self.memset.batch(indices[b * self.per_rank:(b + 1) * self.per_rank], epoch)
+            groups = [indices[b * self.per_rank:(b + 1) * self.per_rank]
+                      for b in range(skip, len(indices) // self.per_rank)]
+            yield from self.memset.batches(groups, epoch, self.threads)
         else:
             self.skipper.skip = skip
             for images, labels, _ in self.loader:
@@ -234,7 +237,7 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path, preprocess: di
     if n_batches == 0:
         raise CGNetError(f"{len(train_set)} training images give no full batch of {per_rank} per process")
     loader = memset = skipper = None
-    if cfg.loader == "memory":
+    if use_memory_loader(cfg, train_set, device):
         memset = MemoryTrainSet(train_set, device, progress=cfg.progress and is_main_process())
     else:
         skipper = SkipBatches(sampler, per_rank)
@@ -247,7 +250,34 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path, preprocess: di
         val_set = SegDataset(root, info.split_path(root, cfg.val_split), info, spec, train=False)
         val_loader = make_eval_loader(val_set, rank, world, workers=min(cfg.workers, 2), persistent=True)
     return TrainData(info, spec, stats["class_weights"], train_set, sampler, per_rank, n_batches, loader, memset,
-                     val_loader, skipper)
+                     val_loader, skipper, threads=cfg.workers if device.type == "cpu" else 0)
+
+
+def use_memory_loader(cfg: TrainConfig, train_set: SegDataset, device: torch.device) -> bool:
+    """Whether the run decodes its training images once and keeps them (--loader memory). On the
+    CPU they must fit in half the memory available now; where they do not, the run says so in one
+    line and loads with workers."""
+    if cfg.loader != "memory":
+        return False
+    if device.type != "cpu":
+        return True
+    need, have = memory_estimate(train_set), available_memory()
+    if have is not None and need > have // 2:
+        if is_main_process():
+            print(f"note: --loader memory: the {len(train_set)} training images need about {need / 2**20:.0f} MB "
+                  f"decoded, more than half of the {have / 2**20:.0f} MB available; loading with "
+                  f"{cfg.workers} worker(s) instead")
+        return False
+    return True
+
+
+def loader_line(data: TrainData, cfg: TrainConfig) -> str:
+    """How the training batches are made, as the run's settings line says it."""
+    if data.memset is None:
+        return f"workers ({cfg.workers} loader worker{'s' if cfg.workers != 1 else ''}, decoding every crop)"
+    if data.memset.device.type != "cpu":
+        return f"memory ({data.memset.device.type}, decoded once, augmented there)"
+    return f"memory (decoded once, {data.threads} background thread{'s' if data.threads != 1 else ''})"
 
 
 @dataclass
@@ -270,6 +300,8 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
     model = CGNet(data.info.num_classes, m=cfg.m, n=cfg.n, dropout=cfg.dropout)
     if init is not None:
         start_from(model, init, cfg, list(data.info.classes))
+    # training-only backward passes: the same Parameters under the same names (checkpoints unchanged)
+    use_training_kernels(model, depthwise=cfg.depthwise_backward or "aten", prelu=cfg.prelu_backward or "aten")
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -737,6 +769,8 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
             print(f"speed settings: {cfg.speed_choice}")
         if is_dist():
             print(processes_line(data.per_rank, cfg.batch_size))
+        print(f"training loader: {loader_line(data, cfg)}; backward: depthwise {cfg.depthwise_backward}, "
+              f"PReLU {cfg.prelu_backward}")
         print(f"{len(data.train_set)} training images, {data.n_batches} iterations per epoch, "
               f"{state.max_iters} in all" + (f", stopping at {state.stop_at}" if state.stop_at < state.max_iters else ""))
         if resumed is not None:
