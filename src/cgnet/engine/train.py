@@ -1,10 +1,11 @@
 """`cgnet train`: the paper's recipes, one process or many (torchrun), resumable.
 
-Read top to bottom: the schedule (`poly_lr`) and the training state -> one epoch
-(`train_one_epoch`, around a step from `cgnet.engine.steps`) -> the named steps `run` takes:
-build the data, build the model (from --init weights when given) and the optimiser, restore a
-checkpoint, wrap the step (compiled, CUDA graph, DDP), run the epochs, finish -> `main`, which
-resolves the settings (`cgnet.engine.config`) and claims the run folder first. The same command runs under `torchrun
+Read top to bottom, each helper before its callers: the schedule (`poly_lr`) and the training
+state -> one epoch (`train_one_epoch`, around a step from `cgnet.engine.steps`) -> the pieces `run`
+puts together: the data (`build_data`), the model (from --init weights when given) and the
+optimiser, a checkpoint restored (--resume), the step (compiled, CUDA graph, DDP: `choose_step`),
+the epochs (`run_epochs`) -> `run`, and last `main`, which resolves the settings
+(`cgnet.engine.config`) and claims the run folder first. The same command runs under `torchrun
 --nproc_per_node=K cgnet train ...` with DistributedDataParallel (nccl on GPUs, gloo on CPUs); the
 global batch is split across processes and only the main process writes (`save_on_master`).
 
@@ -55,7 +56,7 @@ class NonFiniteLoss(CGNetError, RuntimeError):
     """The loss became NaN or infinite; nothing non-finite is saved."""
 
 
-# ---- the schedule and the state ------------------------------------------------------------
+# ---- the schedule and the state --------------------------------------------------------------
 
 def poly_lr(iteration: int, max_iters: int, base_lr: float, power: float) -> float:
     """The paper's learning rate at an iteration (set before every step)."""
@@ -95,7 +96,15 @@ def save_on_master(path: Path, model: nn.Module, meta: dict, **extra) -> None:
         save_checkpoint(path, model, meta, **extra)
 
 
-# ---- one epoch -----------------------------------------------------------------------------
+# ---- one epoch -------------------------------------------------------------------------------
+
+def finite_mean(total: torch.Tensor, count: int, state: TrainState) -> float:
+    mean = float(total) / count
+    if not math.isfinite(mean):
+        raise NonFiniteLoss(f"the loss became {mean} by iteration {state.iteration} "
+                            f"(epoch {state.epoch + 1}); stopped without saving")
+    return mean
+
 
 def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: TrainConfig, state: TrainState,
                     stop: GracefulStop | None = None) -> float:
@@ -127,14 +136,6 @@ def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: Train
     return mean
 
 
-def finite_mean(total: torch.Tensor, count: int, state: TrainState) -> float:
-    mean = float(total) / count
-    if not math.isfinite(mean):
-        raise NonFiniteLoss(f"the loss became {mean} by iteration {state.iteration} "
-                            f"(epoch {state.epoch + 1}); stopped without saving")
-    return mean
-
-
 def fit_schedule_to_budget(cfg: TrainConfig, state: TrainState, n_batches: int) -> TrainConfig:
     """Cut the epochs to what fits in cfg.time_budget minutes: the time left (the run's elapsed
     wall-clock counts set-up and compiling) divided by the latest epoch's wall-clock (from the
@@ -158,7 +159,20 @@ def fit_schedule_to_budget(cfg: TrainConfig, state: TrainState, n_batches: int) 
     return cfg
 
 
-# ---- the steps of main ---------------------------------------------------------------------
+# ---- the data --------------------------------------------------------------------------------
+
+class SkipBatches(Sampler):
+    """A sampler's order without its first `skip` batches of `per_rank` items."""
+
+    def __init__(self, sampler: Sampler, per_rank: int):
+        self.sampler, self.per_rank, self.skip = sampler, per_rank, 0
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip * self.per_rank:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip * self.per_rank)
+
 
 @dataclass
 class TrainData:
@@ -191,17 +205,31 @@ class TrainData:
                 yield images, labels
 
 
-class SkipBatches(Sampler):
-    """A sampler's order without its first `skip` batches of `per_rank` items."""
+def use_memory_loader(cfg: TrainConfig, train_set: SegDataset, device: torch.device) -> bool:
+    """Whether the run decodes its training images once and keeps them (--loader memory). On the
+    CPU they must fit in half the memory available now; where they do not, the run says so in one
+    line and loads with workers."""
+    if cfg.loader != "memory":
+        return False
+    if device.type != "cpu":
+        return True
+    need, have = memory_estimate(train_set), available_memory()
+    if have is not None and need > have // 2:
+        if is_main_process():
+            print(f"note: --loader memory: the {len(train_set)} training images need about {need / 2**20:.0f} MB "
+                  f"decoded, more than half of the {have / 2**20:.0f} MB available; loading with "
+                  f"{cfg.workers} worker(s) instead")
+        return False
+    return True
 
-    def __init__(self, sampler: Sampler, per_rank: int):
-        self.sampler, self.per_rank, self.skip = sampler, per_rank, 0
 
-    def __iter__(self):
-        return iter(list(self.sampler)[self.skip * self.per_rank:])
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip * self.per_rank)
+def loader_line(data: TrainData, cfg: TrainConfig) -> str:
+    """How the training batches are made, as the run's settings line says it."""
+    if data.memset is None:
+        return f"workers ({cfg.workers} loader worker{'s' if cfg.workers != 1 else ''}, decoding every crop)"
+    if data.memset.device.type != "cpu":
+        return f"memory ({data.memset.device.type}, decoded once, augmented there)"
+    return f"memory (decoded once, {data.threads} background thread{'s' if data.threads != 1 else ''})"
 
 
 def build_data(cfg: TrainConfig, device: torch.device, out: Path, preprocess: dict | None = None) -> TrainData:
@@ -253,75 +281,7 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path, preprocess: di
                      val_loader, skipper, threads=cfg.workers if device.type == "cpu" else 0)
 
 
-def use_memory_loader(cfg: TrainConfig, train_set: SegDataset, device: torch.device) -> bool:
-    """Whether the run decodes its training images once and keeps them (--loader memory). On the
-    CPU they must fit in half the memory available now; where they do not, the run says so in one
-    line and loads with workers."""
-    if cfg.loader != "memory":
-        return False
-    if device.type != "cpu":
-        return True
-    need, have = memory_estimate(train_set), available_memory()
-    if have is not None and need > have // 2:
-        if is_main_process():
-            print(f"note: --loader memory: the {len(train_set)} training images need about {need / 2**20:.0f} MB "
-                  f"decoded, more than half of the {have / 2**20:.0f} MB available; loading with "
-                  f"{cfg.workers} worker(s) instead")
-        return False
-    return True
-
-
-def loader_line(data: TrainData, cfg: TrainConfig) -> str:
-    """How the training batches are made, as the run's settings line says it."""
-    if data.memset is None:
-        return f"workers ({cfg.workers} loader worker{'s' if cfg.workers != 1 else ''}, decoding every crop)"
-    if data.memset.device.type != "cpu":
-        return f"memory ({data.memset.device.type}, decoded once, augmented there)"
-    return f"memory (decoded once, {data.threads} background thread{'s' if data.threads != 1 else ''})"
-
-
-@dataclass
-class TrainParts:
-    model: nn.Module                # what the step runs: DDP-wrapped under torchrun
-    bare: CGNet                     # the CGNet inside, what checkpoints hold
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-
-
-# the modules --freeze keeps as loaded
-FROZEN = {"none": (), "stem": ("stem", "bn_act1"), "stage2": ("stem", "bn_act1", "down2", "stage2", "bn_act2")}
-
-
-def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.device,
-                              init: InitWeights | None = None) -> TrainParts:
-    """CGNet (from the --init weights when given), class-weighted cross-entropy, Adam over the
-    trainable weights (a tensor learning rate when the step is a CUDA graph)."""
-    model = CGNet(data.info.num_classes, m=cfg.m, n=cfg.n, dropout=cfg.dropout)
-    if init is not None:
-        start_from(model, init, cfg, list(data.info.classes))
-    # training-only backward passes: the same Parameters under the same names (checkpoints unchanged)
-    use_training_kernels(model, depthwise=cfg.depthwise_backward or "aten", prelu=cfg.prelu_backward or "aten")
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    weight = torch.tensor(data.class_weights, dtype=torch.float32, device=device) if cfg.class_weights else None
-    criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=data.info.ignore_index)
-    use_graph = graphed_step_wanted(cfg, device, get_world_size()) and not cfg.compile
-    if cfg.cuda_graph is True and not use_graph and is_main_process():
-        print("note: --cuda-graph needs CUDA, one process, no fp16 and no dropout; training eagerly "
-              "(with --compile on CUDA the compiled step is captured instead)")
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if use_graph:  # a tensor learning rate lets the captured step see each new value
-        optimizer = torch.optim.Adam(trainable, lr=torch.tensor(cfg.lr, device=device),
-                                     betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                     capturable=True, foreach=True)
-    else:
-        optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                     weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    return TrainParts(model, model, criterion, optimizer, scaler)
-
+# ---- the model and the optimiser (from --init weights when given) ----------------------------
 
 @dataclass
 class InitWeights:
@@ -387,6 +347,10 @@ def match_classifier(own: torch.Tensor, theirs: torch.Tensor, names: list[str],
     return weight, lines, False
 
 
+# the modules --freeze keeps as loaded
+FROZEN = {"none": (), "stem": ("stem", "bn_act1"), "stage2": ("stem", "bn_act1", "down2", "stage2", "bn_act2")}
+
+
 def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig, names: list[str] | None = None) -> None:
     """Load the --init weights into the new model (classifier rows matched to `names`, this run's
     classes, by name: `match_classifier`), freeze what --freeze names, and say in one short block
@@ -412,6 +376,64 @@ def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig, names: list[st
             count = sum(p.numel() for p in model.parameters() if not p.requires_grad)
             print(f"  frozen (--freeze {cfg.freeze}): {', '.join(frozen)} ({count:,} weights)")
 
+
+@dataclass
+class TrainParts:
+    model: nn.Module                # what the step runs: DDP-wrapped under torchrun
+    bare: CGNet                     # the CGNet inside, what checkpoints hold
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
+def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
+    """Whether --compile compiles the whole step (forward, loss, backward, Adam): on CUDA, where
+    the step may be one program (`steps.single_program`). On the CPU the whole step trains
+    correctly with `steps.CPU_INDUCTOR_OPTIONS` but measured slower than eager on a 2-core AVX2
+    EPYC (0.83x after 425 s of compiling, `benchmarks.train_throughput` mode
+    `fp32+channels_last+compiled-step`), so --compile there compiles the model only."""
+    return bool(cfg.compile) and torch.device(device).type == "cuda" and \
+        single_program(cfg.amp, cfg.dropout, world_size)
+
+
+def graphed_step_wanted(cfg: TrainConfig, device, world_size: int) -> bool:
+    """Whether the eager step may be captured as a CUDA graph: on CUDA, where the step may be one
+    program, unless --no-cuda-graph."""
+    return cfg.cuda_graph is not False and torch.device(device).type == "cuda" and \
+        single_program(cfg.amp, cfg.dropout, world_size)
+
+
+def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.device,
+                              init: InitWeights | None = None) -> TrainParts:
+    """CGNet (from the --init weights when given), class-weighted cross-entropy, Adam over the
+    trainable weights (a tensor learning rate when the step is a CUDA graph)."""
+    model = CGNet(data.info.num_classes, m=cfg.m, n=cfg.n, dropout=cfg.dropout)
+    if init is not None:
+        start_from(model, init, cfg, list(data.info.classes))
+    # training-only backward passes: the same Parameters under the same names (checkpoints unchanged)
+    use_training_kernels(model, depthwise=cfg.depthwise_backward or "aten", prelu=cfg.prelu_backward or "aten")
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    weight = torch.tensor(data.class_weights, dtype=torch.float32, device=device) if cfg.class_weights else None
+    criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=data.info.ignore_index)
+    use_graph = graphed_step_wanted(cfg, device, get_world_size()) and not cfg.compile
+    if cfg.cuda_graph is True and not use_graph and is_main_process():
+        print("note: --cuda-graph needs CUDA, one process, no fp16 and no dropout; training eagerly "
+              "(with --compile on CUDA the compiled step is captured instead)")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if use_graph:  # a tensor learning rate lets the captured step see each new value
+        optimizer = torch.optim.Adam(trainable, lr=torch.tensor(cfg.lr, device=device),
+                                     betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                     capturable=True, foreach=True)
+    else:
+        optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                     weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    return TrainParts(model, model, criterion, optimizer, scaler)
+
+
+# ---- --resume --------------------------------------------------------------------------------
 
 def read_resumable(path: Path, out: Path, auto: bool) -> dict:
     """The checkpoint --resume names, read before anything else happens; refused when it is
@@ -457,22 +479,7 @@ def restore(ckpt: dict, path: Path, parts: TrainParts, cfg: TrainConfig, state: 
     return cfg
 
 
-def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
-    """Whether --compile compiles the whole step (forward, loss, backward, Adam): on CUDA, where
-    the step may be one program (`steps.single_program`). On the CPU the whole step trains
-    correctly with `steps.CPU_INDUCTOR_OPTIONS` but measured slower than eager on a 2-core AVX2
-    EPYC (0.83x after 425 s of compiling, `benchmarks.train_throughput` mode
-    `fp32+channels_last+compiled-step`), so --compile there compiles the model only."""
-    return bool(cfg.compile) and torch.device(device).type == "cuda" and \
-        single_program(cfg.amp, cfg.dropout, world_size)
-
-
-def graphed_step_wanted(cfg: TrainConfig, device, world_size: int) -> bool:
-    """Whether the eager step may be captured as a CUDA graph: on CUDA, where the step may be one
-    program, unless --no-cuda-graph."""
-    return cfg.cuda_graph is not False and torch.device(device).type == "cuda" and \
-        single_program(cfg.amp, cfg.dropout, world_size)
-
+# ---- the step --------------------------------------------------------------------------------
 
 def choose_step(parts: TrainParts, cfg: TrainConfig, data: TrainData, device: torch.device):
     """The training step: the first of this chain that the run allows and that builds (and passes
@@ -520,6 +527,66 @@ def wrap_for_training(parts: TrainParts, cfg: TrainConfig, data: TrainData, devi
         parts.model = nn.parallel.DistributedDataParallel(
             parts.model, device_ids=[device.index] if device.type == "cuda" else None)
     return choose_step(parts, cfg, data, device)
+
+
+# ---- the epochs ------------------------------------------------------------------------------
+
+def run_meta(model: CGNet, data: TrainData, cfg: TrainConfig) -> dict:
+    return make_meta(model, preprocess=data.spec, classes=list(data.info.classes),
+                     palette=[list(c) for c in data.info.palette], ignore_index=data.info.ignore_index,
+                     dataset=data.info.name, config=cfg.to_dict())
+
+
+def rng_state(device: torch.device) -> dict:
+    # the augmentation and the shuffling are functions of (seed, epoch, index); only dropout
+    # draws from the global generators
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def save_last(out: Path, parts: TrainParts, data: TrainData, cfg: TrainConfig, state: TrainState,
+              device: torch.device) -> None:
+    """OUT/last.pt: everything --resume needs (written atomically, by the main process)."""
+    saved = state.to_dict()
+    save_on_master(out / "last.pt", parts.bare, run_meta(parts.bare, data, cfg), optimizer=parts.optimizer.state_dict(),
+                   scaler=parts.scaler.state_dict(), train_state=saved, rng=rng_state(device))
+    state.saved = saved
+
+
+def validate(parts: TrainParts, data: TrainData, device: torch.device, cfg: TrainConfig, state: TrainState,
+             out: Path, record: dict) -> None:
+    """Score the val list, add it to the epoch's record, write best.pt on a new best."""
+    scores = evaluate(parts.bare, data.val_loader, data.info, device, precision=cfg.amp,
+                      channels_last=cfg.channels_last, progress=cfg.progress and is_main_process())
+    record.update(val_miou=scores["miou"], val_pixel_acc=scores["pixel_acc"])
+    if is_main_process():
+        print(f"epoch {state.epoch}: loss {record['loss']:.4f}  val mIoU {100 * scores['miou']:.2f}")
+    if scores["miou"] > state.best_miou:
+        state.best_miou = scores["miou"]
+        save_on_master(out / "best.pt", parts.bare, run_meta(parts.bare, data, cfg), scores=scores,
+                       train_state=state.to_dict())
+
+
+def train_or_explain(step, parts: TrainParts, data: TrainData, device: torch.device, cfg: TrainConfig,
+                     state: TrainState, out: Path, stop: GracefulStop) -> float:
+    """`train_one_epoch` of the next epoch; a non-finite loss names the checkpoint to go back to."""
+    try:
+        batches = data.batches(state.epoch, skip=state.partial_batches)
+        return train_one_epoch(step, parts.optimizer, batches, data.n_batches, device, cfg, state, stop)
+    except NonFiniteLoss as e:
+        last = out / "last.pt"
+        where = f"the last good checkpoint is {last} (epoch {state.saved['epoch']})" \
+            if last.exists() and state.saved is not None else "no checkpoint was written yet"
+        hint = "; try --resume --amp off" if cfg.amp != "off" else "; try a lower --lr in a new run (another --out)"
+        raise NonFiniteLoss(f"{e}; {where}{hint}") from None
+
+
+def tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tb"))
 
 
 def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state: TrainState,
@@ -584,65 +651,7 @@ def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state
     return cfg
 
 
-def train_or_explain(step, parts: TrainParts, data: TrainData, device: torch.device, cfg: TrainConfig,
-                     state: TrainState, out: Path, stop: GracefulStop) -> float:
-    """`train_one_epoch` of the next epoch; a non-finite loss names the checkpoint to go back to."""
-    try:
-        batches = data.batches(state.epoch, skip=state.partial_batches)
-        return train_one_epoch(step, parts.optimizer, batches, data.n_batches, device, cfg, state, stop)
-    except NonFiniteLoss as e:
-        last = out / "last.pt"
-        where = f"the last good checkpoint is {last} (epoch {state.saved['epoch']})" \
-            if last.exists() and state.saved is not None else "no checkpoint was written yet"
-        hint = "; try --resume --amp off" if cfg.amp != "off" else "; try a lower --lr in a new run (another --out)"
-        raise NonFiniteLoss(f"{e}; {where}{hint}") from None
-
-
-def validate(parts: TrainParts, data: TrainData, device: torch.device, cfg: TrainConfig, state: TrainState,
-             out: Path, record: dict) -> None:
-    """Score the val list, add it to the epoch's record, write best.pt on a new best."""
-    scores = evaluate(parts.bare, data.val_loader, data.info, device, precision=cfg.amp,
-                      channels_last=cfg.channels_last, progress=cfg.progress and is_main_process())
-    record.update(val_miou=scores["miou"], val_pixel_acc=scores["pixel_acc"])
-    if is_main_process():
-        print(f"epoch {state.epoch}: loss {record['loss']:.4f}  val mIoU {100 * scores['miou']:.2f}")
-    if scores["miou"] > state.best_miou:
-        state.best_miou = scores["miou"]
-        save_on_master(out / "best.pt", parts.bare, run_meta(parts.bare, data, cfg), scores=scores,
-                       train_state=state.to_dict())
-
-
-def save_last(out: Path, parts: TrainParts, data: TrainData, cfg: TrainConfig, state: TrainState,
-              device: torch.device) -> None:
-    """OUT/last.pt: everything --resume needs (written atomically, by the main process)."""
-    saved = state.to_dict()
-    save_on_master(out / "last.pt", parts.bare, run_meta(parts.bare, data, cfg), optimizer=parts.optimizer.state_dict(),
-                   scaler=parts.scaler.state_dict(), train_state=saved, rng=rng_state(device))
-    state.saved = saved
-
-
-def run_meta(model: CGNet, data: TrainData, cfg: TrainConfig) -> dict:
-    return make_meta(model, preprocess=data.spec, classes=list(data.info.classes),
-                     palette=[list(c) for c in data.info.palette], ignore_index=data.info.ignore_index,
-                     dataset=data.info.name, config=cfg.to_dict())
-
-
-def rng_state(device: torch.device) -> dict:
-    # the augmentation and the shuffling are functions of (seed, epoch, index); only dropout
-    # draws from the global generators
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def tensorboard_writer(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(out / "tb"))
-
-
-# ---- main ----------------------------------------------------------------------------------
+# ---- the run ---------------------------------------------------------------------------------
 
 RUN_FILES = ("last.pt", "log.jsonl", "config.json")  # a folder with one of these holds a run
 
@@ -700,43 +709,6 @@ def interrupted_line(out: Path, state: TrainState, resume_path: Path | None, sig
             f"cgnet train --out {shlex.quote(str(out))} {resume}")
 
 
-def main(args: argparse.Namespace) -> int:
-    out = Path(args.out or TrainConfig.out)
-    resume_path = resumed = None
-    if args.resume:
-        resume_path = out / "last.pt" if args.resume == "auto" else Path(args.resume)
-        resumed = read_resumable(resume_path, out, auto=args.resume == "auto")
-    cfg = resolve_config(args, resumed["meta"]["config"] if resumed else None)
-    out = Path(cfg.out)
-    # a resumed run's weights and preprocessing come from its checkpoint, not from --init again
-    init = read_init(cfg) if cfg.init and not resumed else None
-    changes = []
-    if resumed:
-        changes = compare_for_resume(resumed["meta"]["config"], cfg,
-                                     schedule_fixed="planned_epochs" in resumed["train_state"])
-    device = init_distributed(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels
-    state = TrainState(saved=resumed["train_state"] if resumed else None)
-    lock = FolderLock(out, what="cgnet train") if is_main_process() else None
-    try:
-        on_main_process(lambda: claim_run_folder(lock, out, resuming=resumed is not None))
-        run(cfg, device, out, state, resumed, resume_path, changes, init)
-        barrier()  # the ranks leave together: a rank tearing down gloo while another still writes can abort
-        return 0
-    except KeyboardInterrupt as e:
-        signum = e.signum if isinstance(e, StopRequested) else signal.SIGINT
-        if is_main_process():
-            print(interrupted_line(out, state, resume_path, signum), file=sys.stderr)
-        return 128 + signum
-    finally:
-        if lock is not None and lock.held:
-            if resumed is None and not (out / "last.pt").exists():
-                (out / "config.json").unlink(missing_ok=True)  # no checkpoint: the folder holds no run
-            lock.release()
-        cleanup()
-
-
 def processes_line(per_rank: int, batch: int) -> str:
     """Under torchrun: how many processes joined, the backend, and each process's share of the batch."""
     world = get_world_size()
@@ -785,3 +757,40 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
         elapsed = state.history[-1]["elapsed_s"] if state.history else 0.0
         files = [name for name in ("last.pt", "best.pt", "log.jsonl", "curve.png") if (out / name).exists()]
         print(f"done in {elapsed:.0f} s; run folder {out} ({', '.join(files)})")
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out or TrainConfig.out)
+    resume_path = resumed = None
+    if args.resume:
+        resume_path = out / "last.pt" if args.resume == "auto" else Path(args.resume)
+        resumed = read_resumable(resume_path, out, auto=args.resume == "auto")
+    cfg = resolve_config(args, resumed["meta"]["config"] if resumed else None)
+    out = Path(cfg.out)
+    # a resumed run's weights and preprocessing come from its checkpoint, not from --init again
+    init = read_init(cfg) if cfg.init and not resumed else None
+    changes = []
+    if resumed:
+        changes = compare_for_resume(resumed["meta"]["config"], cfg,
+                                     schedule_fixed="planned_epochs" in resumed["train_state"])
+    device = init_distributed(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels
+    state = TrainState(saved=resumed["train_state"] if resumed else None)
+    lock = FolderLock(out, what="cgnet train") if is_main_process() else None
+    try:
+        on_main_process(lambda: claim_run_folder(lock, out, resuming=resumed is not None))
+        run(cfg, device, out, state, resumed, resume_path, changes, init)
+        barrier()  # the ranks leave together: a rank tearing down gloo while another still writes can abort
+        return 0
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, StopRequested) else signal.SIGINT
+        if is_main_process():
+            print(interrupted_line(out, state, resume_path, signum), file=sys.stderr)
+        return 128 + signum
+    finally:
+        if lock is not None and lock.held:
+            if resumed is None and not (out / "last.pt").exists():
+                (out / "config.json").unlink(missing_ok=True)  # no checkpoint: the folder holds no run
+            lock.release()
+        cleanup()
