@@ -220,3 +220,30 @@ def test_garbage_is_not_a_checkpoint(tmp_path):
     junk.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"junk.pt: not a PyTorch checkpoint \(unreadable pickle data\)$"):
         load_model(junk)
+
+
+def test_subnormal_weights_load_as_zero_and_change_no_output(tmp_path):
+    # Adam's weight decay leaves weights without gradient subnormal; x86 CPUs compute with them
+    # in microcode (10x slower): load_model sets them to zero, which moves no logit beyond rounding
+    torch.manual_seed(0)
+    model = CGNet(5, m=2, n=2).eval()
+    planted = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 4 and p.numel() > 100:
+                flat_view = p.view(-1)
+                flat_view[::7] = 1e-39 * torch.sign(flat_view[::7])  # subnormal in fp32
+                planted[name] = int((flat_view[::7] != 0).sum())
+    assert sum(planted.values()) > 1000
+    path = save_checkpoint(tmp_path / "subnormal.pt", model, make_meta(model))
+    loaded = load_model(path)
+    tiny = torch.finfo(torch.float32).tiny
+    for name, p in loaded.named_parameters():
+        assert not ((p.abs() < tiny) & (p != 0)).any(), name
+    # the file itself is unchanged: a resumed run reads it through load_checkpoint, bit for bit
+    state, _, _ = load_checkpoint(path)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        ours, expected = loaded(x), model(x)
+    assert float((ours - expected).abs().max()) <= fp32_difference_bound(model, expected)

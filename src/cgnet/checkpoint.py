@@ -19,6 +19,7 @@ saved by PyTorch 0.4.0, and with the classifier under ``classifier.1`` when it u
 """
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .common import CGNetError, DEFAULT_WEIGHTS, InputError
 from .fileio import atomic_open
@@ -339,5 +341,27 @@ def load_model(path: str | os.PathLike, *, num_classes: int | None = None,
                               f"classes but {num_classes} were asked for (--num-classes)")
     model = CGNet(arch["num_classes"], m=arch["m"], n=arch["n"], dropout=arch["dropout"])
     load_state_into(model, state_dict, where=str(path))
+    flush_subnormals_(model)
     model.meta = meta
     return model.to(device).eval()
+
+
+def flush_subnormals_(model: nn.Module) -> int:
+    """Set the weights and buffers below the smallest normal float (fp32: 1.2e-38) to zero, in
+    place; returns how many there were.
+
+    Adam's weight decay drives weights that get no gradient towards zero until they are subnormal
+    (the shipped CamVid weights hold 159,811 of 494,258). x86 CPUs compute with subnormal operands
+    in microcode: eager fp32 inference of those weights took 1.77 s a frame at 360x480 on a 2-core
+    Intel Xeon, 0.14 s with them flushed (one thread with flush-to-zero). Zero changes any sum the
+    weight enters by less than 1.2e-38 x its input, far below that sum's fp32 rounding, so
+    inference (and every export, which starts from `load_model`) is unchanged. Training reads
+    checkpoints through `load_checkpoint`, not here: a resumed run keeps its weights bit for bit."""
+    flushed = 0
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if tensor.is_floating_point():
+                tiny = (tensor.abs() < torch.finfo(tensor.dtype).tiny) & (tensor != 0)
+                flushed += int(tiny.sum())
+                tensor[tiny] = 0
+    return flushed

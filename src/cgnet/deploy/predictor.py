@@ -103,6 +103,11 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("CGNET_CACHE") or Path.home() / ".cache" / "cgnet")
 
 
+# what an export from a given checkpoint holds beyond its bytes: "-flushed", the weights' subnormal
+# values set to zero by `load_model` (files cached before that hold them and run up to 14x slower)
+EXPORT_CACHE_TAG = "-flushed"
+
+
 def cached_export(model: CGNet, source: str | os.PathLike, fmt: str, precision: str,
                   cache: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
                   log=None) -> Path:
@@ -110,7 +115,7 @@ def cached_export(model: CGNet, source: str | os.PathLike, fmt: str, precision: 
     verified export ever gets its final name there (see `export`); one that failed its verification
     leaves a `.refused` note with the reason, so later calls fail at once (delete it to retry)."""
     digest = hashlib.sha256(resolve_weights(source).read_bytes()).hexdigest()[:16]
-    path = cache_dir(cache) / f"{digest}_{precision}{FORMATS[fmt].suffix}"
+    path = cache_dir(cache) / f"{digest}_{precision}{EXPORT_CACHE_TAG}{FORMATS[fmt].suffix}"
     refused = path.with_name(path.name + ".refused")
     if refused.is_file():
         raise ExportError(refused.read_text().strip())
