@@ -154,7 +154,7 @@ def test_train_as_run_on_a_generated_dataset(tmp_path):
     root = make_camvid_like(tmp_path / "CamVid", counts={"train": 24, "val": 2, "test": 1}, size=(64, 80))
     out = run_script("-m", "benchmarks.train_as_run", "--data-root", str(root), "--rounds", "2", "--warmup", "2",
                      "--iters", "8", "--batch-size", "2", "--crop", "64", "64", "--blocks", "2", "2",
-                     "--variant", "plain=--loader workers --workers 0",
+                     "--variant", "plain=--loader workers --workers 0 --depthwise-backward aten --prelu-backward aten",
                      "--variant", "fast=--loader memory --workers 1 --depthwise-backward taps --prelu-backward fused",
                      "--json", str(tmp_path / "figures.json"), "--", "--no-compile", "--val-split", "none",
                      timeout=900)  # four cgnet train runs

@@ -176,8 +176,8 @@ def test_the_in_memory_loader_gives_the_workers_loaders_run(camvid, tmp_path, ca
     """--loader memory on the CPU (decoded once, batches built in 2 background threads) makes the
     same batches as loader workers decoding every crop: the same run, bit for bit."""
     log_w, w = train(camvid, tmp_path / "w", "--epochs", "2", "--loader", "workers", "--workers", "0")
-    assert "training loader: workers (0 loader workers, decoding every crop); backward: depthwise aten, " \
-           "PReLU aten" in capsys.readouterr().out
+    assert "training loader: workers (0 loader workers, decoding every crop); backward: depthwise taps, " \
+           "PReLU fused" in capsys.readouterr().out  # the CPU's defaults (CPU_TRAINING_DEFAULTS)
     log_m, m = train(camvid, tmp_path / "m", "--epochs", "2", "--loader", "memory", "--workers", "2")
     assert "training loader: memory (decoded once, 2 background threads)" in capsys.readouterr().out
     assert [r["loss"] for r in log_w] == [r["loss"] for r in log_m] and same_weights(w, m)
@@ -185,7 +185,8 @@ def test_the_in_memory_loader_gives_the_workers_loaders_run(camvid, tmp_path, ca
 
 @pytest.mark.slow
 def test_the_training_kernels_train_and_leave_plain_checkpoints(camvid, tmp_path, capsys):
-    log_a, a = train(camvid, tmp_path / "a", "--epochs", "2")
+    log_a, a = train(camvid, tmp_path / "a", "--epochs", "2", "--depthwise-backward", "aten", "--prelu-backward",
+                     "aten")
     capsys.readouterr()
     log_k, k = train(camvid, tmp_path / "k", "--epochs", "2", "--depthwise-backward", "taps",
                      "--prelu-backward", "fused")
