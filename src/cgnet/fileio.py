@@ -20,6 +20,11 @@ from .common import CGNetError
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.tmp$")
 
 
+def hidden_sibling(path: Path, ending: str) -> Path:
+    """A unique hidden name beside `path` for work in progress: `.NAME.PID.RANDOM.ENDING`."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{ending}")
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb"):
     """Open a temporary file for writing; on success it replaces `path`, on error it is removed.
@@ -27,7 +32,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
     Created with mode 0666 (not mkstemp's 0600) so the result gets the usual umask permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = hidden_sibling(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
@@ -249,7 +254,7 @@ def staged_folder(target: str | os.PathLike, *, replace: bool = False):
     target = Path(target)
     made = missing_folders(target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    staging = hidden_sibling(target, "partial")
     try:
         staging.mkdir()
         yield staging

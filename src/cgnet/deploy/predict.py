@@ -21,7 +21,6 @@ import glob
 import math
 import os
 import queue
-import secrets
 import threading
 import time
 from collections import Counter
@@ -34,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError, number_type
-from ..fileio import check_writable
+from ..fileio import check_writable, hidden_sibling
 from ..images import read_rgb
 from ..visualize import blend, colorize, default_palette, legend
 from .predictor import add_predictor_args, make_predictor
@@ -305,7 +304,7 @@ def _frames(cap, frame: np.ndarray, size: tuple[int, int]) -> Iterator[np.ndarra
 def partial_name(path: Path) -> Path:
     """Where a video is written before it is complete: a hidden name beside `path`, with its
     suffix (the container follows it)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.partial{path.suffix}")
+    return hidden_sibling(path.with_suffix(""), f"partial{path.suffix}")
 
 
 def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, progress: bool = True,
