@@ -51,7 +51,8 @@ DEFAULT_VARIANTS = ["defaults=",
                     "memory=--loader memory --workers 1",
                     "memory+dw-taps+prelu=--loader memory --workers 1 --depthwise-backward taps --prelu-backward fused",
                     "memory+dw-conv+prelu=--loader memory --workers 1 --depthwise-backward conv --prelu-backward fused"]
-SETTINGS = ("loader", "workers", "depthwise_backward", "prelu_backward", "channels_last", "compile", "amp")
+SETTINGS = ("loader", "workers", "depthwise_backward", "prelu_backward", "upsample_backward", "channels_last", "compile",
+            "amp")
 BAR = re.compile(r"epoch (\d+)/\d+:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 CLASSES, IGNORE = 11, 11  # CamVid
 

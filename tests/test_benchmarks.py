@@ -154,7 +154,8 @@ def test_train_as_run_on_a_generated_dataset(tmp_path):
     root = make_camvid_like(tmp_path / "CamVid", counts={"train": 24, "val": 2, "test": 1}, size=(64, 80))
     out = run_script("-m", "benchmarks.train_as_run", "--data-root", str(root), "--rounds", "2", "--warmup", "2",
                      "--iters", "8", "--batch-size", "2", "--crop", "64", "64", "--blocks", "2", "2",
-                     "--variant", "plain=--loader workers --workers 0 --depthwise-backward aten --prelu-backward aten",
+                     "--variant", "plain=--loader workers --workers 0 --depthwise-backward aten --prelu-backward aten "
+                                "--upsample-backward compiler",
                      "--variant", "fast=--loader memory --workers 1 --depthwise-backward taps --prelu-backward fused",
                      "--json", str(tmp_path / "figures.json"), "--", "--no-compile", "--val-split", "none",
                      timeout=900)  # four cgnet train runs
@@ -170,10 +171,12 @@ def test_train_as_run_on_a_generated_dataset(tmp_path):
     plain, fast = figures["variants"]
     assert (plain["name"], fast["name"]) == ("plain", "fast") and "error" not in plain and "error" not in fast
     assert plain["settings"] == {"loader": "workers", "workers": 0, "depthwise_backward": "aten",
-                                 "prelu_backward": "aten", "channels_last": plain["settings"]["channels_last"],
+                                 "prelu_backward": "aten", "upsample_backward": "compiler",
+                                 "channels_last": plain["settings"]["channels_last"],
                                  "compile": False, "amp": "off"}
     assert (fast["settings"]["loader"], fast["settings"]["workers"], fast["settings"]["depthwise_backward"],
-            fast["settings"]["prelu_backward"]) == ("memory", 1, "taps", "fused")
+            fast["settings"]["prelu_backward"], fast["settings"]["upsample_backward"]) == ("memory", 1, "taps", "fused",
+                                                                                       "aten")
     lines = out.splitlines()
     for variant in (plain, fast):
         assert len(variant["rounds"]) == 2

@@ -9,12 +9,13 @@ weight gradient and for PReLU's slope gradient), and float64 stands in for the e
 import pytest
 import torch
 import torch.nn as nn
+from torch._dynamo.testing import CompileCounterWithBackend
 from torch.nn import functional
 
 from cgnet import CGNet
 from cgnet.checkpoint import load_checkpoint, make_meta, save_checkpoint
-from cgnet.engine.grads import (DepthwiseConv, DepthwiseConvFunction, FusedPReLU, PReLUFunction,
-                                depthwise_input_grad, use_training_kernels)
+from cgnet.engine.grads import (DepthwiseConv, DepthwiseConvFunction, FusedPReLU, KeptResize, PReLUFunction,
+                                bilinear_resize, depthwise_input_grad, use_training_kernels)
 from cgnet.preprocess import make_spec
 from helpers.rounding import FP32_U
 
@@ -111,22 +112,51 @@ def model_grads(model, x, y):
     return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("depthwise, prelu", [("taps", "fused"), ("conv", "aten"), ("aten", "fused")])
-def test_a_model_with_the_training_kernels_keeps_its_weights_and_gradients(depthwise, prelu, tmp_path):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_kept_resize_is_atens_up_sampling_and_its_gradient_bit_for_bit_also_compiled(channels_last):
+    """The same ATen kernels, forward and backward, in eager and as an opaque call in an
+    inductor-compiled function (which would otherwise decompose both): equal to the bit."""
+    x, _, _ = depthwise_case(1, channels_last, shape=(2, 5, 6, 7), seed=2)
+    gy = torch.randn(2, 5, 48, 56, generator=torch.Generator().manual_seed(3))
+
+    def interpolate(t):
+        return functional.interpolate(t, size=(48, 56), mode="bilinear", align_corners=False)
+
+    expected_y, (expected_g, _) = interpolate(x), grads_of(lambda t, _: interpolate(t), x, x, gy)
+    compiled = torch.compile(lambda t: bilinear_resize(t, 48, 56), fullgraph=True)
+    for fn in (lambda t: bilinear_resize(t, 48, 56), compiled, lambda t: KeptResize()(t, torch.Size([48, 56]))):
+        xr = x.clone().requires_grad_()
+        y = fn(xr)
+        y.backward(gy)
+        assert torch.equal(y, expected_y) and torch.equal(xr.grad, expected_g)
+        assert y.stride() == expected_y.stride()
+    # the compiled graph calls it rather than tracing it: inductor's own decomposition of the
+    # backward (scatter-adds) would sum in another order than ATen's kernel
+    counter = CompileCounterWithBackend("aot_eager")
+    torch.compile(lambda t: bilinear_resize(t, 48, 56), backend=counter)(x.clone().requires_grad_()).sum().backward()
+    ops = {str(node.target) for graph in counter.graphs for node in graph.graph.nodes}
+    assert "cgnet.bilinear_resize.default" in ops and not any("upsample" in op for op in ops)
+
+
+@pytest.mark.parametrize("depthwise, prelu, upsample", [("taps", "fused", "aten"), ("conv", "aten", "compiler"),
+                                                        ("aten", "fused", "aten")])
+def test_a_model_with_the_training_kernels_keeps_its_weights_and_gradients(depthwise, prelu, upsample, tmp_path):
     plain = small_model().train()
     model = small_model().train()
     names = {n for n, _ in model.named_modules()}
     dw = sum(1 for m in plain.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
     prelus = sum(1 for m in plain.modules() if isinstance(m, nn.PReLU))
     before = list(model.parameters())
-    counts = use_training_kernels(model, depthwise=depthwise, prelu=prelu)
-    assert counts == {"depthwise": dw if depthwise != "aten" else 0, "prelu": prelus if prelu == "fused" else 0}
+    counts = use_training_kernels(model, depthwise=depthwise, prelu=prelu, upsample=upsample)
+    assert counts == {"depthwise": dw if depthwise != "aten" else 0, "prelu": prelus if prelu == "fused" else 0,
+                      "upsample": int(upsample == "aten")}
     # stem 3, bn_act1-3 3, down blocks 2 x 2, CG blocks (1 + 2) x 2 (reduce, bn_act)
     assert dw == 2 * (2 + 3) and prelus == 3 + 3 + 4 + 6
     assert {n for n, _ in model.named_modules()} == names
     assert all(a is b for a, b in zip(before, model.parameters()))  # the optimiser's parameters stay valid
     assert sum(isinstance(m, DepthwiseConv) for m in model.modules()) == counts["depthwise"]
     assert sum(isinstance(m, FusedPReLU) for m in model.modules()) == counts["prelu"]
+    assert isinstance(model.resize, KeptResize) == (upsample == "aten")
     state = model.state_dict()
     assert list(state) == list(plain.state_dict()) and all(torch.equal(state[k], v)
                                                           for k, v in plain.state_dict().items())
@@ -155,7 +185,7 @@ def test_only_same_depthwise_convolutions_are_replaced():
                           nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=True),               # bias
                           nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2, bias=False),  # not depthwise
                           nn.Conv2d(4, 4, 3, padding=1, dilation=2, groups=4, bias=False))  # not "same"
-    assert use_training_kernels(model, depthwise="taps") == {"depthwise": 1, "prelu": 0}
+    assert use_training_kernels(model, depthwise="taps") == {"depthwise": 1, "prelu": 0, "upsample": 0}
     assert isinstance(model[0], DepthwiseConv) and all(type(m) is nn.Conv2d for m in model[1:])
     with pytest.raises(ValueError, match="unknown backward: depthwise 'fast'"):
         use_training_kernels(model, depthwise="fast")

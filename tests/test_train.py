@@ -13,6 +13,7 @@ from cgnet import load_model
 from cgnet.cli import main
 from cgnet.engine.config import TrainConfig
 from cgnet.engine.train import TrainState, fit_schedule_to_budget
+from cgnet.model import Resize
 from helpers.training import TINY, same_weights, train
 
 
@@ -177,7 +178,7 @@ def test_the_in_memory_loader_gives_the_workers_loaders_run(camvid, tmp_path, ca
     same batches as loader workers decoding every crop: the same run, bit for bit."""
     log_w, w = train(camvid, tmp_path / "w", "--epochs", "2", "--loader", "workers", "--workers", "0")
     assert "training loader: workers (0 loader workers, decoding every crop); backward: depthwise taps, " \
-           "PReLU fused" in capsys.readouterr().out  # the CPU's defaults (CPU_TRAINING_DEFAULTS)
+           "PReLU fused, up-sampling aten" in capsys.readouterr().out  # the CPU's defaults (CPU_TRAINING_DEFAULTS)
     log_m, m = train(camvid, tmp_path / "m", "--epochs", "2", "--loader", "memory", "--workers", "2")
     assert "training loader: memory (decoded once, 2 background threads)" in capsys.readouterr().out
     assert [r["loss"] for r in log_w] == [r["loss"] for r in log_m] and same_weights(w, m)
@@ -186,14 +187,16 @@ def test_the_in_memory_loader_gives_the_workers_loaders_run(camvid, tmp_path, ca
 @pytest.mark.slow
 def test_the_training_kernels_train_and_leave_plain_checkpoints(camvid, tmp_path, capsys):
     log_a, a = train(camvid, tmp_path / "a", "--epochs", "2", "--depthwise-backward", "aten", "--prelu-backward",
-                     "aten")
+                     "aten", "--upsample-backward", "compiler")
     capsys.readouterr()
     log_k, k = train(camvid, tmp_path / "k", "--epochs", "2", "--depthwise-backward", "taps",
-                     "--prelu-backward", "fused")
-    assert "backward: depthwise taps, PReLU fused" in capsys.readouterr().out
-    assert k["meta"]["config"]["depthwise_backward"] == "taps" and k["meta"]["config"]["prelu_backward"] == "fused"
+                     "--prelu-backward", "fused", "--upsample-backward", "aten")
+    assert "backward: depthwise taps, PReLU fused, up-sampling aten" in capsys.readouterr().out
+    assert (k["meta"]["config"]["depthwise_backward"], k["meta"]["config"]["prelu_backward"],
+            k["meta"]["config"]["upsample_backward"]) == ("taps", "fused", "aten")
     assert list(k["model"]) == list(a["model"])  # a plain CGNet's state_dict
     # the same steps up to rounding: the first epoch's mean loss (two steps) agrees closely
     assert log_k[0]["loss"] == pytest.approx(log_a[0]["loss"], rel=1e-4)
     model = load_model(tmp_path / "k" / "last.pt")
     assert type(model.down2.loc) is torch.nn.Conv2d and type(model.down2.bn_act.act) is torch.nn.PReLU
+    assert type(model.resize) is Resize

@@ -115,6 +115,15 @@ def inject(x: torch.Tensor, explicit_pad: bool = False) -> torch.Tensor:
     return functional.avg_pool2d(x, 3, stride=2, padding=1)
 
 
+class Resize(nn.Module):
+    """Bilinear resize (align_corners=False) of B x C x h x w to B x C x H x W: the logits to the
+    image's size. A module, with no weights, so that training can put ATen's kernels kept whole
+    under torch.compile in its place (`cgnet.engine.grads.KeptResize`)."""
+
+    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+        return functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class CGNet(nn.Module):
     """CGNet, the Context Guided Network (Wu et al., "CGNet: A Light-weight Context Guided Network
     for Semantic Segmentation", IEEE TIP 2020, arXiv:1811.08201).
@@ -164,6 +173,7 @@ class CGNet(nn.Module):
         # head
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(256, num_classes, 1, bias=False)
+        self.resize = Resize()
 
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d):
@@ -182,7 +192,7 @@ class CGNet(nn.Module):
         x = self.bn_act3(torch.cat([d3, self.stage3(d3)], 1))            # B x 256 x H/8 x W/8
 
         x = self.classifier(self.drop(x))                                # B x classes x H/8 x W/8
-        return functional.interpolate(x, size=size, mode="bilinear", align_corners=False)  # B x classes x H x W
+        return self.resize(x, size)                                      # B x classes x H x W
 
     @property
     def config(self) -> dict:

@@ -118,7 +118,8 @@ def option(default, help: str | None, group: str | None, resume: str, *, flag: s
 # (benchmarks/train_as_run.py, docs/speed.md; 2-core Intel Xeon, AVX-512, batch 8, crop 360, x a
 # plain eager fp32 loop in the same run): ATen's backward with loader workers 1.21x, the in-memory
 # loader 1.13x, with the depthwise taps and fused PReLU backward 1.73x (conv: 1.55x).
-CPU_TRAINING_DEFAULTS = {"loader": "memory", "depthwise_backward": "taps", "prelu_backward": "fused"}
+CPU_TRAINING_DEFAULTS = {"loader": "memory", "depthwise_backward": "taps", "prelu_backward": "fused",
+                         "upsample_backward": "aten"}
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,11 @@ class TrainConfig:
         None, "PReLU's backward: aten, or fused (both gradients in one pass, then one sum per channel); default: "
               f"aten on CUDA, {CPU_TRAINING_DEFAULTS['prelu_backward']} on the CPU", "speed", MAY_CHANGE,
         choices=["aten", "fused"])
+    upsample_backward: str | None = option(
+        None, "the logits' bilinear up-sampling under --compile: compiler (traced, and its backward decomposed, by "
+              "torch.compile) or aten (ATen's kernels kept whole); default: compiler on CUDA, "
+              f"{CPU_TRAINING_DEFAULTS['upsample_backward']} on the CPU", "speed", MAY_CHANGE,
+        choices=["compiler", "aten"])
     # what it writes
     val_every: int = option(10, "validate every K epochs (and after the last)", "output", MAY_CHANGE,
                             check=at_least(1), type=int, metavar="K")
@@ -430,7 +436,9 @@ def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> Tra
                   ("memory" if on_cuda else CPU_TRAINING_DEFAULTS["loader"]),
                   depthwise_backward=cfg.depthwise_backward or
                   ("aten" if on_cuda else CPU_TRAINING_DEFAULTS["depthwise_backward"]),
-                  prelu_backward=cfg.prelu_backward or ("aten" if on_cuda else CPU_TRAINING_DEFAULTS["prelu_backward"]))
+                  prelu_backward=cfg.prelu_backward or ("aten" if on_cuda else CPU_TRAINING_DEFAULTS["prelu_backward"]),
+                  upsample_backward=cfg.upsample_backward or
+                  ("compiler" if on_cuda else CPU_TRAINING_DEFAULTS["upsample_backward"]))
     if on_cuda:
         cfg = replace(cfg, channels_last=cfg.channels_last is not False, compile=cfg.compile is True)
     elif cfg.channels_last is None or cfg.compile is None:

@@ -411,7 +411,8 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
     if init is not None:
         start_from(model, init, cfg, list(data.info.classes))
     # training-only backward passes: the same Parameters under the same names (checkpoints unchanged)
-    use_training_kernels(model, depthwise=cfg.depthwise_backward or "aten", prelu=cfg.prelu_backward or "aten")
+    use_training_kernels(model, depthwise=cfg.depthwise_backward or "aten", prelu=cfg.prelu_backward or "aten",
+                         upsample=cfg.upsample_backward or "compiler")
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -742,7 +743,7 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
         if is_dist():
             print(processes_line(data.per_rank, cfg.batch_size))
         print(f"training loader: {loader_line(data, cfg)}; backward: depthwise {cfg.depthwise_backward}, "
-              f"PReLU {cfg.prelu_backward}")
+              f"PReLU {cfg.prelu_backward}, up-sampling {cfg.upsample_backward}")
         print(f"{len(data.train_set)} training images, {data.n_batches} iterations per epoch, "
               f"{state.max_iters} in all" + (f", stopping at {state.stop_at}" if state.stop_at < state.max_iters else ""))
         if resumed is not None:
