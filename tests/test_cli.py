@@ -1,13 +1,16 @@
 """The command line's error policy: one line for recognised errors, a traceback and a request to
 report it for bugs, Ctrl-C as exit 130, outputs checked for writability before any long work."""
+import getpass
+import os
 import shutil
+import tempfile
 
 import pytest
 import torch
 
 from cgnet import CGNet, save_checkpoint
 from cgnet.cli import main
-from cgnet.common import CGNetError
+from cgnet.common import CGNetError, inductor_cache_per_capability
 from cgnet.data import listset
 from cgnet.data.catalog import CAMVID
 from cgnet.preprocess import make_spec
@@ -152,3 +155,19 @@ def test_the_commands_import_the_litert_converter_only_inside_the_export():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "[]\n"
+
+
+def test_a_lowered_cpu_capability_gets_its_own_inductor_cache(monkeypatch, tmp_path, capsys):
+    """ATEN_CPU_CAPABILITY=avx2 without TORCHINDUCTOR_CACHE_DIR: cgnet's commands compile into a
+    cache folder of that capability (a shared cache gave a compiled AVX2 step NaN gradients)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(getpass, "getuser", lambda: "someone")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert inductor_cache_per_capability() is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    assert main(["plot", str(tmp_path / "no-run")]) == 2  # any command goes through main's set-up first
+    capsys.readouterr()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torchinductor_someone_avx2")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice stays
+    assert inductor_cache_per_capability() is None and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

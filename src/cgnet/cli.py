@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import load_model
-from .common import CGNetError, InputError, number_type, parse_size
+from .common import CGNetError, InputError, inductor_cache_per_capability, number_type, parse_size
 from .complexity import profile_table
 from .data.commands import add_data_commands
 from .deploy.bench import add_bench_args, cmd_bench
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if argv is None and args.command in HEAVY_COMMANDS:
         reexec_with_allocator_env(sys.argv[1:])
+    inductor_cache_per_capability()
     debug = getattr(args, "debug", False) or os.environ.get("CGNET_DEBUG") == "1"
     with debug_environment(debug):
         return run_command(args, debug)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import getpass
 import io
 import logging
 import math
 import os
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -76,6 +78,26 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
         if key.strip() == "flags":
             flags.update(value.split())
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def inductor_cache_per_capability() -> str | None:
+    """Give torch.compile a cache folder of its own when ATEN_CPU_CAPABILITY lowers the kernels (the
+    AVX2 kind emulated on an AVX-512 CPU) and TORCHINDUCTOR_CACHE_DIR is not set; returns the folder.
+
+    Inductor generates code for that capability, but torch 2.13's cache does not tell the two
+    apart: a training step compiled under ATEN_CPU_CAPABILITY=avx2 with the cache of AVX-512 runs
+    gave non-finite gradients at its first iteration (with a fresh cache: finite), and the tests
+    under avx2 crashed with a segmentation fault on a shared cache."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    if not capability or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return None
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    folder = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}_{capability.lower()}")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder
 
 
 def autocast(device: torch.device | str, precision: str, cache: bool = True):
