@@ -45,12 +45,13 @@ import torch
 
 from cgnet import CGNet
 from cgnet.cli import ALLOCATOR_ENV
+from cgnet.common import inductor_cache_per_capability
 
 ISA_ENV = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 DEFAULT_VARIANTS = ["defaults=",
-                    "memory=--loader memory --workers 1",
-                    "memory+dw-taps+prelu=--loader memory --workers 1 --depthwise-backward taps --prelu-backward fused",
-                    "memory+dw-conv+prelu=--loader memory --workers 1 --depthwise-backward conv --prelu-backward fused"]
+                    "upsample-compiler=--upsample-backward compiler",
+                    "earlier-defaults=--loader workers --depthwise-backward aten --prelu-backward aten "
+                    "--upsample-backward compiler"]
 SETTINGS = ("loader", "workers", "depthwise_backward", "prelu_backward", "upsample_backward", "channels_last", "compile",
             "amp")
 BAR = re.compile(r"epoch (\d+)/\d+:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
@@ -232,6 +233,8 @@ def main():
     if sys.platform.startswith("linux") and any(os.environ.get(k) != v for k, v in env.items()):
         os.execve(sys.executable, [sys.executable, "-m", "benchmarks.train_as_run", *sys.argv[1:]],
                   {**os.environ, **env})
+    # before the baseline's Adam, whose import of inductor fixes TORCHINDUCTOR_CACHE_DIR for the runs below
+    inductor_cache_per_capability()
     args.train_args = [*args.train_args, "--blocks", *map(str, args.blocks)]
     variants = parse_variants(args.variant or DEFAULT_VARIANTS)
     figures = {"cpu": cpu_description(), "torch": torch.__version__, "batch": args.batch_size, "crop": args.crop,

@@ -87,7 +87,8 @@ def inductor_cache_per_capability() -> str | None:
     Inductor generates code for that capability, but torch 2.13's cache does not tell the two
     apart: a training step compiled under ATEN_CPU_CAPABILITY=avx2 with the cache of AVX-512 runs
     gave non-finite gradients at its first iteration (with a fresh cache: finite), and the tests
-    under avx2 crashed with a segmentation fault on a shared cache."""
+    under avx2 crashed with a segmentation fault on a shared cache. Call it before anything imports
+    inductor (an optimiser's first step does): that import sets TORCHINDUCTOR_CACHE_DIR itself."""
     capability = os.environ.get("ATEN_CPU_CAPABILITY")
     if not capability or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         return None
