@@ -373,10 +373,14 @@ def _typed(value, hint):
     raise TypeError(value)
 
 
-# What was measured on each kind of CPU (docs/speed.md, batch 8, crop 360, fp32): with AVX-512,
-# channels_last 1.26x and channels_last + the compiled model 1.51x eager NCHW; with AVX2 only (a
-# 2-core AMD EPYC), channels_last 0.86-0.98x and the compiled model 0.79-0.86x (after minutes of compiling).
-WIDE_VECTOR_CPUS = ("AVX512",)  # torch.backends.cpu.get_cpu_capability() values
+# What was measured on each kind of CPU (docs/speed.md, batch 8, crop 360, fp32), `cgnet train` as
+# run against a plain eager fp32 loop, with the CPU_TRAINING_DEFAULTS backward passes: with AVX-512
+# (a 2-core Xeon), channels_last + the compiled model 1.88x and 2.19x (two runs); with AVX2 kernels
+# (ATEN_CPU_CAPABILITY=avx2 on that Xeon), channels_last + the compiled model 1.48x, eager NCHW
+# 1.10x. (Before those backward passes, on a 2-core AVX2-only EPYC, the compiled model was slower
+# than eager: 0.79-0.86x.)
+MEASURED_COMPILED = {"AVX512": "1.88-2.19x a plain eager loop as run on an AVX-512 Xeon",
+                     "AVX2": "1.48x a plain eager loop as run with AVX2 kernels, against 1.10x eager NCHW"}
 
 
 def cpu_speed_defaults(capability: str, amp: str) -> tuple[bool, bool, str]:
@@ -387,14 +391,12 @@ def cpu_speed_defaults(capability: str, amp: str) -> tuple[bool, bool, str]:
             DEFAULT, AVX2, AVX512, ...; ATEN_CPU_CAPABILITY can lower it).
         amp: the run's autocast ('off' or 'bf16'): --compile with bf16 trains nothing on the CPU.
     """
-    if capability in WIDE_VECTOR_CPUS:
+    if capability in MEASURED_COMPILED:
         if amp == "bf16":
             return True, False, (f"{capability} CPU with --amp bf16: channels_last, the model not compiled "
                                  "(compiled bf16 trains nothing on the CPU)")
-        return True, True, (f"{capability} CPU: channels_last + compiled model (measured 1.51x eager NCHW on an "
-                            "AVX-512 CPU)")
-    return False, False, (f"{capability} CPU: eager, NCHW (channels_last and the compiled model measured "
-                          "0.79-0.98x eager on an AVX2-only CPU)")
+        return True, True, f"{capability} CPU: channels_last + compiled model (measured {MEASURED_COMPILED[capability]})"
+    return False, False, f"{capability} CPU: eager, NCHW (the compiled model was measured only with AVX2 or AVX-512)"
 
 
 def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> TrainConfig:
