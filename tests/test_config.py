@@ -155,7 +155,7 @@ def test_fresh_settings_are_not_taken_from_a_config_file(camvid, tmp_path):
 
 
 @pytest.mark.parametrize("capability, amp, expected", [
-    ("AVX512", "off", (True, True)),    # measured 1.88-2.19x a plain eager loop there
+    ("AVX512", "off", (True, True)),    # measured 1.88-2.31x a plain eager loop there
     ("AVX512", "bf16", (True, False)),  # compiled bf16 trains nothing on the CPU: never chosen
     ("AVX2", "off", (True, True)),      # 1.48x, against 1.10x eager NCHW
     ("AVX2", "bf16", (True, False)),
@@ -172,7 +172,7 @@ def test_a_cpu_run_without_speed_options_gets_this_cpus_defaults_and_says_why(ca
     monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "AVX512")
     cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", "--preset", "camvid-cpu"))
     assert (cfg.channels_last, cfg.compile) == (True, True)
-    assert cfg.speed_choice == ("AVX512 CPU: channels_last + compiled model (measured 1.88-2.19x a plain eager loop as "
+    assert cfg.speed_choice == ("AVX512 CPU: channels_last + compiled model (measured 1.88-2.31x a plain eager loop as "
                                 "run on an AVX-512 Xeon); by default here: --channels-last --compile")
     monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "DEFAULT")
     cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", "--compile"))

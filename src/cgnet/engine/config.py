@@ -375,11 +375,11 @@ def _typed(value, hint):
 
 # What was measured on each kind of CPU (docs/speed.md, batch 8, crop 360, fp32), `cgnet train` as
 # run against a plain eager fp32 loop, with the CPU_TRAINING_DEFAULTS backward passes: with AVX-512
-# (a 2-core Xeon), channels_last + the compiled model 1.88x and 2.19x (two runs); with AVX2 kernels
+# (a 2-core Xeon), channels_last + the compiled model 1.88x, 2.19x and 2.31x (three runs); with AVX2 kernels
 # (ATEN_CPU_CAPABILITY=avx2 on that Xeon), channels_last + the compiled model 1.48x, eager NCHW
 # 1.10x. (Before those backward passes, on a 2-core AVX2-only EPYC, the compiled model was slower
 # than eager: 0.79-0.86x.)
-MEASURED_COMPILED = {"AVX512": "1.88-2.19x a plain eager loop as run on an AVX-512 Xeon",
+MEASURED_COMPILED = {"AVX512": "1.88-2.31x a plain eager loop as run on an AVX-512 Xeon",
                      "AVX2": "1.48x a plain eager loop as run with AVX2 kernels, against 1.10x eager NCHW"}
 
 
