@@ -15,7 +15,7 @@ from .model import CGNet
 STAGES = {"stem": "stage1", "bn_act1": "stage1",
           "down2": "stage2", "stage2": "stage2", "bn_act2": "stage2",
           "down3": "stage3", "stage3": "stage3", "bn_act3": "stage3",
-          "drop": "head", "classifier": "head"}
+          "drop": "head", "classifier": "head", "resize": "head"}
 STAGE_ORDER = ["stage1", "stage2", "stage3", "head"]
 
 
