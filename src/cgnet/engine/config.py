@@ -117,7 +117,8 @@ def option(default, help: str | None, group: str | None, resume: str, *, flag: s
 # (cgnet.engine.grads), in one place, as measured when `cgnet train` runs
 # (benchmarks/train_as_run.py, docs/speed.md; 2-core Intel Xeon, AVX-512, batch 8, crop 360, x a
 # plain eager fp32 loop in the same run): ATen's backward with loader workers 1.21x, the in-memory
-# loader 1.13x, with the depthwise taps and fused PReLU backward 1.73x (conv: 1.55x).
+# loader 1.13x, with the depthwise taps and fused PReLU backward 1.73x (conv: 1.55x); then, in
+# another run, keeping ATen's up-sampling under compile 1.61x -> 1.88x (and 2.19x, 2.31x in two more).
 CPU_TRAINING_DEFAULTS = {"loader": "memory", "depthwise_backward": "taps", "prelu_backward": "fused",
                          "upsample_backward": "aten"}
 
