@@ -15,7 +15,8 @@ from torch.nn import functional
 from cgnet import CGNet
 from cgnet.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from cgnet.engine.grads import (DepthwiseConv, DepthwiseConvFunction, FusedPReLU, KeptResize, PReLUFunction,
-                                bilinear_resize, depthwise_input_grad, use_training_kernels)
+                                bilinear_resize, bilinear_resize_backward, depthwise_input_grad,
+                                use_training_kernels)
 from cgnet.preprocess import make_spec
 from helpers.rounding import FP32_U
 
@@ -189,3 +190,13 @@ def test_only_same_depthwise_convolutions_are_replaced():
     assert isinstance(model[0], DepthwiseConv) and all(type(m) is nn.Conv2d for m in model[1:])
     with pytest.raises(ValueError, match="unknown backward: depthwise 'fast'"):
         use_training_kernels(model, depthwise="fast")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_the_resize_operators_pass_torch_library_opcheck_also_with_symbolic_sizes(channels_last):
+    """Schema, autograd registration, fake implementations (shapes and strides against the real
+    kernels) and an AOT trace with dynamic sizes, for the forward and the backward operator."""
+    x, _, _ = depthwise_case(1, channels_last, shape=(2, 3, 11, 13), seed=4)
+    for op, args in ((bilinear_resize, (x, 17, 19)), (bilinear_resize_backward, (x, 5, 7))):
+        results = torch.library.opcheck(op, args)
+        assert set(results.values()) == {"SUCCESS"}, results

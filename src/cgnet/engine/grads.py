@@ -130,30 +130,35 @@ def _broadcast_slope(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return weight.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-@torch.library.custom_op("cgnet::bilinear_resize", mutates_args=())
-def bilinear_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _aten_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """ATen's bilinear up-sampling (align_corners=False) of x (N x C x h x w) to N x C x height x
-    width; under torch.compile an opaque call, and so is its backward (`bilinear_resize_backward`)."""
+    width. On fake tensors the same call gives the output's shape and strides."""
     return torch.ops.aten.upsample_bilinear2d(x, [height, width], False)
 
 
-@bilinear_resize.register_fake
-def _bilinear_resize_shape(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    return torch.ops.aten.upsample_bilinear2d(x, [height, width], False)  # on fake tensors: shape and strides
-
-
-@torch.library.custom_op("cgnet::bilinear_resize_backward", mutates_args=())
-def bilinear_resize_backward(grad_out: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The gradient (N x C x height x width) of `bilinear_resize` from an input of height x width,
+def _aten_resize_backward(grad_out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The gradient (N x C x height x width) of `_aten_resize` from an input of height x width,
     given the gradient of its output (N x C x H x W): ATen's upsample_bilinear2d_backward."""
     n, c, out_h, out_w = grad_out.shape
     return torch.ops.aten.upsample_bilinear2d_backward(grad_out, [out_h, out_w], [n, c, height, width], False)
 
 
+# under torch.compile opaque calls: inductor runs ATen's kernels instead of tracing them
+bilinear_resize = torch.library.custom_op("cgnet::bilinear_resize", _aten_resize, mutates_args=())
+bilinear_resize.register_fake(_aten_resize)
+bilinear_resize_backward = torch.library.custom_op("cgnet::bilinear_resize_backward", _aten_resize_backward,
+                                                   mutates_args=())
+
+
 @bilinear_resize_backward.register_fake
-def _bilinear_resize_backward_shape(grad_out: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    n, c, out_h, out_w = grad_out.shape
-    return torch.ops.aten.upsample_bilinear2d_backward(grad_out, [out_h, out_w], [n, c, height, width], False)
+def _resize_backward_shape(grad_out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The gradient's shape and layout (that of grad_out, as ATen's kernel gives it), also for
+    symbolic sizes, which ATen's meta function of the backward does not take."""
+    n, c = grad_out.shape[:2]
+    channels_last = grad_out.dim() == 4 and not grad_out.is_contiguous() and \
+        grad_out.is_contiguous(memory_format=torch.channels_last)
+    return grad_out.new_empty((n, c, height, width)).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _keep_input_size(ctx, inputs, output) -> None:
