@@ -84,6 +84,8 @@ def make_parser() -> argparse.ArgumentParser:
         ("eval", "score a checkpoint on a labelled split (per-class IoU table)", add_eval_args, eval_commands.cmd_eval),
         ("test", "Cityscapes: server submission; CamVid: score the test split",
          lambda p: add_eval_args(p, test=True), eval_commands.cmd_test),
+        ("soft-targets", "a teacher's probabilities on a training list (multi-scale + flip by default), for "
+                         "cgnet train --teacher", eval_commands.add_soft_targets_args, eval_commands.cmd_soft_targets),
         ("demo", "the main job: shipped CamVid weights on the test set, table and pictures",
          add_demo_args, eval_commands.cmd_demo),
         ("export", "a model file for a runtime (ONNX, OpenVINO, torch.export, ...) or a static in-browser "
@@ -118,7 +120,7 @@ def make_parser() -> argparse.ArgumentParser:
 # activations back in each iteration; these settings keep them (1.2-2x faster training/inference)
 ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_TOP_PAD_": "1073741824",
                  "MALLOC_MMAP_THRESHOLD_": "17179869184"}
-HEAVY_COMMANDS = {"train", "eval", "test", "demo", "predict", "bench", "export", "serve"}
+HEAVY_COMMANDS = {"train", "soft-targets", "eval", "test", "demo", "predict", "bench", "export", "serve"}
 
 
 def reexec_with_allocator_env(argv: list[str]) -> None:

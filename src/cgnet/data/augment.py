@@ -88,7 +88,7 @@ def normalization_table(spec: dict) -> np.ndarray:
 
 
 def augment_batch(images: list[np.ndarray], labels: list[np.ndarray], params: list[dict], crop: tuple[int, int],
-                  spec: dict, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  spec: dict, ignore_index: int, softs: list[np.ndarray] | None = None):
     """The augmentation of a batch, 8-bit until the crop is cut (see the module's docstring).
 
     Args:
@@ -98,31 +98,44 @@ def augment_batch(images: list[np.ndarray], labels: list[np.ndarray], params: li
         crop: (height, width) of the crops.
         spec: the preprocessing (`cgnet.preprocess`).
         ignore_index: the label of padded pixels.
+        softs: a distillation teacher's H x W x C uint8 probabilities (`cgnet.engine.teacher`), one
+            per image, or None: scaled bilinearly (as the image), cropped and flipped with it.
 
     Returns:
         float32 B x 3 x crop_h x crop_w normalised images (0 where padded) and int64
-        B x crop_h x crop_w labels (`ignore_index` where padded).
+        B x crop_h x crop_w labels (`ignore_index` where padded); with `softs`, also uint8
+        B x crop_h x crop_w x C soft targets (all 0 where padded).
     """
     ch, cw = crop
     pixels = np.zeros((len(images), ch, cw, 3), np.uint8)
     ids = np.full((len(images), ch, cw), ignore_index, np.uint8)
+    soft_out = None if softs is None else np.zeros((len(images), ch, cw, softs[0].shape[2]), np.uint8)
     extents = []
     for i, (image, label, p) in enumerate(zip(images, labels, params)):
         (h, w), t, l = p["size"], p["top"], p["left"]
         vh, vw = crop_extent(p, crop)
+        soft = None if softs is None else softs[i]
         if (h, w) != image.shape[:2]:
             # only the rows and columns the crop keeps
             rows = nearest_indices(label.shape[0], h)[t:t + vh]
             cols = nearest_indices(label.shape[1], w)[l:l + vw]
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
             label = label[rows[:, None], cols]
+            if soft is not None:
+                soft = cv2.resize(soft, (w, h), interpolation=cv2.INTER_LINEAR)
         else:
             label = label[t:t + vh, l:l + vw]
         image = image[t:t + vh, l:l + vw]
+        if soft is not None:
+            soft = soft[t:t + vh, l:l + vw]
         if p["flip"]:
             pixels[i, :vh, cw - vw:], ids[i, :vh, cw - vw:] = image[:, ::-1], label[:, ::-1]
+            if soft is not None:
+                soft_out[i, :vh, cw - vw:] = soft[:, ::-1]
         else:
             pixels[i, :vh, :vw], ids[i, :vh, :vw] = image, label
+            if soft is not None:
+                soft_out[i, :vh, :vw] = soft
         extents.append((vh, vw, p["flip"]))
     table = normalization_table(spec)
     out = np.empty((len(images), 3, ch, cw), np.float32)
@@ -134,6 +147,8 @@ def augment_batch(images: list[np.ndarray], labels: list[np.ndarray], params: li
             out[i, :, :, :cw - vw] = 0
         else:
             out[i, :, :, vw:] = 0
+    if soft_out is not None:
+        return torch.from_numpy(out), torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(soft_out)
     return torch.from_numpy(out), torch.from_numpy(ids.astype(np.int64))
 
 

@@ -155,13 +155,18 @@ class MemoryTrainSet:
         dataset: the training SegDataset (its list, crop, preprocessing and seed).
         device: where the images are kept and augmented.
         progress: a progress bar while decoding.
+        soft_reader: (image path, (H, W)) -> H x W x C uint8 distillation targets kept beside each
+            image (the CPU only); batches then carry them as a third tensor (`augment_batch`).
     """
 
-    def __init__(self, dataset: SegDataset, device: torch.device, progress: bool = True):
+    def __init__(self, dataset: SegDataset, device: torch.device, progress: bool = True, soft_reader=None):
         self.ds, self.device = dataset, torch.device(device)
         self.images, self.labels = [], []
+        self.softs = None if soft_reader is None else []
         for i in tqdm(range(len(dataset)), desc="decode to memory", disable=not progress):
             img, lab = dataset.load(i)
+            if self.softs is not None:
+                self.softs.append(soft_reader(dataset.samples[i].image, img.shape[:2]))
             if self.device.type == "cpu":
                 self.images.append(img)
                 self.labels.append(lab)
@@ -175,7 +180,8 @@ class MemoryTrainSet:
         if self.device.type == "cpu":
             params = [ds.params(i, epoch, self.images[i].shape[:2]) for i in indices]
             return augment_batch([self.images[i] for i in indices], [self.labels[i] for i in indices], params,
-                                 ds.crop, ds.spec, ds.info.ignore_index)
+                                 ds.crop, ds.spec, ds.info.ignore_index,
+                                 None if self.softs is None else [self.softs[i] for i in indices])
         out = [augment(self.images[i], self.labels[i], ds.params(i, epoch, self.images[i].shape[-2:]),
                        ds.crop, ds.spec, ds.info.ignore_index) for i in indices]
         return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])

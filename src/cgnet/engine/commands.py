@@ -27,6 +27,7 @@ from ..confusion import scores_table
 from ..preprocess import check_spec, make_spec
 from ..visualize import colorize, titled_with_legend
 from .inference import evaluate, make_eval_loader, predict_logits, save_prediction
+from .teacher import TEACHER_SCALES, write_teacher
 
 
 def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
@@ -220,4 +221,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cv2.imwrite(str(out / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     print(f"\nwrote {out}/per_class_iou.txt, scores.json, grid.png ({' | '.join(GRID_TITLES)}, with a class "
           f"legend) and {len(picks)} frames' overlays in {out}/frames/overlay")
+    return 0
+
+
+def add_soft_targets_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="the teacher: our checkpoint or the original release's (default: shipped "
+                                        "weights)")
+    p.add_argument("--dataset", help=f"{known_names(', ')} (default: from the checkpoint)")
+    p.add_argument("--data-root", help="dataset folder (default: $CGNET_DATA, ./data/<dataset>, ../shared/datasets/<dataset>)")
+    p.add_argument("--split", default="trainval", help="the list the student trains on (default trainval)")
+    p.add_argument("--scales", type=parse_floats, default=list(TEACHER_SCALES),
+                   help="the teacher's views: comma-separated scales (default 0.5,0.75,1,1.25,1.5,1.75)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="add horizontally flipped views (default on)")
+    p.add_argument("--out", required=True, help="folder for the soft targets (for cgnet train --teacher); "
+                                                "images already there are skipped, so a stopped run continues")
+
+
+def cmd_soft_targets(args: argparse.Namespace) -> int:
+    """`cgnet soft-targets`: the teacher's probabilities on a training list, for `cgnet train --teacher`."""
+    for name, value in (("num_classes", None), ("preprocess", None), ("mean", None), ("std", None),
+                        ("device", "cpu"), ("precision", "fp32"), ("backend", "torch"), ("compile", False)):
+        setattr(args, name, value)
+    check_writable(args.out, "--out")
+    model, info, _, _ = setup_eval(args, args.split)
+    root = Path(args.data_root) if args.data_root else default_data_root(info.name)
+    ds = SegDataset(root, info.split_path(root, args.split), info, check_spec(model.meta["preprocess"]), train=False)
+    model = model.to(memory_format=torch.channels_last)
+    manifest = write_teacher(model, ds, Path(args.out), scales=tuple(args.scales), flip=args.flip,
+                             weights=args.checkpoint or DEFAULT_WEIGHTS)
+    views = len(manifest["scales"]) * (2 if manifest["flip"] else 1)
+    print(f"soft targets of {len(ds)} images ({views} views each) in {args.out}; train with: cgnet train "
+          f"--teacher {args.out} --train-split {args.split} ...")
     return 0

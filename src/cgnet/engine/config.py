@@ -179,6 +179,16 @@ class TrainConfig:
                          choices=["none", "stem", "stage2"])
     class_weights: bool = option(True, "weight the loss by 1/ln(1.10 + class share) (default on)", "model", DEFINES,
                                  action=argparse.BooleanOptionalAction)
+    teacher: str | None = option(
+        None, "distil a teacher: a folder of its soft targets for the training list (`cgnet soft-targets`); the "
+              "loss adds --distill-weight times the cross-entropy against them (CPU, --loader memory)", "model",
+        DEFINES, metavar="DIR")
+    distill_weight: float = option(1.0, "with --teacher: the weight of the soft targets' term", "model", DEFINES,
+                                   check=not_negative(), type=float)
+    ema: float | None = option(
+        None, "keep an exponential moving average of the weights (and BatchNorm statistics) with this decay per "
+              "iteration, e.g. 0.999; validation, best.pt and OUT/ema.pt use the averaged weights", "model",
+        DEFINES, check=fraction, type=float, metavar="DECAY")
     preprocess: str = option("standard", "standard (RGB, /255, mean/std) or original (the release's BGR mean "
                                          "subtraction)", "data", DEFINES, choices=["standard", "original"])
     mean: tuple[float, ...] | None = option(None, "3 values; default: computed on the training list", "data",
@@ -495,6 +505,12 @@ def check_config(cfg: TrainConfig) -> None:
                           "(one down-sampling block plus M-1 or N-1 CG blocks)")
     if cfg.freeze != "none" and not cfg.init:
         raise ConfigError(f"--freeze {cfg.freeze}: freezes loaded weights; give --init too")
+    if cfg.teacher is not None:
+        if on_cuda or cfg.loader == "workers":
+            raise ConfigError(f"--teacher {cfg.teacher}: distillation runs on the CPU with --loader memory "
+                              "(the soft targets are kept beside the decoded images)")
+        if not Path(cfg.teacher).is_dir():
+            raise ConfigError(f"--teacher {cfg.teacher}: no such folder (write it with `cgnet soft-targets`)")
     if cfg.init and not resolve_weights(cfg.init).is_file():
         raise ConfigError(f"--init {cfg.init}: no such file (give a checkpoint, or 'camvid' for the shipped weights)")
     if cfg.std is not None and cfg.preprocess == "standard" and min(cfg.std) <= 0:

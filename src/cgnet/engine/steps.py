@@ -41,13 +41,14 @@ def set_lr(optimizer, lr: float) -> None:
 
 
 def make_eager_step(model, criterion, optimizer, scaler, device, spec: StepSpec):
-    """forward (autocast), loss in fp32, backward, optimiser step; returns the loss tensor."""
-    def step(images, labels):
+    """forward (autocast), loss in fp32, backward, optimiser step; returns the loss tensor. Tensors
+    after the labels (a distillation teacher's soft targets) go to the criterion too."""
+    def step(images, labels, *extra):
         if spec.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, spec.amp):
             logits = model(images)
-        loss = criterion(logits.float(), labels)
+        loss = criterion(logits.float(), labels, *extra)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
@@ -48,6 +49,7 @@ from .distributed import (backend, barrier, broadcast_value, cleanup, get_rank, 
 from .grads import use_training_kernels
 from .inference import evaluate, make_eval_loader
 from .stopping import GracefulStop, StopRequested
+from .teacher import DistillLoss, read_manifest, read_soft
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
                     set_lr, single_program)
 
@@ -107,8 +109,10 @@ def finite_mean(total: torch.Tensor, count: int, state: TrainState) -> float:
 
 
 def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: TrainConfig, state: TrainState,
-                    stop: GracefulStop | None = None) -> float:
-    """One pass over `batches`; poly learning rate set every iteration. Returns the mean loss.
+                    stop: GracefulStop | None = None, ema: AveragedModel | None = None,
+                    ema_source: nn.Module | None = None) -> float:
+    """One pass over `batches`; poly learning rate set every iteration, the weights' moving
+    average (`ema`, of `ema_source`) updated after every step. Returns the mean loss.
 
     An epoch that --max-iters or a stop signal (`stop.requested`, checked after every
     iteration) cuts short leaves its batch count and loss sum in `state.partial_*`; an epoch
@@ -118,12 +122,15 @@ def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: Train
     bar = tqdm(batches, total=n_batches, initial=count, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
                disable=not is_main_process() or not cfg.progress, leave=False, dynamic_ncols=True)
     check_every = 25 if device.type == "cuda" else 1  # a finiteness check syncs the GPU
-    for images, labels in bar:
+    for images, labels, *extra in bar:
         if state.iteration >= state.stop_at:
             break
         lr = poly_lr(state.iteration, state.max_iters, cfg.lr, cfg.poly_power)
         set_lr(optimizer, lr)
-        total += step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        total += step(images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+                      *(t.to(device, non_blocking=True) for t in extra))
+        if ema is not None:
+            ema.update_parameters(ema_source)
         state.iteration += 1
         count += 1
         if count % check_every == 0 or count == n_batches:
@@ -265,8 +272,14 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path, preprocess: di
     if n_batches == 0:
         raise CGNetError(f"{len(train_set)} training images give no full batch of {per_rank} per process")
     loader = memset = skipper = None
+    soft_reader = None
+    if cfg.teacher:
+        read_manifest(Path(cfg.teacher), list(info.classes))
+        soft_reader = lambda image, shape: read_soft(Path(cfg.teacher), image, shape, info.num_classes)  # noqa: E731
     if use_memory_loader(cfg, train_set, device):
-        memset = MemoryTrainSet(train_set, device, progress=cfg.progress and is_main_process())
+        memset = MemoryTrainSet(train_set, device, progress=cfg.progress and is_main_process(), soft_reader=soft_reader)
+    elif cfg.teacher:
+        raise ConfigError(f"--teacher {cfg.teacher}: the soft targets need --loader memory, which does not fit here")
     else:
         skipper = SkipBatches(sampler, per_rank)
         loader = DataLoader(train_set, batch_size=per_rank, sampler=skipper, num_workers=cfg.workers,
@@ -384,6 +397,7 @@ class TrainParts:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    ema: AveragedModel | None = None  # --ema: the moving average of `bare` (weights and BatchNorm statistics)
 
 
 def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
@@ -418,6 +432,8 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
         model = model.to(memory_format=torch.channels_last)
     weight = torch.tensor(data.class_weights, dtype=torch.float32, device=device) if cfg.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=data.info.ignore_index)
+    if cfg.teacher:
+        criterion = DistillLoss(criterion, cfg.distill_weight)
     use_graph = graphed_step_wanted(cfg, device, get_world_size()) and not cfg.compile
     if cfg.cuda_graph is True and not use_graph and is_main_process():
         print("note: --cuda-graph needs CUDA, one process, no fp16 and no dropout; training eagerly "
@@ -431,7 +447,10 @@ def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.d
         optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                      weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    return TrainParts(model, model, criterion, optimizer, scaler)
+    ema = None
+    if cfg.ema is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    return TrainParts(model, model, criterion, optimizer, scaler, ema)
 
 
 # ---- --resume --------------------------------------------------------------------------------
@@ -460,6 +479,8 @@ def restore(ckpt: dict, path: Path, parts: TrainParts, cfg: TrainConfig, state: 
     """Load model, optimiser, scaler, progress and RNG state from a checkpoint of this run."""
     load_state_into(parts.bare, ckpt["model"], where=str(path))
     parts.optimizer.load_state_dict(ckpt["optimizer"])
+    if parts.ema is not None:
+        parts.ema.load_state_dict(ckpt["ema"])
     if parts.scaler.is_enabled() and ckpt.get("scaler"):  # a run that switched --amp starts a fresh scaler
         parts.scaler.load_state_dict(ckpt["scaler"])
     saved = ckpt["train_state"]
@@ -493,7 +514,7 @@ def choose_step(parts: TrainParts, cfg: TrainConfig, data: TrainData, device: to
        `camvid-cpu` step);
     4. the eager step."""
     world = get_world_size()
-    if whole_step_compile(cfg, device, world):
+    if whole_step_compile(cfg, device, world) and not cfg.teacher:
         parts.model.train()
         step = make_compiled_step(parts.model, parts.criterion, parts.optimizer, parts.scaler, device, cfg,
                                   data.per_rank, data.info.num_classes, cuda_graph=cfg.cuda_graph is not False,
@@ -503,7 +524,7 @@ def choose_step(parts: TrainParts, cfg: TrainConfig, data: TrainData, device: to
                 print(f"training step compiled by inductor ({step.kind}; compiled, captured and checked "
                       f"against eager in {step.compile_s:.0f} s)")
             return step
-    if graphed_step_wanted(cfg, device, world):
+    if graphed_step_wanted(cfg, device, world) and not cfg.teacher:
         configure_optimizer(parts.optimizer, device, tensor_lr=True)  # the captured step reads a tensor lr
         step = make_graphed_step(parts.model, parts.criterion, parts.optimizer, device, cfg, data.per_rank,
                                  data.info.num_classes)
@@ -549,22 +570,27 @@ def save_last(out: Path, parts: TrainParts, data: TrainData, cfg: TrainConfig, s
               device: torch.device) -> None:
     """OUT/last.pt: everything --resume needs (written atomically, by the main process)."""
     saved = state.to_dict()
+    extra = {} if parts.ema is None else {"ema": parts.ema.state_dict()}
     save_on_master(out / "last.pt", parts.bare, run_meta(parts.bare, data, cfg), optimizer=parts.optimizer.state_dict(),
-                   scaler=parts.scaler.state_dict(), train_state=saved, rng=rng_state(device))
+                   scaler=parts.scaler.state_dict(), train_state=saved, rng=rng_state(device), **extra)
+    if parts.ema is not None:  # the averaged weights as a plain checkpoint (predict, eval, export)
+        save_on_master(out / "ema.pt", parts.ema.module, run_meta(parts.ema.module, data, cfg), train_state=saved)
     state.saved = saved
 
 
 def validate(parts: TrainParts, data: TrainData, device: torch.device, cfg: TrainConfig, state: TrainState,
              out: Path, record: dict) -> None:
-    """Score the val list, add it to the epoch's record, write best.pt on a new best."""
-    scores = evaluate(parts.bare, data.val_loader, data.info, device, precision=cfg.amp,
+    """Score the val list (the averaged weights with --ema), add it to the epoch's record, write
+    best.pt on a new best."""
+    scored = parts.bare if parts.ema is None else parts.ema.module
+    scores = evaluate(scored, data.val_loader, data.info, device, precision=cfg.amp,
                       channels_last=cfg.channels_last, progress=cfg.progress and is_main_process())
     record.update(val_miou=scores["miou"], val_pixel_acc=scores["pixel_acc"])
     if is_main_process():
         print(f"epoch {state.epoch}: loss {record['loss']:.4f}  val mIoU {100 * scores['miou']:.2f}")
     if scores["miou"] > state.best_miou:
         state.best_miou = scores["miou"]
-        save_on_master(out / "best.pt", parts.bare, run_meta(parts.bare, data, cfg), scores=scores,
+        save_on_master(out / "best.pt", scored, run_meta(scored, data, cfg), scores=scores,
                        train_state=state.to_dict())
 
 
@@ -573,7 +599,8 @@ def train_or_explain(step, parts: TrainParts, data: TrainData, device: torch.dev
     """`train_one_epoch` of the next epoch; a non-finite loss names the checkpoint to go back to."""
     try:
         batches = data.batches(state.epoch, skip=state.partial_batches)
-        return train_one_epoch(step, parts.optimizer, batches, data.n_batches, device, cfg, state, stop)
+        return train_one_epoch(step, parts.optimizer, batches, data.n_batches, device, cfg, state, stop,
+                               parts.ema, parts.bare)
     except NonFiniteLoss as e:
         last = out / "last.pt"
         where = f"the last good checkpoint is {last} (epoch {state.saved['epoch']})" \
