@@ -2,7 +2,8 @@
 Ultralytics trains on and Roboflow's "YOLOv8"/"YOLO11" segmentation export writes (also CVAT's
 "Ultralytics YOLO Segmentation 1.0"):
 
-    data.yaml           names (a list, or {index: name}), path (optional), train, val (, test)
+    data.yaml           names (a list, or {index: name}), path (optional), train, val (, test):
+                        folders of images, or .txt lists of image paths (CVAT's export)
     images/train/...    (or train/images/ in Roboflow's export: `train: ../train/images`)
     labels/train/x.txt  one object a line: `class x1 y1 x2 y2 ...`, coordinates normalised to 0..1
 
@@ -55,19 +56,29 @@ def read_data_yaml(path: Path) -> tuple[list[str], dict]:
     return names, doc
 
 
-def split_folder(yaml_path: Path, doc: dict, split: str) -> Path | None:
-    """The image folder of a split: relative to `path` (itself relative to data.yaml's folder),
-    or, as Ultralytics falls back for Roboflow's `../train/images`, to data.yaml's folder."""
+def split_images(yaml_path: Path, doc: dict, split: str) -> list[tuple[str, Path]]:
+    """(output name, image) of a split. Its entry is a folder of images or a .txt list of image
+    paths (CVAT's export), relative to `path` (itself relative to data.yaml's folder); a folder
+    not found there is looked for relative to data.yaml's folder, as Ultralytics does for
+    Roboflow's `../train/images`."""
     entry = doc.get(split)
     if entry is None:
-        return None
+        return []
     if not isinstance(entry, str):
-        raise InputError(f"{yaml_path}: {split} must be a folder of images, got {str(entry)[:60]}")
+        raise InputError(f"{yaml_path}: {split} must be a folder of images or a .txt list, got {str(entry)[:60]}")
     root = yaml_path.parent / str(doc.get("path") or ".")
-    for candidate in (root / entry, yaml_path.parent / entry.removeprefix("../")):
-        if candidate.is_dir():
-            return candidate
-    raise MissingFileError(f"{yaml_path}: {split} folder {entry} not found (looked in {root / entry})")
+    found = next((c for c in (root / entry, yaml_path.parent / entry.removeprefix("../")) if c.exists()), None)
+    if found is None:
+        raise MissingFileError(f"{yaml_path}: {split} {entry} not found (looked in {root / entry})")
+    if found.is_file():
+        listed = [line.strip() for line in found.read_text(encoding="utf-8").splitlines() if line.strip()]
+        images = [root / line.removeprefix("./") for line in listed]
+        base = root / "images" / split
+    else:
+        images = sorted(p for p in found.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        base = found
+    return [(f"{split}/{(p.relative_to(base) if p.is_relative_to(base) else Path(p.name)).with_suffix('').as_posix()}",
+             p) for p in images]
 
 
 def label_path(image: Path) -> Path:
@@ -135,21 +146,19 @@ def read(src: Path, opts: ImportOptions) -> Found:
     """An Ultralytics YOLO segmentation dataset (see the module docstring)."""
     yaml_path = find_yaml(src)
     names, doc = read_data_yaml(yaml_path)
-    images = []
-    for split in SPLITS:
-        folder = split_folder(yaml_path, doc, split)
-        if folder is not None:
-            images += [(split, folder, p) for p in sorted(folder.rglob("*"))
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+    images = [(split, *named) for split in SPLITS for named in split_images(yaml_path, doc, split)]
     if not images:
         raise MissingFileError(f"{yaml_path}: no images in its train/val folders")
 
     def items(classes: Classes) -> Iterator[Item]:
         ids = [classes.id_of[n] for n in names]
-        for split, folder, image in images:
+        for split, name, image in images:
+            if not image.is_file():
+                yield Item(output_name(name, str(image)), None, None, str(image), split)
+                continue
             labels = label_path(image)
             objects = read_objects(labels, len(names)) if labels.is_file() else []
-            name = output_name(f"{split}/{image.relative_to(folder).with_suffix('').as_posix()}", str(image))
+            name = output_name(name, str(image))
             label = draw_objects(objects, displayed_size(image), ids, classes.fill)
             yield Item(name, image, label, str(labels), split)
     return Found(names, items, len(images), f"{yaml_path} (names)")
