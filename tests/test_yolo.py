@@ -38,7 +38,8 @@ def yolo_dataset(root: Path, roboflow: bool = False) -> Path:
 def fill(points, value, label):
     """One polygon as the module docstring says Ultralytics fills it."""
     mask = np.zeros(label.shape, np.uint8)
-    cv2.fillPoly(mask, [(np.asarray(points, float).reshape(-1, 2) * [40, 30]).astype(np.int32)], 1)
+    scaled = np.asarray(points, np.float32).reshape(-1, 2) * np.array([40, 30], np.float32)
+    cv2.fillPoly(mask, [scaled.astype(np.int32)], 1)
     label[mask.astype(bool)] = value
 
 
@@ -52,7 +53,9 @@ def test_split_kept_and_smaller_objects_over_larger(tmp_path, capsys, roboflow):
     assert (mine / "train.txt").read_text() == ("images/train/a.jpg labels/train/a.png\n"
                                                 "images/train/b.jpg labels/train/b.png\n")
     assert (mine / "val.txt").read_text() == "images/val/c.jpg labels/val/c.png\n"
-    want = np.full((30, 40), 255, np.uint8)
+    assert [line.split()[0] for line in (mine / "classes.txt").read_text().splitlines()
+            if not line.startswith("#")] == ["road", "car", "background"]   # Ultralytics' background class, last
+    want = np.full((30, 40), 2, np.uint8)
     fill([0.1, 0.1, 0.9, 0.1, 0.9, 0.9, 0.1, 0.9], 0, want)   # the road, larger: first
     fill([0.3, 0.3, 0.6, 0.3, 0.45, 0.7], 1, want)            # the car over it
     assert (want == 1).sum() > 20 and (want == 0).sum() > 300

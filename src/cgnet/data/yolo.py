@@ -12,11 +12,16 @@ extension by `.txt` (as Ultralytics finds it); an image without one has no objec
 of data.yaml is kept: train.txt, val.txt (and test.txt) list the images of its train, val (and
 test) entries.
 
-Drawn as Ultralytics draws polygons into masks (`ultralytics.data.utils.polygon2mask`): the
-coordinates times the image's width and height, cut to whole pixels toward zero (numpy's int32
-cast), filled by OpenCV's `fillPoly`; where objects overlap, the larger polygon is drawn first
-and the smaller over it (`polygons2masks_overlap`, objects ordered by their filled area). Pixels
-no object covers get the ignore id, or the --background class.
+Drawn as Ultralytics' semantic segmentation task draws a polygon dataset
+(`PolygonSemanticDataset.load_mask` in ultralytics/data/dataset.py, ultralytics 8.4): the
+coordinates as float32 times the image's width and height, cut to whole pixels toward zero
+(numpy's int32 cast) and filled by OpenCV's `fillPoly` (`polygon2mask` in ultralytics/data/utils.py);
+where objects overlap, they are ordered by `np.argsort(-areas)` of their filled areas and each
+later one drawn over the earlier ones, so smaller objects lie over larger ones
+(`polygons2masks_overlap`). Pixels no object covers are the class `background`, which
+Ultralytics adds after the names (`add_polygon_background`; before the one name of a
+single-class dataset, which it trains as a binary mask); --background NAME names that class
+instead, and --ignore-class background makes them the ignore id (255, Ultralytics' ignore value).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from ..images import displayed_size
 from .import_core import Classes, Found, ImportOptions, Item, output_name
 
 SPLITS = ("train", "val", "test")
+BACKGROUND = "background"   # the class Ultralytics' semantic task gives pixels no polygon covers
 
 
 def read_data_yaml(path: Path) -> tuple[list[str], dict]:
@@ -110,24 +116,25 @@ def read_objects(path: Path, n_classes: int) -> list[tuple[int, np.ndarray]]:
         bad = next((v for v in coords if not (np.isfinite(v) and 0 <= v <= 1)), None)
         if bad is not None:
             raise InputError(f"{where}: coordinate {bad} is outside 0..1 (normalised to the image's size)")
-        objects.append((cls, np.asarray(coords, dtype=np.float64).reshape(-1, 2)))
+        objects.append((cls, np.asarray(coords, dtype=np.float32).reshape(-1, 2)))
     return objects
 
 
 def draw_objects(objects: list[tuple[int, np.ndarray]], size: tuple[int, int], ids: list[int],
                  fill: int) -> np.ndarray:
-    """The objects drawn as Ultralytics draws them (see the module docstring): each polygon filled
-    on its own, then painted largest filled area first, smaller ones over it (a stable order)."""
+    """The objects drawn as Ultralytics' semantic task draws them (`PolygonSemanticDataset.load_mask`:
+    float32 coordinates times the size, `polygon2mask` per object, `polygons2masks_overlap`'s
+    order: `np.argsort(-areas)`, smaller objects over larger ones)."""
     height, width = size
     masks = []
-    for cls, points in objects:
+    for _, points in objects:
         mask = np.zeros((height, width), dtype=np.uint8)
-        cv2.fillPoly(mask, [(points * [width, height]).astype(np.int32)], color=1)
-        masks.append((cls, mask.astype(bool)))
+        scaled = points.astype(np.float32) * np.array([width, height], dtype=np.float32)
+        cv2.fillPoly(mask, [scaled.astype(np.int32)], color=1)
+        masks.append(mask)
     label = np.full((height, width), fill, dtype=np.uint8)
-    for index in np.argsort([-int(m.sum()) for _, m in masks], kind="stable"):
-        cls, mask = masks[index]
-        label[mask] = ids[cls]
+    for index in np.argsort(-np.asarray([m.sum() for m in masks])):
+        label[masks[index] != 0] = ids[objects[index][0]]
     return label
 
 
@@ -150,8 +157,14 @@ def read(src: Path, opts: ImportOptions) -> Found:
     if not images:
         raise MissingFileError(f"{yaml_path}: no images in its train/val folders")
 
+    # Ultralytics' semantic task makes uncovered pixels a class of their own: `background`, after
+    # the names (with one name: before it, a binary mask); --background NAME replaces it
+    found_names = names if opts.background is not None else \
+        [BACKGROUND, *names] if len(names) == 1 else [*names, BACKGROUND]
+
     def items(classes: Classes) -> Iterator[Item]:
         ids = [classes.id_of[n] for n in names]
+        fill = classes.fill if opts.background is not None else classes.id_of[BACKGROUND]
         for split, name, image in images:
             if not image.is_file():
                 yield Item(output_name(name, str(image)), None, None, str(image), split)
@@ -159,6 +172,6 @@ def read(src: Path, opts: ImportOptions) -> Found:
             labels = label_path(image)
             objects = read_objects(labels, len(names)) if labels.is_file() else []
             name = output_name(name, str(image))
-            label = draw_objects(objects, displayed_size(image), ids, classes.fill)
+            label = draw_objects(objects, displayed_size(image), ids, fill)
             yield Item(name, image, label, str(labels), split)
-    return Found(names, items, len(images), f"{yaml_path} (names)")
+    return Found(found_names, items, len(images), f"{yaml_path} (names)")
