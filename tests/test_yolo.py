@@ -79,3 +79,18 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
         err = refused(capsys, tmp_path / "b", "--from", "yolo", src)
         assert err == f"cgnet data: error: {label}:2: {message} (0 imported before it; nothing written to " \
                       f"{tmp_path / 'b'})\n"
+
+
+def test_equals_ultralytics_semantic_masks_on_every_pixel(tmp_path, capsys):
+    """tests/data/ultralytics_yolo/expected/: the masks ultralytics 8.4.190's own
+    PolygonSemanticDataset.load_mask drew from the dataset beside them
+    (tests/helpers/ultralytics_masks.py); background is its class 3, after the names."""
+    fixture = Path(__file__).parent / "data" / "ultralytics_yolo"
+    code, out, err = run(capsys, "--from", "yolo", fixture, "--root", tmp_path / "mine")
+    assert code == 0, err
+    expected = sorted((fixture / "expected").rglob("*.png"))
+    assert len(expected) == 5
+    for path in expected:
+        want = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        got = read_ids(tmp_path / "mine" / "labels" / path.parent.name / path.name)
+        np.testing.assert_array_equal(got, want)
