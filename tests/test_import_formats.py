@@ -190,7 +190,7 @@ def test_cvat_zip_without_images_and_the_temporary_folder_is_removed(tmp_path, c
     code, out, err = run(capsys, "--from", "cvat", archive, "--root", tmp_path / "mine", "--val-fraction", "0")
     assert code == 0, err
     assert "skipped images: 1 without an image\n" in out
-    assert "frames without an image in " in out and "(1): frame_a.png\n" in out
+    assert "images not found in " in out and "(1): frame_a.png\n" in out
     np.testing.assert_array_equal(read_ids(tmp_path / "mine" / "labels" / "frame_b.png"), expected["frame_b"])
     assert sorted((tmp_path / "mine" / "labels").iterdir()) == [tmp_path / "mine" / "labels" / "frame_b.png"]
     assert list(scratch.iterdir()) == []
@@ -275,7 +275,8 @@ def test_cvat_bad_inputs(tmp_path, capsys):
                    f"it; nothing written to {tmp_path / 'h'})\n")
 
     err = refused(capsys, tmp_path / "i", "--from", "voc", src, "--background", "road")
-    assert err == "cgnet data: error: --images and --background are for --from cvat (CVAT for images 1.1) and coco\n"
+    assert err == ("cgnet data: error: --background is not an option of --from voc (it is for --from cvat, coco, "
+                   "labelstudio, yolo)\n")
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -292,7 +293,7 @@ def test_cvat_bad_inputs(tmp_path, capsys):
     (src / "images" / "frame_a.png").unlink()
     (src / "images" / "frame_b.png").unlink()
     err = refused(capsys, tmp_path / "g", "--from", "cvat", src)
-    assert err == (f"cgnet data: error: {src}: nothing to import (2 without an image; frames without an image in "
+    assert err == (f"cgnet data: error: {src}: nothing to import (2 without an image; images not found in "
                    f"{src / 'images'} (2): frame_a.png, frame_b.png) (0 imported, 2 skipped before it; nothing "
                    f"written to {tmp_path / 'g'})\n")
 
@@ -392,7 +393,7 @@ def test_coco_bad_inputs(tmp_path, capsys):
     assert err == (f"cgnet data: error: {path} (categories): class 'person' is not in the classes file {classes} "
                    "(it lists: car)\n")
     err = refused(capsys, tmp_path / "e", "--from", "coco", src, "--mask-suffix", "_L")
-    assert err == "cgnet data: error: --masks and --mask-suffix are for --from colors and ids\n"
+    assert err == "cgnet data: error: --mask-suffix is not an option of --from coco (it is for --from ids, colors)\n"
 
 
 # ---- VOC palette PNGs and id masks ------------------------------------------------------------

@@ -337,7 +337,8 @@ def test_classes_file_fixes_ids_and_colours(tmp_path, capsys):
     classes.write_text("cat 10,20,30\n")
     code, _, err = run(capsys, "--from", "labelme", src, "--root", tmp_path / "other", "--classes", classes)
     assert code == 2 and not (tmp_path / "other").exists()
-    assert err == f"cgnet data: error: {src / 'a.json'}: shape 0 ('dog'): label not in the classes file {classes}\n"
+    assert err == (f"cgnet data: error: {src / 'a.json'}: shape 0: class 'dog' is not in the classes file {classes} "
+                   "(it lists: cat)\n")
 
 
 # ---- bad input ----------------------------------------------------------------------------------

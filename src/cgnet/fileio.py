@@ -1,7 +1,7 @@
 """Files that survive interruptions: atomic writes (a temporary file in the target's folder, then
 a rename, so a reader or an interrupted job never sees half a file), folders built the same way
-(`staged_folder`), the leftovers of writes that were killed, and a lock file that keeps two jobs
-out of one folder."""
+(`staged_folder`), the leftovers of writes that were killed, a lock file that keeps two jobs
+out of one folder, and the one archive extractor (`extract_archive`: safe names, a size limit)."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,13 @@ import re
 import secrets
 import shutil
 import socket
+import tarfile
 import time
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from .common import CGNetError
 
@@ -269,3 +273,97 @@ def staged_folder(target: str | os.PathLike, *, replace: bool = False):
         shutil.rmtree(staging, ignore_errors=True)
         remove_made(made)
         raise
+
+
+# ---- archives ----------------------------------------------------------------------------------
+
+class ArchiveError(CGNetError):
+    """An archive that cannot be unpacked: unreadable, an unsafe member name, or larger unpacked
+    than the limit."""
+
+
+class ArchiveTooLarge(ArchiveError):
+    """An archive whose files add up to more bytes unpacked than the limit."""
+
+
+def unsafe_member(name: str) -> bool:
+    """Whether an archive member's name would land outside the folder it is unpacked into: an
+    absolute path (`/x`, `C:/x`) or a `..` part."""
+    posix = name.replace("\\", "/")
+    drive = len(posix) > 1 and posix[1] == ":"
+    return posix.startswith("/") or drive or ".." in posix.split("/")
+
+
+def free_space(folder: Path) -> int:
+    """Free bytes on the file system of `folder` (or of its nearest existing parent)."""
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return shutil.disk_usage(".").free
+
+
+def _archive_files(archive: Path, name: str) -> tuple[str, list[tuple[str, int, object]]]:
+    """('zip' or 'tar', [(member name, uncompressed size, member)]) of the regular files."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            return "zip", [(i.filename, i.file_size, i) for i in zf.infolist() if not i.is_dir()]
+    try:
+        with tarfile.open(archive) as tar:
+            return "tar", [(m.name, m.size, m) for m in tar.getmembers() if m.isfile()]
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise ArchiveError(f"{name}: not a readable zip or tar archive ({e})") from None
+
+
+def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *,
+                    select: Callable[[str], str | None] | None = None, limit: int | None = None,
+                    name: str | None = None) -> list[str]:
+    """Unpack the regular files of a zip or tar archive (any compression tarfile reads) into
+    `dest`; the one archive extractor of cgnet (imports, the CamVid download, the in-browser
+    runtime).
+
+    Before anything is written, every member name is checked (none may be absolute or contain
+    `..`, skipped members included) and the total uncompressed size of the files to write is
+    compared with `limit`: an archive that would unpack to more is refused (a zip bomb, or an
+    archive the disk cannot hold). Sizes come from the archive's directory; zipfile and tarfile
+    never read more than a member's recorded size. Links and special files are not unpacked.
+
+    Args:
+        archive: the .zip or tar file.
+        dest: an existing folder to unpack into.
+        select: member name -> the relative path to write it to, or None to skip it (default:
+            every file under its own name).
+        limit: the most bytes to unpack (default: the free space of `dest`'s file system).
+        name: what to call the archive in messages (default: its path; e.g. the URL it came from).
+    Returns:
+        the relative paths written, in archive order.
+    Raises:
+        ArchiveError: unreadable, an unsafe member name, or over the limit (nothing written).
+    """
+    archive, dest, name = Path(archive), Path(dest), name or str(archive)
+    kind, files = _archive_files(archive, name)
+    chosen = []
+    for member_name, size, member in files:
+        target = select(member_name) if select is not None else member_name
+        if unsafe_member(member_name) or (target is not None and unsafe_member(target)):
+            raise ArchiveError(f"{name}: unsafe member path {member_name!r} (absolute or with '..'); "
+                               "refusing to unpack")
+        if target is not None:
+            chosen.append((target, size, member))
+    total = sum(size for _, size, _ in chosen)
+    allowed = free_space(dest) if limit is None else limit
+    if total > allowed:
+        why = "the free space where it unpacks" if limit is None else "the limit given"
+        raise ArchiveTooLarge(f"{name}: unpacks to {total:,} bytes, more than {allowed:,} ({why}); "
+                           "refusing to unpack")
+    try:
+        opened = zipfile.ZipFile(archive) if kind == "zip" else tarfile.open(archive)
+        with opened:
+            for target, _, member in chosen:
+                out = dest / target
+                out.parent.mkdir(parents=True, exist_ok=True)
+                source = opened.open(member) if kind == "zip" else opened.extractfile(member)
+                with source, open(out, "wb") as f:
+                    shutil.copyfileobj(source, f, 1 << 20)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
+        raise ArchiveError(f"{name}: the archive is corrupt ({e})") from None
+    return [target for target, _, _ in chosen]

@@ -25,6 +25,19 @@ from cgnet.common import InputError
 ORIENTATION_TAG = 0x0112  # EXIF "Orientation"
 
 
+def _orientation_of(im: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image, from its header; 1 when it has none."""
+    if im.format == "PNG":  # Pillow's getexif() on a PNG would decode the pixels to look past them
+        raw = im.info.get("exif")
+        exif = Image.Exif()
+        if raw:
+            exif.load(raw)
+    else:
+        exif = im.getexif()
+    value = exif.get(ORIENTATION_TAG, 1)
+    return int(value) if value in range(1, 9) else 1
+
+
 def exif_orientation(source: bytes | str | os.PathLike) -> int:
     """The EXIF orientation (1-8) of an encoded image, 1 when it has none or it cannot be read.
 
@@ -32,17 +45,24 @@ def exif_orientation(source: bytes | str | os.PathLike) -> int:
     stands before the pixel data (where the PNG specification puts it)."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source) as im:
-            if im.format == "PNG":  # Pillow's getexif() on a PNG would decode the pixels to look past them
-                raw = im.info.get("exif")
-                exif = Image.Exif()
-                if raw:
-                    exif.load(raw)
-            else:
-                exif = im.getexif()
-            value = exif.get(ORIENTATION_TAG, 1)
+            return _orientation_of(im)
     except Exception:  # not an image Pillow knows, or a damaged header: the decoder reports it
         return 1
-    return int(value) if value in range(1, 9) else 1
+
+
+def displayed_size(path: str | os.PathLike, where: str = "") -> tuple[int, int]:
+    """An image file's (height, width) as displayed (EXIF orientation 5-8 swap them), from its
+    header alone (Pillow's lazy open: no pixels are decoded). Raises InputError naming ``where``
+    (default: the path) when it is not an image Pillow knows, or not 8-bit."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            (width, height), mode, orientation = im.size, im.mode, _orientation_of(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise InputError(f"{where or path}: cannot read the image {path} (corrupt or not an image)") from None
+    if mode.startswith(("I", "F")):
+        raise InputError(f"{where or path}: the image {path} is {mode}, expected 8-bit")
+    return (width, height) if orientation >= 5 else (height, width)
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import zipfile
-import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import cv2
 
 from ..common import IMAGE_EXTS
-from ..download import CHUNK, DownloadError, fetch, file_digest
-from ..fileio import staged_folder, write_atomic
+from ..download import DownloadError, fetch, file_digest
+from ..fileio import ArchiveError, extract_archive, staged_folder, write_atomic
 from .info import SPLITS, DatasetInfo
 
 CAMVID = DatasetInfo(
@@ -81,43 +79,27 @@ def _is_complete(root: Path) -> bool:
             and all((root / f).is_dir() for f in _FOLDERS))
 
 
-def _member_target(name: str) -> tuple[str, str] | None:
-    """(folder, file) for a `<top>/CamVid/<folder>/<file>` member we keep, else None."""
+def _member_target(name: str) -> str | None:
+    """`folder/file` for a `<top>/CamVid/<folder>/<file>` member we keep, else None."""
     parts = name.split("/")
     if len(parts) == 4 and parts[1] == "CamVid" and parts[2] in _FOLDERS and parts[3]:
-        return parts[2], parts[3]
+        return f"{parts[2]}/{parts[3]}"
     return None
-
-
-def _check_safe(name: str, url: str) -> None:
-    # a hostile archive must not write outside the temporary folder, even in members we skip
-    posix = name.replace("\\", "/")
-    drive = len(posix) > 1 and posix[1] == ":"  # C:/... is absolute on Windows
-    if PurePosixPath(posix).is_absolute() or drive or ".." in posix.split("/"):
-        raise DownloadError(f"archive {url} has an unsafe member path {name!r}; refusing to extract")
 
 
 def _extract(archive: Path, dest: Path, url: str) -> None:
     """Extract the six CamVid folders of archive into dest, flattening the `<top>/CamVid/` prefix."""
     if not zipfile.is_zipfile(archive):
         raise DownloadError(f"{url} is not a zip archive")
+    for folder in _FOLDERS:
+        (dest / folder).mkdir()
     try:
-        with zipfile.ZipFile(archive) as zf:
-            members = zf.infolist()
-            for info in members:
-                _check_safe(info.filename, url)
-            keep = [(info, t) for info in members
-                    if not info.is_dir() and (t := _member_target(info.filename))]
-            if not keep:
-                raise DownloadError(f"archive {url} has no CamVid folder "
-                                    f"(expected members like <top>/CamVid/train/<image>)")
-            for folder in _FOLDERS:
-                (dest / folder).mkdir()
-            for info, (folder, fname) in keep:
-                with zf.open(info) as src, open(dest / folder / fname, "wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise DownloadError(f"{url} is not a zip archive or is corrupt: {e}") from e
+        written = extract_archive(archive, dest, select=_member_target, name=f"archive {url}")
+    except ArchiveError as e:
+        raise DownloadError(str(e)) from None
+    if not written:
+        raise DownloadError(f"archive {url} has no CamVid folder "
+                            f"(expected members like <top>/CamVid/train/<image>)")
 
 
 def _check_counts(root: Path) -> None:

@@ -17,8 +17,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..common import InputError, MissingFileError
-from .import_core import (Item, Source, check_same_size, missing_note, output_name, read_pixels,
-                          resolve_classes)
+from .import_core import Classes, Found, ImportOptions, Item, missing_note, output_name
 
 
 def find_coco_json(src: Path) -> Path:
@@ -131,42 +130,31 @@ def draw_image(image: dict, anns: list[dict], id_of: dict[int, int], fill: int, 
     return label
 
 
-def coco_source(src: Path, images: Path | None, classes: Path | None, ignore_classes: list[str],
-                ignore_index: int, background: str | None) -> Source:
+def read(src: Path, opts: ImportOptions) -> Found:
     """A COCO instances JSON (the file or its export folder) and its images: --images, else
     beside the JSON, images/ or images/<subset>/ of the export (subset: instances_<subset>.json)."""
     path = find_coco_json(src)
     doc = read_coco(path)
     category = categories(doc, path)
-    names = list(category.values())
-    if background is not None and background not in names:
-        names = [background] + names
-    found = resolve_classes(names, {}, classes, ignore_classes, ignore_index, f"{path} (categories)")
-    id_of = {cid: found.id_of[name] for cid, name in category.items()}
-    fill = found.id_of[background] if background is not None else ignore_index
     export = path.parent.parent if path.parent.name == "annotations" else path.parent
     subset = path.stem.removeprefix("instances_")
-    folders = [images] if images is not None else [path.parent, export / "images", export / "images" / subset]
+    folders = [opts.images] if opts.images is not None else [path.parent, export / "images", export / "images" / subset]
     records = image_index(doc, path)
-    located = [(image, anns, next((f / image["file_name"] for f in folders if (f / image["file_name"]).is_file()),
-                                  None)) for image, anns in records]
-    missing = [image["file_name"] for image, _, file in located if file is None]
-    source = Source(found.names, found.palette, iter(()), len(records))
-    if missing:
-        source.skipped["without an image"] = len(missing)
-        source.notes.append(missing_note(f"images not found in {', '.join(map(str, folders))}", missing))
 
-    def items() -> Iterator[Item]:
+    def items(resolved: Classes) -> Iterator[Item]:
+        id_of = {cid: resolved.id_of[name] for cid, name in category.items()}
         box_only: list[int] = []
-        for image, anns, file in located:
-            if file is None:
-                continue
-            label = draw_image(image, anns, id_of, fill, path, box_only)
+        for image, anns in records:
             where = f"{path}: image {image['file_name']!r}"
-            check_same_size(read_pixels(file, "image").shape[:2], str(file), label, where)
-            yield Item(output_name(str(Path(image["file_name"]).with_suffix("")), where), file, label)
+            name = output_name(str(Path(image["file_name"]).with_suffix("")), where)
+            file = next((f / image["file_name"] for f in folders if (f / image["file_name"]).is_file()), None)
+            if file is None:
+                yield Item(name, None, None, image["file_name"])
+                continue
+            yield Item(name, file, draw_image(image, anns, id_of, resolved.fill, path, box_only), where)
         if box_only:
-            source.notes.append(missing_note(f"{path}: annotations without a segmentation (boxes only) "
-                                             "skipped, by index", [str(i) for i in box_only]))
-    source.items = items()
-    return source
+            found.notes.append(missing_note(f"{path}: annotations without a segmentation (boxes only) "
+                                            "skipped, by index", [str(i) for i in box_only]))
+    found = Found(list(category.values()), items, len(records), f"{path} (categories)",
+                  looked_in=", ".join(map(str, folders)))
+    return found

@@ -14,7 +14,7 @@ from ..common import InputError, number_type
 from ..preprocess import make_spec
 from ..visualize import colorize, denormalize
 from .catalog import DATASETS, get_entry
-from .importer import FORMATS, import_dataset, summary_text
+from .importer import IMPORTERS, import_dataset, summary_text
 from .listset import SegDataset
 from .stats import dataset_stats, stats_table
 
@@ -73,7 +73,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     summary = import_dataset(args.format, args.src, args.root, val_fraction=args.val_fraction, seed=args.seed,
                              classes=args.classes, ignore_index=args.ignore_index,
                              ignore_classes=args.ignore_class, masks=args.masks, mask_suffix=args.mask_suffix,
-                             images=args.images, background=args.background, progress=args.progress)
+                             images=args.images, background=args.background, unpack_limit=args.unpack_limit,
+                             progress=args.progress)
     print(summary_text(summary, args.ignore_index))
     return 0
 
@@ -128,23 +129,25 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
     add_import_command(data)
 
 
+def takers(key: str) -> str:
+    """The formats that take an option of OPTION_FLAGS, for its help."""
+    return ", ".join(e.name for e in IMPORTERS.values() if key in e.options)
+
+
 def add_import_command(data: argparse._SubParsersAction) -> None:
     """`cgnet data import` and its options (docs/data.md has the table of commands per tool)."""
-    p = data.add_parser("import", help="an annotation tool's export (CVAT, COCO, LabelMe, VOC, id or colour masks) "
-                                       "as a dataset folder",
+    p = data.add_parser("import", help="an annotation tool's export (" + ", ".join(IMPORTERS) + ") as a dataset "
+                                       "folder",
                         description="Write images/, labels/ (8-bit class ids), classes.txt ('name r,g,b' per "
-                                    "line, id order) and train.txt/val.txt into --root, from a CVAT export "
-                                    "('Segmentation mask 1.1' or 'CVAT for images 1.1'), a COCO instances JSON, "
-                                    "LabelMe JSON files, VOC palette PNGs, id masks, or RGB colour masks. "
-                                    "docs/data.md has a table of the commands.")
-    p.add_argument("src", help="the export's folder or its .zip (cvat, coco: also the annotations.xml or .json)")
-    p.add_argument("--from", dest="format", choices=FORMATS, required=True,
-                   help="cvat: Segmentation mask 1.1 or CVAT for images 1.1; coco: instances JSON; labelme: "
-                        "JSON files (subfolders too), drawn as labelme draws them; voc: palette PNGs; ids: "
-                        "single-channel id masks; colors: RGB masks")
+                                    "line, id order) and train.txt/val.txt into --root, from an annotation tool's "
+                                    "export (--from). docs/data.md has a table of the commands.")
+    p.add_argument("src", help="the export's folder or its .zip (" + ", ".join(
+        e.name for e in IMPORTERS.values() if e.takes_file) + ": also its annotation file)")
+    p.add_argument("--from", dest="format", choices=list(IMPORTERS), required=True,
+                   help="; ".join(f"{e.name}: {e.help}" for e in IMPORTERS.values()))
     p.add_argument("--root", required=True, help="the dataset folder to write (new or empty)")
     p.add_argument("--val-fraction", type=number_type(float, minimum=0, maximum=0.99), default=0.2,
-                   help="share of the images listed in val.txt (default 0.2)")
+                   help="share of the images listed in val.txt (default 0.2; yolo keeps the dataset's own split)")
     p.add_argument("--seed", type=number_type(int, minimum=0), default=0, help="seed of the train/val shuffle")
     p.add_argument("--classes", metavar="FILE",
                    help="one class per line ('name' or 'name r,g,b'): fixes the class ids by name (and the "
@@ -155,13 +158,15 @@ def add_import_command(data: argparse._SubParsersAction) -> None:
     p.add_argument("--ignore-class", action="append", default=[], metavar="NAME",
                    help="a class whose pixels become the ignore id and that is left out of classes.txt "
                         "(repeatable; e.g. CVAT's background, CamVid's Void)")
-    p.add_argument("--masks", metavar="DIR", help="colors, ids: the folder of the masks (default: SRC)")
+    p.add_argument("--masks", metavar="DIR", help=f"{takers('masks')}: the folder of the masks (default: SRC)")
     p.add_argument("--mask-suffix", default="", metavar="S",
-                   help="colors, ids: a mask's file stem is the image's plus this (CamVid: _L)")
+                   help=f"{takers('mask_suffix')}: a mask's file stem is the image's plus this (CamVid: _L)")
     p.add_argument("--images", metavar="DIR",
-                   help="cvat (CVAT for images 1.1), coco: the folder of the images, for an export without them")
+                   help=f"{takers('images')}: the folder of the images, for an export without them")
     p.add_argument("--background", metavar="NAME",
-                   help="cvat (CVAT for images 1.1), coco: the class of pixels no shape covers (default: the "
-                        "ignore id)")
+                   help=f"{takers('background')}: the class of pixels no shape covers (default: the ignore id)")
+    p.add_argument("--unpack-limit", type=number_type(int, minimum=0), metavar="BYTES",
+                   help="a .zip source: the most bytes its files may add up to unpacked, checked before "
+                        "extracting (default: the free disk space of the temporary folder)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.set_defaults(func=cmd_data_import)

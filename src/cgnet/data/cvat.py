@@ -20,8 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..common import InputError, MissingFileError
-from .import_core import (Item, Source, check_same_size, colors_to_ids, find_image, hex_color, missing_note,
-                          output_name, read_color_mask, read_pixels, resolve_classes)
+from .import_core import Classes, Found, ImportOptions, Item, colors_to_ids, find_image, hex_color, output_name, read_mask
 
 # the CVAT shapes that cover area, and those that do not (skipped and counted)
 AREA_SHAPES = ("polygon", "box", "mask")
@@ -59,14 +58,11 @@ def read_cvat_labelmap(path: Path) -> tuple[list[str], list[tuple[int, int, int]
 
 
 
-def segmentation_mask_source(src: Path, classes: Path | None, ignore_classes: list[str],
-                             ignore_index: int) -> Source:
+def segmentation_mask_read(src: Path) -> Found:
     """CVAT's "Segmentation mask 1.1": labelmap.txt, SegmentationClass/<name>.png colour masks,
     JPEGImages/<name>.<ext>, ImageSets/Segmentation/*.txt image names."""
     labelmap = src / "labelmap.txt"
     names, colors = read_cvat_labelmap(labelmap)
-    found = resolve_classes(names, dict(zip(names, colors)), classes, ignore_classes, ignore_index, str(labelmap))
-    ids = [found.id_of[n] for n in names]
     lists = sorted((src / "ImageSets" / "Segmentation").glob("*.txt"))
     if not lists:
         raise MissingFileError(f"{src}: no ImageSets/Segmentation/*.txt (the export's image names)")
@@ -75,9 +71,9 @@ def segmentation_mask_source(src: Path, classes: Path | None, ignore_classes: li
         for line in list_file.read_text().splitlines():
             if line.strip() and line.strip() not in image_names:
                 image_names.append(line.strip())
-    source = Source(found.names, found.palette, iter(()), len(image_names))
 
-    def items() -> Iterator[Item]:
+    def items(resolved: Classes) -> Iterator[Item]:
+        ids = [resolved.id_of[n] for n in names]
         for name in image_names:
             where = f"{lists[0].parent}: {name!r}"
             image = find_image(src / "JPEGImages", name)
@@ -85,13 +81,12 @@ def segmentation_mask_source(src: Path, classes: Path | None, ignore_classes: li
                 raise MissingFileError(f"{where}: no image JPEGImages/{name}.<ext> for it")
             mask_path = src / "SegmentationClass" / f"{name}.png"
             if not mask_path.is_file():
-                source.skipped["without a mask"] += 1
+                found.skipped["without a mask"] += 1
                 continue
-            label = colors_to_ids(read_color_mask(mask_path), colors, ids, str(mask_path), str(labelmap))
-            check_same_size(read_pixels(image, "image").shape[:2], str(image), label, str(mask_path))
-            yield Item(output_name(name, where), image, label)
-    source.items = items()
-    return source
+            label = colors_to_ids(read_mask(mask_path, "colour")[0], colors, ids, str(mask_path), str(labelmap))
+            yield Item(output_name(name, where), image, label, str(mask_path))
+    found = Found(names, items, len(image_names), str(labelmap), dict(zip(names, colors)))
+    return found
 
 
 # ---- CVAT for images 1.1 -------------------------------------------------------------------------
@@ -238,51 +233,42 @@ def frame_image(images: list[Path], frame: Frame) -> Path | None:
     return None
 
 
-def annotations_xml_source(path: Path, images: Path | None, classes: Path | None, ignore_classes: list[str],
-                           ignore_index: int, background: str | None) -> Source:
+def annotations_xml_read(path: Path, images: Path | None) -> Found:
     """CVAT for images 1.1: annotations.xml and (when exported with images) images/."""
     names, colors, frames = read_annotations_xml(path)
-    if background is not None and background not in names:
-        names, colors = [background] + names, {background: (0, 0, 0), **colors}
-    found = resolve_classes(names, colors, classes, ignore_classes, ignore_index, f"{path} (<labels>)")
-    fill = found.id_of[background] if background is not None else ignore_index
     folders = [images] if images is not None else [path.parent / "images", path.parent]
-    located = [(frame, frame_image(folders, frame)) for frame in frames]
-    missing = [frame.name for frame, image in located if image is None]
-    source = Source(found.names, found.palette, iter(()), len(frames))
-    if missing:
-        source.skipped["without an image"] = len(missing)
-        source.notes.append(missing_note(f"frames without an image in {folders[0]}", missing))
+    found = Found(names, lambda resolved: None, len(frames), f"{path} (<labels>)", colors, looked_in=str(folders[0]))
 
-    def items() -> Iterator[Item]:
-        for index, (frame, image) in enumerate(located):
-            if image is None:
-                continue
+    def items(resolved: Classes) -> Iterator[Item]:
+        for index, frame in enumerate(frames):
             where = f"{path}: <image> {index + 1} ({frame.name!r})"
-            label = draw_frame(frame, found.id_of, fill, where, source.shapes_skipped)
-            check_same_size(read_pixels(image, "image").shape[:2], str(image), label, where)
-            yield Item(output_name(str(Path(frame.name).with_suffix("")), where), image, label)
-    source.items = items()
-    return source
+            name = output_name(str(Path(frame.name).with_suffix("")), where)
+            image = frame_image(folders, frame)
+            if image is None:
+                yield Item(name, None, None, frame.name)
+                continue
+            yield Item(name, image, draw_frame(frame, resolved.id_of, resolved.fill, where, found.shapes_skipped),
+                       where)
+    found.items = items
+    return found
 
 
-def cvat_source(src: Path, images: Path | None, classes: Path | None, ignore_classes: list[str],
-                ignore_index: int, background: str | None) -> Source:
+def read(src: Path, opts: ImportOptions) -> Found:
     """Either CVAT export, told apart by its files: labelmap.txt (Segmentation mask 1.1) or
     annotations.xml (CVAT for images 1.1; `src` may be the XML file itself)."""
     if src.is_file() and src.suffix.lower() == ".xml":
-        return annotations_xml_source(src, images, classes, ignore_classes, ignore_index, background)
+        return annotations_xml_read(src, opts.images)
     if (src / "labelmap.txt").is_file():
-        if images is not None or background is not None:
+        if opts.images is not None or opts.background is not None:
             raise InputError("--images and --background are for CVAT for images 1.1 (annotations.xml); a "
                              "Segmentation mask 1.1 export has its own JPEGImages/ and background class")
-        return segmentation_mask_source(src, classes, ignore_classes, ignore_index)
+        return segmentation_mask_read(src)
     # CVAT names it annotations.xml; datumaro's exporter <subset>.xml (e.g. default.xml)
     xml = [src / "annotations.xml"] if (src / "annotations.xml").is_file() else sorted(src.glob("*.xml"))
     if len(xml) > 1:
         raise InputError(f"{src}: several .xml files ({', '.join(p.name for p in xml)}); give one of them as the "
                          "source")
     if xml:
-        return annotations_xml_source(xml[0], images, classes, ignore_classes, ignore_index, background)
+        return annotations_xml_read(xml[0], opts.images)
     raise MissingFileError(f"{src} is not a CVAT export: no labelmap.txt ('Segmentation mask 1.1') and no "
                            "annotations.xml ('CVAT for images 1.1') in it")

@@ -1,7 +1,12 @@
 """The shared pieces of `cgnet data import`'s readers (one module per annotation tool's export,
-and the driver in `importer.py`): what a reader yields (`Item`, `Source`), class ids and colours,
-mask decoding, names. Images and masks are read with `cgnet.images.read_pixels`, in the frame
-the tools display (EXIF orientation applied)."""
+the `IMPORTERS` table and the driver in `importer.py`): what a reader returns (`Found`, `Item`),
+what it is told (`ImportOptions`, `Classes`), class ids and colours, the one mask reader
+(`read_mask`), names, zips.
+
+Orientation: every file is taken in the frame viewers show, its own EXIF orientation applied
+(`cgnet.images`), images and masks alike. Masks carry no orientation tag in practice (annotation
+tools write PNGs without one), so a mask is used as stored, and it must be in the displayed frame
+of its image, where the tool drew it."""
 from __future__ import annotations
 
 import re
@@ -12,13 +17,14 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-import cv2
 import numpy as np
+from PIL import Image
 
 from ..common import IMAGE_EXTS, InputError, MissingFileError
-from ..images import read_pixels  # the one image reader (EXIF orientation applied); the readers import it from here
+from ..fileio import ArchiveError, ArchiveTooLarge, extract_archive
+from ..images import displayed_size, exif_orientation, orient
 from .catalog import read_classes_file
 from ..visualize import default_palette
 
@@ -27,23 +33,56 @@ BACKGROUND = "_background_"
 
 
 @dataclass
-class Item:
-    """One image to import."""
-    name: str                          # output name without extension ('/' separated, no spaces)
-    image: Path | np.ndarray           # a file to copy, or decoded pixels to write as PNG
-    label: np.ndarray                  # H x W uint8 class ids
+class ImportOptions:
+    """What `cgnet data import` was told besides the format and the folders (see `import_dataset`)."""
+    classes: Path | None = None
+    ignore_index: int = 255
+    ignore_classes: list[str] = field(default_factory=list)
+    masks: Path | None = None
+    mask_suffix: str = ""
+    images: Path | None = None
+    background: str | None = None
+    unpack_limit: int | None = None
 
 
 @dataclass
-class Source:
-    """What a format reader found: the classes and the items (read lazily, in order)."""
+class Item:
+    """One image to import."""
+    name: str                          # output name without extension ('/' separated, no spaces)
+    image: Path | np.ndarray | None    # a file to copy, decoded pixels to write as PNG, or None: not found
+    label: np.ndarray | None           # H x W uint8 class ids (None when the image is missing)
+    where: str = ""                    # the label's file or place, for messages
+    split: str | None = None           # the export's own split ('train', 'val'), where it has one
+
+
+@dataclass
+class Classes:
+    """The classes of an import: the kept ones in label id order, and the label id of every
+    class name the data may use (the ignore id for --ignore-class ones); `fill` is the id of
+    pixels no shape covers (the --background class, else the ignore id)."""
     names: list[str]
     palette: list[tuple[int, int, int]]
-    items: Iterator[Item]
+    id_of: dict[str, int]
+    ignore_index: int = 255
+    fill: int = 255
+
+
+@dataclass
+class Found:
+    """What a reader found: the data's class names in its own order (its label map, categories,
+    `names`...), the tool's colours where it has them, and its items, drawn once the driver has
+    fixed the class ids (`items(classes)`, read lazily, in order)."""
+    names: list[str]
+    items: Callable[[Classes], Iterator[Item]]
     total: int
+    listed_in: str                     # what lists the classes, for messages
+    colors: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    where_of: dict[str, str] = field(default_factory=dict)   # where a class is first used
+    reserved: tuple[str, ...] = ()     # labels that mean 'ignored', dropped from a classes file (labelme's __ignore__)
+    looked_in: str = ""                # where images were looked for (the missing-image note)
     skipped: Counter = field(default_factory=Counter)   # reason -> count (images)
-    shapes_skipped: Counter = field(default_factory=Counter)   # LabelMe shape type -> count
-    notes: list[str] = field(default_factory=list)   # lines for the summary (e.g. frames without an image)
+    shapes_skipped: Counter = field(default_factory=Counter)   # shape type -> count
+    notes: list[str] = field(default_factory=list)   # lines for the summary
 
 
 @dataclass
@@ -56,15 +95,7 @@ class ImportSummary:
     skipped: Counter
     shapes_skipped: Counter
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Classes:
-    """The classes of an import: the kept ones in label id order, and the label id of every
-    class name the data may use (the ignore id for --ignore-class ones)."""
-    names: list[str]
-    palette: list[tuple[int, int, int]]
-    id_of: dict[str, int]
+    own_split: bool = False            # the lists keep the export's own train/val split
 
 
 # ---- classes and colours -------------------------------------------------------------------------
@@ -84,7 +115,7 @@ def class_ids(names: list[str], ignore_classes: list[str], ignore_index: int, so
 
 def resolve_classes(found: list[str], colors: dict[str, tuple[int, int, int]], classes: Path | None,
                     ignore_classes: list[str], ignore_index: int, source: str,
-                    where_of: dict[str, str] | None = None) -> Classes:
+                    where_of: dict[str, str] | None = None, reserved: tuple[str, ...] = ()) -> Classes:
     """The id order of an import: the classes file's order when one is given (every class the
     data uses must be in it, unless --ignore-class drops it), else the data's own order.
 
@@ -95,11 +126,14 @@ def resolve_classes(found: list[str], colors: dict[str, tuple[int, int, int]], c
         ignore_classes: --ignore-class names; ignore_index: the label id of unlabelled pixels.
         source: what lists the data's classes (for messages).
         where_of: where a class is first used (for the message naming a class not in the file).
+        reserved: names that are no class (labelme's `__ignore__`): left out of the classes file.
     """
     names = list(found)
     palette = None
     if classes is not None:
         names, palette = read_classes_file(classes)
+        palette = None if palette is None else [c for n, c in zip(names, palette) if n not in reserved]
+        names = [n for n in names if n not in reserved]
         for name in found:
             if name not in names and name not in ignore_classes:
                 where = (where_of or {}).get(name, source)
@@ -114,7 +148,8 @@ def resolve_classes(found: list[str], colors: dict[str, tuple[int, int, int]], c
         palette = palette + [colors.get(n, generated[n]) for n in names[len(palette):]]
     ids = class_ids(names, ignore_classes, ignore_index, source)
     kept = [i for i, label in enumerate(ids) if label != ignore_index]
-    return Classes([names[i] for i in kept], [tuple(palette[i]) for i in kept], dict(zip(names, ids)))
+    return Classes([names[i] for i in kept], [tuple(palette[i]) for i in kept], dict(zip(names, ids)), ignore_index,
+                   ignore_index)
 
 
 def hex_color(text: str | None) -> tuple[int, int, int] | None:
@@ -162,13 +197,51 @@ def generated_palette(names: list[str]) -> list[tuple[int, int, int]]:
 
 # ---- images and masks ---------------------------------------------------------------------------
 
-def read_color_mask(path: Path) -> np.ndarray:
-    """An RGB colour mask in the displayed frame (EXIF orientation applied, as the annotation tool
-    showed it); grayscale masks are taken as r = g = b; alpha is dropped."""
-    data = read_pixels(path, "mask")
-    if data.ndim == 2:
-        return np.repeat(data[..., None], 3, axis=2)
-    return cv2.cvtColor(data[..., :3], cv2.COLOR_BGR2RGB)
+MASK_KINDS = ("colour", "palette", "index")
+
+
+def read_mask(path: Path, kind: str) -> tuple[np.ndarray, list[int] | None]:
+    """A mask file, the one reader of every label image an import reads.
+
+    Orientation: the mask's own EXIF orientation applied, as for every image; masks carry no tag
+    in practice, so a mask is taken as stored, in the displayed frame of its image.
+
+    Args:
+        path: the mask.
+        kind: 'colour' (RGB colour masks: grey read as r = g = b, a palette expanded, alpha
+            dropped), 'palette' (a palette PNG's indices: VOC) or 'index' (a palette PNG's
+            indices or a single-channel 8-bit mask's values).
+    Returns:
+        H x W x 3 uint8 RGB ('colour') or H x W uint8 values, and the palette (3 values per
+        index; None unless the file is a palette image).
+    """
+    allowed = {"colour": ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1"), "palette": ("P",),
+               "index": ("P", "L")}[kind]
+    values, mode = None, ""
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            if mode in allowed:
+                palette = image.getpalette() if mode == "P" else None
+                values = np.asarray(image.convert("RGB") if kind == "colour" else image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: cannot read the mask ({e})") from None
+    if values is None:
+        raise InputError(f"{path}: not {MASK_WANTED[kind]}: its mode is {mode}{mask_hint(kind, mode)}")
+    return orient(values, exif_orientation(path)), palette
+
+
+MASK_WANTED = {"colour": "an 8-bit colour mask", "palette": "a palette PNG (mode P)",
+               "index": "a single-channel 8-bit mask (mode L or P)"}
+
+
+def mask_hint(kind: str, mode: str) -> str:
+    """What to use instead, for a mask of the wrong mode."""
+    if kind != "colour" and mode in ("RGB", "RGBA"):
+        return "; use --from colors for RGB masks"
+    if kind == "palette" and mode == "L":
+        return "; use --from ids for single-channel id masks"
+    return ""
 
 
 def check_same_size(image_size: tuple[int, int], image_where: str, label: np.ndarray, label_where: str) -> None:
@@ -194,9 +267,11 @@ def missing_note(what: str, names: list[str], shown: int = 5) -> str:
 
 
 @contextmanager
-def unpacked(src: Path) -> Iterator[Path]:
+def unpacked(src: Path, limit: int | None = None) -> Iterator[Path]:
     """The export's folder: `src` itself, or a `.zip` (a downloaded export) extracted into a
-    temporary folder that is removed afterwards."""
+    temporary folder that is removed afterwards. A zip whose files add up to more than `limit`
+    bytes unpacked (default: the free space of the temporary folder's disk) is refused before
+    anything is extracted (`fileio.extract_archive`)."""
     if src.is_dir():
         yield src
         return
@@ -205,13 +280,18 @@ def unpacked(src: Path) -> Iterator[Path]:
     if src.suffix.lower() != ".zip":
         yield src
         return
+    try:
+        zipfile.ZipFile(src).close()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{src}: not a readable zip archive ({e})") from None
     tmp = Path(tempfile.mkdtemp(prefix="cgnet-import-"))
     try:
         try:
-            with zipfile.ZipFile(src) as archive:
-                archive.extractall(tmp)   # member names are made safe (no absolute paths or '..')
-        except (zipfile.BadZipFile, OSError) as e:
-            raise InputError(f"{src}: not a readable zip archive ({e})") from None
+            extract_archive(src, tmp, limit=limit)
+        except ArchiveTooLarge as e:
+            raise InputError(f"{e}; give a larger --unpack-limit") from None
+        except ArchiveError as e:
+            raise InputError(str(e)) from None
         entries = list(tmp.iterdir())
         # a zip of the export's folder rather than of its contents
         yield entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp

@@ -40,9 +40,8 @@ import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ..common import InputError, MissingFileError
-from ..images import decode_pixels, read_pixels
-from .catalog import read_classes_file
-from .import_core import BACKGROUND, Item, Source, class_ids, generated_palette, output_name
+from ..images import decode_pixels, displayed_size
+from .import_core import BACKGROUND, Classes, Found, ImportOptions, Item, output_name
 
 # labelme2voc's label for pixels that are ignored in training
 IGNORE_LABEL = "__ignore__"
@@ -214,26 +213,18 @@ def labelme_image(doc: dict, path: Path) -> tuple[Path | np.ndarray, tuple[int, 
     image = path.parent / PureWindowsPath(name).as_posix()
     if not image.is_file():
         raise MissingFileError(f"{path}: imagePath {name} not found ({image}) and no imageData")
-    return image, read_pixels(image, "image", str(path)).shape[:2]
+    return image, displayed_size(image, str(path))
 
 
-def labelme_classes(found: dict[str, str], classes: Path | None, src: Path) -> tuple[list[str], list]:
-    """The class names and colours: the classes file's (its `__ignore__` line left out), else the
-    labels found, sorted, `_background_` first. `found`: label -> where it first appears."""
-    if classes is not None:
-        names, palette = read_classes_file(classes)
-        palette = [c for n, c in zip(names, palette or generated_palette(names)) if n != IGNORE_LABEL]
-        names = [n for n in names if n != IGNORE_LABEL]
-        for label, where in found.items():
-            if label not in names and label != IGNORE_LABEL:
-                raise InputError(f"{where} ({label!r}): label not in the classes file {classes}")
-        return names, palette
+def labelme_names(found: dict[str, str], src: Path, has_classes: bool) -> list[str]:
+    """The class names of the labels found, sorted, `_background_` first (`__ignore__` is no
+    class). `found`: label -> where it first appears."""
     names = sorted(n for n in found if n != IGNORE_LABEL)
     if BACKGROUND in names:
         names = [BACKGROUND] + [n for n in names if n != BACKGROUND]
-    if not names:
+    if not names and not has_classes:
         raise InputError(f"{src}: no labelled shapes (only {IGNORE_LABEL})")
-    return names, generated_palette(names)
+    return names
 
 
 def labelme_documents(src: Path) -> tuple[list[Path], Counter, dict[str, str]]:
@@ -256,17 +247,14 @@ def labelme_documents(src: Path) -> tuple[list[Path], Counter, dict[str, str]]:
     return files, skipped, found
 
 
-def labelme_source(src: Path, classes: Path | None, ignore_classes: list[str], ignore_index: int) -> Source:
-    """A folder of LabelMe files as a `Source` (see the module docstring)."""
-    files, skipped, found = labelme_documents(src)
-    names, palette = labelme_classes(found, classes, src)
-    ids = class_ids(names, ignore_classes, ignore_index, str(classes) if classes else f"the labels of {src}")
-    value_of = {**dict(zip(names, ids)), IGNORE_LABEL: ignore_index}
-    fill = value_of.get(BACKGROUND, ignore_index)
-    source = Source([n for n, i in zip(names, ids) if i != ignore_index],
-                    [c for c, i in zip(palette, ids) if i != ignore_index], iter(()), len(files), skipped)
+def read(src: Path, opts: ImportOptions) -> Found:
+    """A folder of LabelMe files (see the module docstring)."""
+    files, skipped, first = labelme_documents(src)
+    names = labelme_names(first, src, opts.classes is not None)
 
-    def items() -> Iterator[Item]:
+    def items(resolved: Classes) -> Iterator[Item]:
+        value_of = {**resolved.id_of, IGNORE_LABEL: resolved.ignore_index}
+        fill = value_of.get(BACKGROUND, resolved.ignore_index)
         for path in files:
             doc = read_document(path)[0]
             image, size = labelme_image(doc, path)
@@ -274,8 +262,9 @@ def labelme_source(src: Path, classes: Path | None, ignore_classes: list[str], i
             if None not in declared and tuple(declared) != tuple(size):
                 raise InputError(f"{path}: imageHeight x imageWidth {declared[0]}x{declared[1]} but the image is "
                                  f"{size[0]}x{size[1]} as displayed (height x width)")
-            label = rasterize(labelme_shapes(doc, path), size, value_of, fill, path, source.shapes_skipped)
+            label = rasterize(labelme_shapes(doc, path), size, value_of, fill, path, found.shapes_skipped)
             name = path.relative_to(src).with_suffix("").as_posix()
-            yield Item(output_name(name, str(path)), image, label)
-    source.items = items()
-    return source
+            yield Item(output_name(name, str(path)), image, label, str(path))
+    found = Found(names, items, len(files), f"the labels of {src}", where_of=first, reserved=(IGNORE_LABEL,),
+                  skipped=skipped)
+    return found

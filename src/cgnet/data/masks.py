@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
 
 from ..common import IMAGE_EXTS, InputError, MissingFileError
 from .catalog import read_classes_file
-from .import_core import (Item, Source, check_same_size, class_ids, colors_to_ids, find_image, output_name,
-                          read_color_mask, read_pixels, resolve_classes)
+from .import_core import Classes, Found, ImportOptions, Item, colors_to_ids, find_image, output_name, read_mask
 
 # the value of unlabelled pixels in VOC palette PNGs (drawn in 224,224,192: VOC's object borders)
 # and in id masks
@@ -45,60 +43,41 @@ def pair_masks(src: Path, masks: Path | None, suffix: str) -> tuple[list[Path], 
     return images, mask_of, sum(1 for s in mask_of if s not in stems)
 
 
-def paired_items(images: list[Path], mask_of: dict[str, Path], source: Source, decode) -> Iterator[Item]:
+def paired_items(images: list[Path], mask_of: dict[str, Path], found: Found, decode) -> Iterator[Item]:
     """An item per image that has a mask (`decode(mask path)` -> ids); the others are counted."""
     for image in images:
         mask_path = mask_of.get(image.stem)
         if mask_path is None:
-            source.skipped["without a mask"] += 1
+            found.skipped["without a mask"] += 1
             continue
-        label = decode(mask_path)
-        check_same_size(read_pixels(image, "image").shape[:2], str(image), label, str(mask_path))
-        yield Item(output_name(image.stem, str(image)), image, label)
+        yield Item(output_name(image.stem, str(image)), image, decode(mask_path), str(mask_path))
 
 
-def colors_source(src: Path, classes: Path | None, masks: Path | None, suffix: str, ignore_classes: list[str],
-                  ignore_index: int) -> Source:
+def classes_with_colours(opts: ImportOptions, fmt: str, need: str) -> tuple[Path, list[str], list | None]:
+    """The classes file --from colors and ids require: (path, names, colours or None)."""
+    if opts.classes is None:
+        raise InputError(f"--from {fmt} needs --classes FILE ({need})")
+    names, palette = read_classes_file(opts.classes)
+    return opts.classes, names, palette
+
+
+def colors_read(src: Path, opts: ImportOptions) -> Found:
     """Images and RGB colour masks; the classes file gives each class's colour."""
-    if classes is None:
-        raise InputError("--from colors needs --classes FILE (one 'name r,g,b' line per class)")
-    names, palette = read_classes_file(classes)
+    classes, names, palette = classes_with_colours(opts, "colors", "one 'name r,g,b' line per class")
     if palette is None:
         raise InputError(f"{classes}: no colours; --from colors needs 'name r,g,b' lines")
-    ids = class_ids(names, ignore_classes, ignore_index, str(classes))
-    images, mask_of, orphans = pair_masks(src, masks, suffix)
-    source = Source([n for n, i in zip(names, ids) if i != ignore_index],
-                    [c for c, i in zip(palette, ids) if i != ignore_index], iter(()), len(images))
-    source.skipped["masks without an image"] = orphans
-    source.items = paired_items(images, mask_of, source, lambda path: colors_to_ids(
-        read_color_mask(path), palette, ids, str(path), str(classes)))
-    return source
+    images, mask_of, orphans = pair_masks(src, opts.masks, opts.mask_suffix)
+
+    def items(resolved: Classes) -> Iterator[Item]:
+        ids = [resolved.id_of[n] for n in names]
+        yield from paired_items(images, mask_of, found, lambda path: colors_to_ids(
+            read_mask(path, "colour")[0], palette, ids, str(path), str(classes)))
+    found = Found(names, items, len(images), str(classes), dict(zip(names, palette)))
+    found.skipped["masks without an image"] = orphans
+    return found
 
 
 # ---- index masks ---------------------------------------------------------------------------------
-
-def read_index_mask(path: Path, palette_only: bool) -> tuple[np.ndarray, list[int] | None]:
-    """A palette PNG's indices (and its palette: 3 values per index), or a single-channel 8-bit
-    mask's values (palette None).
-
-    Returns:
-        H x W uint8 and the palette list (or None).
-    """
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            if mode not in (("P",) if palette_only else ("P", "L")):
-                kind = "a palette PNG (mode P)" if palette_only else "a single-channel 8-bit mask (mode L or P)"
-                hint = "; use --from colors for RGB masks" if mode in ("RGB", "RGBA") else ""
-                if palette_only and mode == "L":
-                    hint = "; use --from ids for single-channel id masks"
-                raise InputError(f"{path}: not {kind}: its mode is {mode}{hint}")
-            values = np.asarray(image, dtype=np.uint8)
-            palette = image.getpalette() if mode == "P" else None
-    except (OSError, SyntaxError) as e:
-        raise InputError(f"{path}: cannot read the mask ({e})") from None
-    return values, palette
-
 
 def index_lut(names: list[str], id_of: dict[str, int], ignore_index: int) -> np.ndarray:
     """Mask value -> label id: value i is class names[i], 255 the ignore id, anything else -1."""
@@ -132,7 +111,7 @@ def names_file(path: Path) -> list[str]:
     return names
 
 
-def voc_source(src: Path, classes: Path | None, ignore_classes: list[str], ignore_index: int) -> Source:
+def voc_read(src: Path, opts: ImportOptions) -> Found:
     """Pascal VOC's layout: SegmentationClass/ (or labelme2voc's SegmentationClassPNG/) palette
     PNGs, JPEGImages/, and class_names.txt (labelme2voc) naming index i on line i; without it,
     --classes names the indices. Index 255 (VOC's border) becomes the ignore id."""
@@ -143,45 +122,35 @@ def voc_source(src: Path, classes: Path | None, ignore_classes: list[str], ignor
     if (src / "class_names.txt").is_file():
         names_from = src / "class_names.txt"
         names = names_file(names_from)
-    elif classes is not None:
-        names_from, names = classes, read_classes_file(classes)[0]
+    elif opts.classes is not None:
+        names_from, names = opts.classes, read_classes_file(opts.classes)[0]
     else:
         raise InputError(f"{src}: no class_names.txt (labelme2voc writes one); give --classes FILE, one name per "
                          "line, line i naming palette index i (VOC2012: background, aeroplane, bicycle, ...)")
     masks = sorted(folder.glob("*.png"))
-    _, palette = read_index_mask(masks[0], palette_only=True)
+    _, palette = read_mask(masks[0], "palette")
     colors = {n: tuple(palette[3 * i:3 * i + 3]) for i, n in enumerate(names) if len(palette) >= 3 * i + 3}
-    found = resolve_classes(names, colors, classes, ignore_classes, ignore_index, str(names_from))
-    lut = index_lut(names, found.id_of, ignore_index)
-    source = Source(found.names, found.palette, iter(()), len(masks))
 
-    def items() -> Iterator[Item]:
+    def items(resolved: Classes) -> Iterator[Item]:
+        lut = index_lut(names, resolved.id_of, resolved.ignore_index)
         for path in masks:
             image = find_image(src / "JPEGImages", path.stem)
-            if image is None:
-                source.skipped["without an image"] += 1
-                continue
-            label = map_values(read_index_mask(path, palette_only=True)[0], lut, path, str(names_from))
-            check_same_size(read_pixels(image, "image").shape[:2], str(image), label, str(path))
-            yield Item(output_name(path.stem, str(path)), image, label)
-    source.items = items()
-    return source
+            label = None if image is None else map_values(read_mask(path, "palette")[0], lut, path, str(names_from))
+            yield Item(output_name(path.stem, str(path)), image, label, str(path))
+    return Found(names, items, len(masks), str(names_from), colors, looked_in=str(src / "JPEGImages"))
 
 
-def ids_source(src: Path, classes: Path | None, masks: Path | None, suffix: str, ignore_classes: list[str],
-               ignore_index: int) -> Source:
+def ids_read(src: Path, opts: ImportOptions) -> Found:
     """Images and single-channel id masks: value i is line i of the classes file, 255 unlabelled."""
-    if classes is None:
-        raise InputError("--from ids needs --classes FILE (one class per line: line i names mask value i)")
-    names, palette = read_classes_file(classes)
+    classes, names, palette = classes_with_colours(opts, "ids", "one class per line: line i names mask value i")
     if len(names) > MASK_IGNORE:
         raise InputError(f"{classes}: {len(names)} classes; id masks hold values 0..254 (255 is unlabelled)")
-    found = resolve_classes(names, dict(zip(names, palette or [])), None, ignore_classes, ignore_index,
-                            str(classes))
-    lut = index_lut(names, found.id_of, ignore_index)
-    images, mask_of, orphans = pair_masks(src, masks, suffix)
-    source = Source(found.names, found.palette, iter(()), len(images))
-    source.skipped["masks without an image"] = orphans
-    source.items = paired_items(images, mask_of, source, lambda path: map_values(
-        read_index_mask(path, palette_only=False)[0], lut, path, str(classes)))
-    return source
+    images, mask_of, orphans = pair_masks(src, opts.masks, opts.mask_suffix)
+
+    def items(resolved: Classes) -> Iterator[Item]:
+        lut = index_lut(names, resolved.id_of, resolved.ignore_index)
+        yield from paired_items(images, mask_of, found, lambda path: map_values(
+            read_mask(path, "index")[0], lut, path, str(classes)))
+    found = Found(names, items, len(images), str(classes), dict(zip(names, palette or [])))
+    found.skipped["masks without an image"] = orphans
+    return found

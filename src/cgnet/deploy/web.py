@@ -28,15 +28,13 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 import threading
-import zlib
 from pathlib import Path
 
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, CGNetError, InputError, MissingFileError
 from ..download import DownloadError, fetch, file_digest
-from ..fileio import check_writable, staged_folder
+from ..fileio import ArchiveError, check_writable, extract_archive, staged_folder
 from .predict import palette_of
 from .predictor import cache_dir, cached_export
 from .formats import FORMATS, format_of, read_exported_meta
@@ -159,18 +157,14 @@ def fetch_runtime(cache: str | os.PathLike | None = None, *, url: str = ORT_TARB
 
 def _extract_runtime(tarball: Path, dest: Path, url: str) -> None:
     """`ORT_FILES` from the npm tarball's package/dist/ into dest, and the LICENSE."""
+    wanted = {f"package/dist/{name}": name for name in ORT_FILES}
     try:
-        with tarfile.open(tarball, mode="r:gz") as tar:
-            for name in ORT_FILES:
-                try:
-                    member = tar.extractfile(f"package/dist/{name}")
-                except KeyError:
-                    member = None
-                if member is None:
-                    raise RuntimeDownloadError(f"{url}: package/dist/{name} is not a file in the tarball")
-                (dest / name).write_bytes(member.read())
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise RuntimeDownloadError(f"{url}: not a readable gzipped tarball ({error})") from None
+        written = extract_archive(tarball, dest, select=wanted.get, name=url)
+    except ArchiveError as error:
+        raise RuntimeDownloadError(str(error)) from None
+    for name in ORT_FILES:
+        if name not in written:
+            raise RuntimeDownloadError(f"{url}: package/dist/{name} is not a file in the tarball")
     (dest / "LICENSE").write_text(ORT_LICENSE.format(version=ORT_VERSION))
 
 
