@@ -48,6 +48,16 @@ def cgnet_camvid(pretrained: bool = True):
     return model
 
 
+def cgnet_weights(name: str = "camvid"):
+    """Catalogued weights by name, in eval mode (`cgnet weights list`: "camvid", "cityscapes-mmseg",
+    "cityscapes-mmseg-680"); downloaded weights are checked against their published SHA-256.
+
+    Returns:
+        A `cgnet.CGNet` with `.meta` (preprocessing, class names, palette, provenance).
+    """
+    return _package().load_model(name)
+
+
 def cgnet(num_classes: int = 19, m: int = 3, n: int = 21, pretrained: bool = False):
     """A CGNet with `num_classes` classes and M, N blocks in stages 2 and 3 (the paper's M3N21).
 
