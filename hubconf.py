@@ -44,7 +44,7 @@ def cgnet_camvid(pretrained: bool = True):
     if pretrained:
         return shipped
     model = package.CGNet(**_CAMVID_ARCH).eval()
-    model.meta = {key: value for key, value in shipped.meta.items() if key not in ("config", "provenance")}
+    model.meta = {key: value for key, value in shipped.meta.items() if key not in ("config", "provenance", "weights")}
     return model
 
 

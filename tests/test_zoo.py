@@ -114,9 +114,9 @@ def test_full_sha256_is_checked_too(monkeypatch, server):
 def test_offline_is_one_line_with_the_url_and_the_manual_way(monkeypatch, capsys):
     url = closed_port_url(WEIGHTS["cityscapes-mmseg"].file)
     monkeypatch.setitem(WEIGHTS, "cityscapes-mmseg", dataclasses.replace(WEIGHTS["cityscapes-mmseg"], url=url))
-    assert main(["predict", "x.png", "--checkpoint", "cityscapes-mmseg", "--out", "unused"]) == 2
+    assert main(["info", "--checkpoint", "cityscapes-mmseg"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"cgnet predict: error: could not reach {url} (")
+    assert err.count("\n") == 1 and err.startswith(f"cgnet info: error: could not reach {url} (")
     assert err.endswith("); download it by hand and give the file's path instead of 'cityscapes-mmseg'\n")
 
 

@@ -144,7 +144,12 @@ def _mmseg_meta(meta: dict, arch: dict) -> dict:
 
     def vector(name: str, default):
         found = re.search(rf"\b{name}=\[([^\]]*)\]", text)
-        return [float(v) for v in found[1].split(",")] if found else list(default)
+        if not found:
+            return [float(v) for v in default]
+        values = [v.strip() for v in found[1].split(",") if v.strip()]
+        if len(values) != 3 or not all(re.fullmatch(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?", v) for v in values):
+            raise CheckpointError(f"the config's {name}=[{found[1].strip()}] is not three numbers")
+        return [float(v) for v in values]
 
     to_rgb = re.search(r"\b(?:bgr_)?to_rgb=(True|False)", text)
     # mmseg feeds the network RGB when to_rgb is set: ours reads RGB images, so the order is kept
