@@ -44,8 +44,18 @@ def cgnet_camvid(pretrained: bool = True):
     if pretrained:
         return shipped
     model = package.CGNet(**_CAMVID_ARCH).eval()
-    model.meta = {key: value for key, value in shipped.meta.items() if key not in ("config", "provenance")}
+    model.meta = {key: value for key, value in shipped.meta.items() if key not in ("config", "provenance", "weights")}
     return model
+
+
+def cgnet_weights(name: str = "camvid"):
+    """Catalogued weights by name, in eval mode (`cgnet weights list`: "camvid", "cityscapes-mmseg",
+    "cityscapes-mmseg-680"); downloaded weights are checked against their published SHA-256.
+
+    Returns:
+        A `cgnet.CGNet` with `.meta` (preprocessing, class names, palette, provenance).
+    """
+    return _package().load_model(name)
 
 
 def cgnet(num_classes: int = 19, m: int = 3, n: int = 21, pretrained: bool = False):

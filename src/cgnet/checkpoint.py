@@ -15,6 +15,14 @@ Everything under "meta" is JSON-able, so `torch.load(..., weights_only=True)` re
 The original release saved ``{"epoch": ..., "model": state_dict}`` or a bare state dict, with
 ``module.`` prefixes when trained under DataParallel, without ``num_batches_tracked`` buffers when
 saved by PyTorch 0.4.0, and with the classifier under ``classifier.1`` when it used dropout.
+
+mmsegmentation saves ``{"meta": {...}, "state_dict": state_dict}`` (and, before its
+publish_model step, optimizer and logging state); its CGNet is the original topology under other
+names (``backbone.level1.0`` is our ``down2``, ``bottleneck`` our ``fuse``) with a 1x1
+``decode_head.conv_seg`` that has a bias. Its meta holds the class names and palette
+(``dataset_meta`` since mmseg 1.0, ``CLASSES``/``PALETTE`` before) and the config text, whose
+``mean``, ``std`` and ``bgr_to_rgb`` (``to_rgb`` before 1.0) give the preprocessing.
+
 `load_checkpoint` maps all of these onto our module names.
 """
 from __future__ import annotations
@@ -30,11 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import CGNetError, DEFAULT_WEIGHTS, InputError
+from .common import CGNetError, InputError
 from .fileio import atomic_open
 from .model import CGNet
 from .preprocess import make_spec
 from .visualize import default_palette
+from .zoo import WEIGHTS, weights_file
 
 FORMAT = "cgnet"
 FORMAT_VERSION = 1
@@ -73,6 +82,87 @@ _ORIGINAL_RULES = [
 _ORIGINAL_RULES = [(re.compile(pat), rep) for pat, rep in _ORIGINAL_RULES]
 
 
+# mmsegmentation's CGNet names -> ours; the block index of level1/level2 is mapped in `_mmseg_key`
+_MMSEG_RULES = [(re.compile(pat), rep) for pat, rep in [
+    (r"backbone\.stem\.(\d+)\.activate\.", r"stem.\1.act."),
+    (r"backbone\.stem\.(\d+)\.", r"stem.\1."),
+    (r"backbone\.norm_prelu_([012])\.0\.", "bn_act{}.bn."),
+    (r"backbone\.norm_prelu_([012])\.1\.", "bn_act{}.act."),
+    (r"decode_head\.conv_seg\.", "classifier."),
+]]
+_MMSEG_BLOCK = re.compile(r"backbone\.level([12])\.(\d+)\.")
+_MMSEG_BLOCK_PARTS = [("conv1x1.activate.", "{conv}.act."), ("conv1x1.", "{conv}."), ("f_loc.", "loc."),
+                      ("f_sur.", "sur."), ("bn.", "bn_act.bn."), ("activate.", "bn_act.act."),
+                      ("bottleneck.", "fuse."), ("f_glo.fc.0.", "glo.fc1."), ("f_glo.fc.2.", "glo.fc2.")]
+# the preprocessing of mmseg's CGNet configs (Cityscapes), when a checkpoint's meta has no config text
+MMSEG_CGNET_MEAN = (72.39239876, 82.90891754, 73.15835921)
+
+
+def _mmseg_key(key: str) -> str | None:
+    """One mmseg CGNet key with our name, or None when it is not one."""
+    block = _MMSEG_BLOCK.match(key)
+    if block:
+        level, index, rest = int(block[1]), int(block[2]), key[block.end():]
+        stage = f"down{level + 1}" if index == 0 else f"stage{level + 1}.{index - 1}"
+        for theirs, ours in _MMSEG_BLOCK_PARTS:
+            if rest.startswith(theirs):
+                return f"{stage}." + ours.format(conv="conv" if index == 0 else "reduce") + rest[len(theirs):]
+        return None
+    for pat, rep in _MMSEG_RULES:
+        hit = pat.match(key)
+        if hit:
+            name = rep.format(int(hit[1]) + 1) if "{}" in rep else hit.expand(rep)
+            return name + key[hit.end():]
+    return None
+
+
+def is_mmseg_state_dict(state_dict: dict) -> bool:
+    return any(k.startswith("backbone.stem.") for k in state_dict) and "decode_head.conv_seg.weight" in state_dict
+
+
+def convert_mmseg_state_dict(state_dict: dict) -> tuple[dict, dict]:
+    """mmsegmentation CGNet keys -> ours. Returns (state_dict, arch) with arch inferred from tensors."""
+    out, unknown = {}, []
+    for key, value in state_dict.items():
+        name = _mmseg_key(key)
+        if name is None:
+            unknown.append(key)
+        else:
+            out[name] = value
+    if unknown:
+        raise CheckpointError(f"keys that mmsegmentation's CGNet does not have: {_clip(unknown)}")
+    return out, infer_arch(out)
+
+
+def _mmseg_meta(meta: dict, arch: dict) -> dict:
+    """Our meta from an mmseg checkpoint's: classes and palette, and the preprocessing from its
+    config text (mean, std and bgr_to_rgb / to_rgb of the data preprocessor)."""
+    dataset_meta = meta.get("dataset_meta") or {}
+    classes = dataset_meta.get("classes") or meta.get("CLASSES")
+    palette = dataset_meta.get("palette") or meta.get("PALETTE")
+    text = meta.get("config") if isinstance(meta.get("config"), str) else ""
+
+    def vector(name: str, default):
+        found = re.search(rf"\b{name}=\[([^\]]*)\]", text)
+        if not found:
+            return [float(v) for v in default]
+        values = [v.strip() for v in found[1].split(",") if v.strip()]
+        if len(values) != 3 or not all(re.fullmatch(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?", v) for v in values):
+            raise CheckpointError(f"the config's {name}=[{found[1].strip()}] is not three numbers")
+        return [float(v) for v in values]
+
+    to_rgb = re.search(r"\b(?:bgr_)?to_rgb=(True|False)", text)
+    # mmseg feeds the network RGB when to_rgb is set: ours reads RGB images, so the order is kept
+    preprocess = {"mode": "mmseg", "channel_order": "RGB" if to_rgb is None or to_rgb[1] == "True" else "BGR",
+                  "value_scale": 1.0, "mean": vector("mean", MMSEG_CGNET_MEAN), "std": vector("std", (1, 1, 1))}
+    n = arch["num_classes"]
+    return {"arch": arch, "preprocess": preprocess,
+            "classes": [str(c) for c in classes] if classes and len(classes) == n else None,
+            "palette": [[int(v) for v in c] for c in palette] if palette and len(palette) == n else None,
+            "ignore_index": 255, "dataset": "cityscapes" if n == 19 and classes else None, "config": None,
+            "source": "mmsegmentation", "mmseg_version": meta.get("mmseg_version")}
+
+
 def _strip_module(state_dict: dict) -> dict:
     if state_dict and all(k.startswith("module.") for k in state_dict):
         return {k[len("module."):]: v for k, v in state_dict.items()}
@@ -109,8 +199,11 @@ def infer_arch(state_dict: dict) -> dict:
         raise CheckpointError("no classifier weight in the state dict: not a CGNet checkpoint")
     stage2 = {int(k.split(".")[1]) for k in state_dict if k.startswith("stage2.")}
     stage3 = {int(k.split(".")[1]) for k in state_dict if k.startswith("stage3.")}
-    return {"num_classes": int(state_dict["classifier.weight"].shape[0]),
+    arch = {"num_classes": int(state_dict["classifier.weight"].shape[0]),
             "m": len(stage2) + 1, "n": len(stage3) + 1, "dropout": 0.0}
+    if "classifier.bias" in state_dict:
+        arch["classifier_bias"] = True
+    return arch
 
 
 def _clip(keys: list[str], limit: int = 8) -> str:
@@ -225,9 +318,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
             arch["dropout"] = meta.get("arch", {}).get("dropout", 0.0)
             meta["arch"] = arch
             return state_dict, meta, obj
+        if isinstance(obj.get("state_dict"), dict) and is_mmseg_state_dict(obj["state_dict"]):
+            state_dict, arch = convert_mmseg_state_dict(obj["state_dict"])
+            return state_dict, _mmseg_meta(obj.get("meta") or {}, arch), obj
         state_dict = obj["model"] if isinstance(obj.get("model"), dict) else obj
         if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
             raise CheckpointError("neither our format, nor a state dict, nor {'model': state_dict}")
+        if is_mmseg_state_dict(state_dict):
+            state_dict, arch = convert_mmseg_state_dict(state_dict)
+            return state_dict, _mmseg_meta({}, arch), obj
         if is_original_state_dict(state_dict):
             state_dict, arch = convert_original_state_dict(state_dict)
             source = "original"
@@ -290,7 +389,7 @@ def load_matching(model: CGNet, state_dict: dict, where: str = "checkpoint") -> 
                 raise CheckpointError(f"{where}: tensor '{k}' of the model is not in the checkpoint")
             continue
         if tuple(state_dict[k].shape) != tuple(v.shape):
-            if k != "classifier.weight":
+            if k not in ("classifier.weight", "classifier.bias"):
                 raise CheckpointError(f"{where}: tensor '{k}' has shape {tuple(state_dict[k].shape)} in the "
                                       f"checkpoint but the model expects {tuple(v.shape)}")
             reinitialised[k] = (f"{tuple(v.shape)} (the checkpoint's {tuple(state_dict[k].shape)} is for "
@@ -300,18 +399,12 @@ def load_matching(model: CGNet, state_dict: dict, where: str = "checkpoint") -> 
     return reinitialised
 
 
-# weights shipped inside the package, by name
-SHIPPED = {DEFAULT_WEIGHTS: "camvid.pt"}
-
-
 def resolve_weights(path: str | os.PathLike) -> Path:
-    """A checkpoint path, or the name of shipped weights ('camvid')."""
-    if str(path) in SHIPPED and not Path(path).exists():
-        shipped = Path(__file__).resolve().parent / "weights" / SHIPPED[str(path)]
-        if not shipped.is_file():
-            raise CheckpointError(f"the shipped {path} weights are missing from this installation "
-                                  f"({shipped}); reinstall cgnet or give a checkpoint path")
-        return shipped
+    """A checkpoint path, or the name of catalogued weights (`cgnet weights list`: 'camvid',
+    'cityscapes-mmseg', ...), downloaded into the cache on first use. An existing file of that
+    name wins."""
+    if str(path) in WEIGHTS and not Path(path).exists():
+        return weights_file(str(path))
     return Path(path)
 
 
@@ -321,8 +414,9 @@ def load_model(path: str | os.PathLike, *, num_classes: int | None = None,
 
     Args:
         path: our checkpoint, one of the original release's (bare state dict or
-            `{"epoch", "model"}`, with or without `module.`), or the name of shipped weights
-            (`"camvid"`). Always read with `torch.load(..., weights_only=True)`.
+            `{"epoch", "model"}`, with or without `module.`), one of mmsegmentation's CGNet
+            checkpoints, or the name of catalogued weights (`"camvid"`, `"cityscapes-mmseg"`:
+            `cgnet weights list`). Always read with `torch.load(..., weights_only=True)`.
         num_classes: when given, must agree with the checkpoint's classifier.
         device: where the model is put.
 
@@ -333,13 +427,17 @@ def load_model(path: str | os.PathLike, *, num_classes: int | None = None,
     Raises:
         CheckpointError: the file is missing, not a checkpoint, truncated, or does not fit.
     """
+    name = str(path) if str(path) in WEIGHTS and not Path(path).exists() else None
     path = resolve_weights(path)
     state_dict, meta, _ = load_checkpoint(path)
+    if name:
+        meta["weights"] = name  # which catalogued weights (`save_pretrained` writes their card)
     arch = meta["arch"]
     if num_classes is not None and num_classes != arch["num_classes"]:
         raise CheckpointError(f"{path}: the checkpoint's classifier has {arch['num_classes']} "
                               f"classes but {num_classes} were asked for (--num-classes)")
-    model = CGNet(arch["num_classes"], m=arch["m"], n=arch["n"], dropout=arch["dropout"])
+    model = CGNet(arch["num_classes"], m=arch["m"], n=arch["n"], dropout=arch["dropout"],
+                  classifier_bias=arch.get("classifier_bias", False))
     load_state_into(model, state_dict, where=str(path))
     flush_subnormals_(model)
     model.meta = meta

@@ -24,11 +24,13 @@ from .engine.config import add_train_args
 from .engine.commands import add_demo_args, add_eval_args
 from .model import CGNet
 from .plot import plot_compare, plot_run
+from .zoo import add_weights_commands
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (a checkpoint, or an architecture with random weights)")
-    g.add_argument("--checkpoint", help="our checkpoint or one of the original release's")
+    g.add_argument("--checkpoint", help="our checkpoint, the original release's or mmsegmentation's, or named "
+                                        "weights (cgnet weights list)")
     g.add_argument("--num-classes", type=number_type(int, minimum=1), help="classes (19 for Cityscapes, 11 for CamVid)")
     g.add_argument("--blocks", type=int, nargs=2, default=[3, 21], metavar=("M", "N"),
                    help="blocks in stages 2 and 3 (default 3 21)")
@@ -110,7 +112,10 @@ def make_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools")
     tools = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     add_data_commands(tools)
-    for command in [*sub.choices.values(), *tools.choices.values()]:
+    weights = sub.add_parser("weights", help="named weights: list them (scores, sources, licences) or download one")
+    catalogue = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    add_weights_commands(catalogue)
+    for command in [*sub.choices.values(), *tools.choices.values(), *catalogue.choices.values()]:
         command.add_argument("--debug", action="store_true",
                              help="show the traceback of every error and the third-party libraries' own logs")
     return parser

@@ -141,13 +141,17 @@ class CGNet(nn.Module):
         n: blocks in stage 3, down-sampling block included (>= 2).
         dropout: Dropout2d probability before the classifier (the original release used 0.1 in
             some runs; its checkpoints then name the classifier `classifier.1`).
+        classifier_bias: give the 1x1 classifier a bias (mmsegmentation's CGNet head has one;
+            the original release's and ours have none, and then the state dict has no
+            `classifier.bias`).
 
     Shapes:
         input: B x 3 x H x W, normalised as the checkpoint's `meta["preprocess"]` says; any H, W.
         output: B x num_classes x H x W logits.
     """
 
-    def __init__(self, num_classes: int = 19, *, m: int = 3, n: int = 21, dropout: float = 0.0):
+    def __init__(self, num_classes: int = 19, *, m: int = 3, n: int = 21, dropout: float = 0.0,
+                 classifier_bias: bool = False):
         super().__init__()
         if m < 2 or n < 2:
             raise InputError(f"CGNet needs m >= 2 and n >= 2 (got m={m}, n={n}): "
@@ -157,6 +161,7 @@ class CGNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {dropout}")
         self.num_classes, self.m, self.n, self.dropout = num_classes, m, n, dropout
+        self.classifier_bias = bool(classifier_bias)
         self.explicit_inject_pad = False  # see `inject`; not in the state dict
 
         # stage 1: 1/2 resolution, three plain convolutions, then the image injected
@@ -172,7 +177,7 @@ class CGNet(nn.Module):
         self.bn_act3 = BNAct(256)
         # head
         self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Conv2d(256, num_classes, 1, bias=False)
+        self.classifier = nn.Conv2d(256, num_classes, 1, bias=self.classifier_bias)
         self.resize = Resize()
 
         for mod in self.modules():
@@ -196,5 +201,9 @@ class CGNet(nn.Module):
 
     @property
     def config(self) -> dict:
-        """The architecture as JSON-able data; `CGNet(**model.config)` rebuilds it."""
-        return {"num_classes": self.num_classes, "m": self.m, "n": self.n, "dropout": self.dropout}
+        """The architecture as JSON-able data; `CGNet(**model.config)` rebuilds it
+        (`classifier_bias` is there only when true, so models without it record what they did)."""
+        config = {"num_classes": self.num_classes, "m": self.m, "n": self.n, "dropout": self.dropout}
+        if self.classifier_bias:
+            config["classifier_bias"] = True
+        return config

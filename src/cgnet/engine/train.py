@@ -373,6 +373,11 @@ def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig, names: list[st
                                      list(names or []), init.meta.get("classes"))
     if weight is not None:
         state["classifier.weight"] = weight
+    if "classifier.bias" in state:  # mmsegmentation's head: its bias rows follow the weight's
+        bias, _, _ = match_classifier(model.classifier.bias.detach(), state["classifier.bias"],
+                                      list(names or []), init.meta.get("classes"))
+        if bias is not None:
+            state["classifier.bias"] = bias
     reinitialised = load_matching(model, state, where=f"--init {cfg.init}")
     frozen = FROZEN[cfg.freeze]
     for name in frozen:
@@ -418,10 +423,12 @@ def graphed_step_wanted(cfg: TrainConfig, device, world_size: int) -> bool:
 
 
 def build_model_and_optimizer(cfg: TrainConfig, data: TrainData, device: torch.device,
-                              init: InitWeights | None = None) -> TrainParts:
-    """CGNet (from the --init weights when given), class-weighted cross-entropy, Adam over the
+                              init: InitWeights | None = None, classifier_bias: bool = False) -> TrainParts:
+    """CGNet (from the --init weights when given; with a classifier bias when they have one, as
+    mmsegmentation's do, or `classifier_bias`), class-weighted cross-entropy, Adam over the
     trainable weights (a tensor learning rate when the step is a CUDA graph)."""
-    model = CGNet(data.info.num_classes, m=cfg.m, n=cfg.n, dropout=cfg.dropout)
+    model = CGNet(data.info.num_classes, m=cfg.m, n=cfg.n, dropout=cfg.dropout,
+                  classifier_bias=classifier_bias or (init is not None and "classifier.bias" in init.state_dict))
     if init is not None:
         start_from(model, init, cfg, list(data.info.classes))
     # training-only backward passes: the same Parameters under the same names (checkpoints unchanged)
@@ -755,7 +762,8 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
     data = build_data(cfg, device, out, keep)
     torch.manual_seed(cfg.seed)  # the model's initial weights do not depend on cached statistics
     cfg = replace(cfg, resolved_preprocess=data.spec)
-    parts = build_model_and_optimizer(cfg, data, device, init)
+    parts = build_model_and_optimizer(cfg, data, device, init,
+                                      classifier_bias=bool(resumed) and "classifier.bias" in resumed["model"])
     state.max_iters = cfg.epochs * data.n_batches
     if resumed is not None:
         cfg = restore(resumed, resume_path, parts, cfg, state, data.n_batches, device)
