@@ -132,13 +132,14 @@ def ncnn_runner(path: Path, precision: str = "fp16"):
     net = ncnn_net(path, precision, torch.get_num_threads())
 
     def run(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)  # the binding reads the buffer, not its strides
         outputs = []
-        for item in np.asarray(x, dtype=np.float32):
+        for i in range(x.shape[0]):
             extractor = net.create_extractor()
-            extractor.input(INPUT, ncnn.Mat(np.ascontiguousarray(item)).clone())
+            extractor.input(INPUT, ncnn.Mat(x, batch_index=i).clone())
             ret, out = extractor.extract(OUTPUT)
             if ret != 0:
-                raise InputError(f"{path}: ncnn failed on a {item.shape[1]}x{item.shape[2]} input (code {ret})")
+                raise InputError(f"{path}: ncnn failed on a {x.shape[2]}x{x.shape[3]} input (code {ret})")
             outputs.append(np.array(out, dtype=np.float32, copy=True))
         return np.stack(outputs)
     return run
