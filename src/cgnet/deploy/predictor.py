@@ -184,9 +184,9 @@ def plan_inference(model: str | os.PathLike | None = None, backend: str = "auto"
     if compile:
         raise InputError(f"--compile needs the torch backend, not {backend}")
     if precision not in fmt.precisions:
-        others = backends_for(precision)
-        raise InputError(f"--precision {precision} needs " + (f"--backend {' or '.join(others)}" if others else
-                                                              "the torch backend") + f", not {backend}")
+        others = ["torch"] * (precision in TORCH_PRECISIONS) + backends_for(precision)
+        raise InputError(f"--precision {precision} needs " + (f"--backend {' or '.join(others)}" if others != ["torch"]
+                                                              else "the torch backend") + f", not {backend}")
     fmt.require()
     return InferencePlan(model, backend, precision, why=why, fallbacks=fallbacks)
 
@@ -306,7 +306,7 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
                    help="what runs the model (default auto: the fastest accurate path for this CPU, printed in "
                         "one line, see docs/speed.md; torch on a GPU)")
     p.add_argument("--precision", choices=["auto", *all_precisions()], default="auto",
-                   help="fp16 needs the torch backend (a GPU); int8 --backend "
+                   help="fp16: the torch backend (a GPU) or ncnn (its default options); int8 --backend "
                         f"{' or '.join(backends_for('int8'))} (default auto: with --backend auto the fastest "
                         "accurate one for this CPU, else fp32; an exported file's own)")
     p.add_argument("--device", help="torch backend only: cpu, cuda, cuda:1, ... (default: cuda when available)")
