@@ -95,8 +95,9 @@ def test_predict_with_defaults_and_no_dataset_anywhere(bare_machine, capsys):
     from cgnet.deploy.predictor import plan_inference
     plan = plan_inference()  # the fastest accurate path for this CPU, printed first
     assert plan.why is None or out.splitlines()[0] == plan.why
-    if plan.backend != "torch":  # exported once, verified on synthetic frames, cached
-        assert "verified on 8 synthetic frames (no camvid data found)" in out
+    if plan.backend != "torch":  # exported once, verified on the images being predicted, cached
+        assert "verified on 2 of the 2 images being predicted against eager fp32" in out
+        assert "synthetic" not in out
         suffix = format_for_backend(plan.backend).suffix
         cached = list((bare_machine.parent / "home" / ".cache" / "cgnet").glob(f"*{suffix}"))
         assert len(cached) == 1 and not list(cached[0].parent.glob(".*partial*"))
@@ -131,3 +132,28 @@ def test_verification_uses_the_checkpoints_own_dataset_when_found(api_checkpoint
     assert main(["export", "--checkpoint", str(api_checkpoint), "--format", "onnx", "--out", "m2.onnx",
                  "--data-root", str(bare_machine / "missing")]) == 2
     assert capsys.readouterr().err == f"cgnet export: error: --data-root {bare_machine / 'missing'}: no such folder\n"
+
+
+def test_without_the_dataset_an_export_is_verified_on_the_frames_being_predicted(bare_machine):
+    from cgnet.deploy.export import verification_images
+    from cgnet.deploy.predict import input_frames
+    from cgnet.images import read_rgb
+    folder = bare_machine / "imgs"
+    frames(folder, count=5)
+    images = sorted(folder.iterdir())
+    meta = {"dataset": "camvid"}
+    got, source = verification_images(meta, None, 3, input_frames(images, []))
+    assert source == "3 of the 5 images being predicted"
+    for frame, path in zip(got, [images[0], images[2], images[4]]):  # evenly spaced
+        assert np.array_equal(frame, read_rgb(path))
+    clip = bare_machine / "street.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    for i in range(12):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    got, source = verification_images(meta, None, 4, input_frames([], [clip]))
+    assert source == "4 frames of street.mp4, the video being predicted"
+    # frames 0, 4, 7, 11 of a clip whose frame i is grey level 20 i (mp4v is lossy: nearest level)
+    assert [int(round(f.mean() / 20)) for f in got] == [0, 4, 7, 11] and got[0].shape == (48, 64, 3)
+    got, source = verification_images(meta, None, 8, input_frames([], []))  # nothing given: synthetic
+    assert source == "8 synthetic frames (no camvid data found)" and len(got) == 8

@@ -107,7 +107,7 @@ def test_predict_compile_writes_the_eager_masks(randomized_ckpt, tmp_path, capsy
 @pytest.mark.parametrize("argv, message", [
     (["--compile", "--backend", "onnxruntime"], "cgnet predict: error: --compile needs the torch backend, not onnxruntime"),
     (["--precision", "fp16", "--backend", "openvino"],
-     "cgnet predict: error: --precision fp16 needs the torch backend, not openvino"),
+     "cgnet predict: error: --precision fp16 needs --backend torch or ncnn, not openvino"),
 ])
 def test_predict_compile_and_fp16_need_torch(randomized_ckpt, tmp_path, capsys, argv, message):
     cv2.imwrite(str(tmp_path / "frame.png"), np.zeros((8, 8, 3), np.uint8))

@@ -58,7 +58,7 @@ def needs_runtime(fmt: str) -> None:
     if entry.installed():
         return
     how = f"{', '.join(entry.modules)} not installed (pip install 'cgnet[{entry.extra}]')"
-    if REQUIRE_MOBILE and entry.extra in ("executorch", "litert"):
+    if REQUIRE_MOBILE and entry.extra in ("executorch", "litert", "ncnn"):
         pytest.fail(f"CGNET_REQUIRE_MOBILE=1 but {how}")
     pytest.skip(how)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -88,13 +89,19 @@ def synthetic_frames(count: int = 8, size: tuple[int, int] = (256, 320), seed: i
     return frames
 
 
-def verification_images(meta: dict, data_root: str | os.PathLike | None = None,
-                        count: int = 8) -> tuple[list[np.ndarray], str]:
+def verification_images(meta: dict, data_root: str | os.PathLike | None = None, count: int = 8,
+                        inputs: Callable[[int], tuple[list[np.ndarray], str]] | None = None
+                        ) -> tuple[list[np.ndarray], str]:
     """Frames to verify an export on, and where they came from.
 
     Real frames (the val list of the checkpoint's dataset under `data_root` or its default
-    location, or the images in the folder `data_root`) when found; otherwise deterministic
+    location, or the images in the folder `data_root`) when found; else the frames the export is
+    made for (`inputs`: the images or video frames being predicted); otherwise deterministic
     synthetic frames. A `data_root` without images is an error.
+
+    Args:
+        inputs: inputs(count) -> (up to count H x W x 3 uint8 RGB frames, what they are); called
+            only when no dataset frames are found.
     """
     root = _data_root(meta, data_root)
     paths = _dataset_images(meta, root, "val") if root is not None else []
@@ -103,6 +110,9 @@ def verification_images(meta: dict, data_root: str | os.PathLike | None = None,
         return [read_rgb(paths[i]) for i in picks], f"{len(picks)} real frames from {root}"
     if data_root is not None:
         raise MissingFileError(f"no images in {data_root} to verify the export on")
+    frames, source = inputs(count) if inputs is not None else ([], "")
+    if frames:
+        return frames, source
     return synthetic_frames(count), f"{count} synthetic frames (no {meta.get('dataset') or 'dataset'} data found)"
 
 
@@ -169,12 +179,12 @@ def verification_line(report: dict, source: str, precision: str) -> str:
 
 def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_root: str | None = None,
            prelu_as_max: bool | None = None, verify_count: int = 8, size: tuple[int, int] | None = None,
-           app_io: bool = False, log=print) -> Path:
+           app_io: bool = False, inputs=None, log=print) -> Path:
     """Write `model` as an inference file, verified against eager fp32 PyTorch.
 
     BatchNorm is folded into the convolutions and PReLU written as max(x, a*x) where exact; the
     file carries the checkpoint's metadata. It is run through its own runtime on real frames of
-    the checkpoint's dataset (or deterministic synthetic frames when none are found) and removed
+    the checkpoint's dataset (else on `inputs`, else on deterministic synthetic frames) and removed
     again if its argmax agreement or largest logit difference misses the tolerance
     (`AGREEMENT`, `MAX_ABS_FP32` of the formats table).
 
@@ -193,6 +203,8 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
             480); the verification frames are resized to it.
         app_io: the app-ready form (H x W x 3 uint8 RGB in, H x W uint8 class ids out, the
             preprocessing and the argmax inside), where the format has one; verified on class ids.
+        inputs: the frames the export is made for, verified on when no dataset frames are found
+            (`verification_images`).
         log: where progress lines go.
 
     Returns:
@@ -205,7 +217,7 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
                          "or save the original weights with cgnet.save_checkpoint and a preprocessing spec)")
     out = Path(out).with_suffix(entry.suffix)
     # everything that can refuse is checked before a file is written
-    frames, source = verification_images(model.meta, data_root, verify_count)
+    frames, source = verification_images(model.meta, data_root, verify_count, inputs)
     if entry.fixed_size:  # a fixed-size file is checked at its own size, where it is exact
         height, width = size or mobile.DEFAULT_SIZE
         frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames]
@@ -225,14 +237,18 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
         with quiet_third_party():  # converters and runtimes print their own logs; --debug shows them
             entry.write(simple, tmp, meta, precision, calibration, **options)
             if app_io:
-                report = verify_app(entry.load_app(tmp), model, frames, precision)
-            else:
-                report = verify(entry.load(tmp, precision), model, frames, precision)
-        log(verification_line(report, source, precision))
-        if not report["ok"]:
-            diff = f", max |diff| {report['max_abs_diff']:.3g}" if report["max_abs_diff"] is not None else ""
-            raise ExportError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance "
-                             f"(argmax agreement {100 * report['argmax_agreement']:.2f}%{diff}); not kept")
+                reports = {precision: verify_app(entry.load_app(tmp), model, frames, precision)}
+            else:  # a format whose runtime picks the precision at load time is checked at each it lists
+                reports = {p: verify(entry.load(tmp, p), model, frames, p)
+                           for p in (precision, *(p for p in entry.verified_at if p != precision))}
+        for checked, report in reports.items():
+            log(verification_line(report, source, checked) + (f" [{checked}]" if len(reports) > 1 else ""))
+        for checked, report in reports.items():
+            if not report["ok"]:
+                diff = f", max |diff| {report['max_abs_diff']:.3g}" if report["max_abs_diff"] is not None else ""
+                raise ExportError(f"the {fmt} {precision} export disagrees with PyTorch beyond the tolerance "
+                                  f"{'' if checked == precision else f'when run at {checked} '}"
+                                  f"(argmax agreement {100 * report['argmax_agreement']:.2f}%{diff}); not kept")
         for final, partial in zip(entry.files(out)[1:], entry.files(tmp)[1:]):
             os.replace(partial, final)
         os.replace(tmp, out)

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from ..common import InputError
 from . import mobile
+from .ncnn_format import ncnn_runner, read_ncnn_meta, write_ncnn
 from .runners import (exported_program_runner, onnxruntime_runner, openvino_runner, require,
                       torchscript_runner)
 
@@ -177,6 +178,8 @@ class ExportFormat:
     load_app: Callable | None = None  # load_app(path) -> run_image(H x W x 3 uint8) -> H x W class ids,
     #                                   for files written app-ready (--app-io)
     precision_notes: tuple[tuple[str, str], ...] = ()  # (precision, how it is made) for `verified`
+    verified_at: tuple[str, ...] = ()  # precisions every export is verified at, whichever was asked (the
+    #                                    file is the same; apps choose at load time)
 
     @property
     def verified(self) -> str:
@@ -226,7 +229,8 @@ def _importable(module: str) -> bool:
 # precision, and the largest logit difference an fp32 export may have: `cgnet.deploy.export.verify`
 # applies them, `ExportFormat.verified` states them. bf16 is held to fp32's agreement: it is the
 # default path where the CPU runs bf16 natively, so it must not change what the model predicts.
-AGREEMENT = {"fp32": 0.999, "bf16": 0.999, "int8": 0.97}
+# fp16 (ncnn's default options, what an app gets) likewise.
+AGREEMENT = {"fp32": 0.999, "bf16": 0.999, "fp16": 0.999, "int8": 0.97}
 MAX_ABS_FP32 = 1e-2
 
 VERIFIED = ("run through its own runtime on real frames of the checkpoint's dataset (synthetic frames when "
@@ -254,6 +258,13 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  lambda path: json.dumps(mobile.read_mobile_meta(path)),
                  ", through LiteRT's own interpreter at the file's fixed size",
                  backend="litert", fixed_size=True, load_app=mobile.litert_app_runner),
+    ExportFormat("ncnn", ".param", "NCNN (ARM boards, Android, embedded Linux; the weights in the .bin beside it)",
+                 ("fp32", "fp16"), "ncnn", ("ncnn", "pnnx"), write_ncnn, ncnn_runner, read_ncnn_meta,
+                 ", through ncnn's own runtime at both precisions whichever is asked",
+                 backend="ncnn", companions=(".bin", ".json"), precision_at_load=True, verified_at=("fp32", "fp16"),
+                 precision_notes=(("fp32", "fp16 and bf16 off"),
+                                  ("fp16", "ncnn's default options, the layers that lose accuracy in fp16 kept "
+                                           "in fp32 by the file's per-layer feature mask"))),
     ExportFormat("torchscript", ".ts", "TorchScript (read only: torch 2.13 deprecates it; export pt2)", ("fp32",),
                  None, (), None, lambda path, precision: torchscript_runner(path), _torchscript_meta,
                  "files written by earlier cgnet versions, verified when they were written"),

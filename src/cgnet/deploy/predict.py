@@ -266,6 +266,29 @@ def video_fps(cap) -> float:
     return fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
 
 
+def input_frames(images: list[Path], videos: list[Path]) -> Callable[[int], tuple[list[np.ndarray], str]]:
+    """What `make_predictor` verifies a fresh export on when the checkpoint's dataset is not on
+    disk: count(n) -> up to n of the frames being predicted (images evenly spaced, else frames
+    evenly spaced through the first video) and what they are. Read only when an export is made."""
+    def frames(count: int) -> tuple[list[np.ndarray], str]:
+        if images:
+            picks = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int)
+            chosen = [read_rgb(images[i]) for i in sorted(set(picks))]
+            return chosen, f"{len(chosen)} of the {len(images)} images being predicted"
+        if not videos:
+            return [], ""
+        chosen = []
+        with VideoStreams(videos[0]) as streams:
+            total = int(streams.cap.get(cv2.CAP_PROP_FRAME_COUNT)) or count
+            for index in sorted(set(np.linspace(0, max(total - 1, 0), count).round().astype(int))):
+                streams.cap.set(cv2.CAP_PROP_POS_FRAMES, int(index))
+                ok, frame = streams.cap.read()
+                if ok and frame.ndim == 3:
+                    chosen.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        return chosen, f"{len(chosen)} frames of {videos[0].name}, the video being predicted"
+    return frames
+
+
 class VideoStreams:
     """A video being read (`cap`) and, once opened, the one being written (`writer`); both are
     released when the `with` block ends, however it ends."""
@@ -371,7 +394,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images, videos = collect_inputs(args.inputs)
     check_writable(args.out, "--out")
     predictor = make_predictor(args.checkpoint, backend=args.backend, precision=args.precision, device=args.device,
-                               data_root=args.data_root, log=print, compile=args.compile)
+                               data_root=args.data_root, log=print, compile=args.compile,
+                               inputs=input_frames(images, videos))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -110,18 +110,22 @@ EXPORT_CACHE_TAG = "-flushed"
 
 def cached_export(model: CGNet, source: str | os.PathLike, fmt: str, precision: str,
                   cache: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
-                  log=None) -> Path:
+                  log=None, inputs=None) -> Path:
     """Export once per (checkpoint content, format, precision) into the cache folder. Only a
     verified export ever gets its final name there (see `export`); one that failed its verification
     leaves a `.refused` note with the reason, so later calls fail at once (delete it to retry)."""
     digest = hashlib.sha256(resolve_weights(source).read_bytes()).hexdigest()[:16]
-    path = cache_dir(cache) / f"{digest}_{precision}{EXPORT_CACHE_TAG}{FORMATS[fmt].suffix}"
+    entry = FORMATS[fmt]
+    # a format whose companion files an earlier entry also writes (.bin: OpenVINO and NCNN) adds its name
+    shared = any(set(entry.companions) & set(other.companions) for other in list(FORMATS.values())[
+        :list(FORMATS).index(fmt)])
+    path = cache_dir(cache) / f"{digest}_{precision}{EXPORT_CACHE_TAG}{'.' + fmt if shared else ''}{entry.suffix}"
     refused = path.with_name(path.name + ".refused")
     if refused.is_file():
         raise ExportError(refused.read_text().strip())
     if not path.exists():
         try:
-            export(model, path, fmt, precision, data_root=data_root, log=log or (lambda *a: None))
+            export(model, path, fmt, precision, data_root=data_root, inputs=inputs, log=log or (lambda *a: None))
         except ExportError as e:
             refused.write_text(f"{e}\n")
             raise
@@ -180,9 +184,9 @@ def plan_inference(model: str | os.PathLike | None = None, backend: str = "auto"
     if compile:
         raise InputError(f"--compile needs the torch backend, not {backend}")
     if precision not in fmt.precisions:
-        others = backends_for(precision)
-        raise InputError(f"--precision {precision} needs " + (f"--backend {' or '.join(others)}" if others else
-                                                              "the torch backend") + f", not {backend}")
+        others = ["torch"] * (precision in TORCH_PRECISIONS) + backends_for(precision)
+        raise InputError(f"--precision {precision} needs " + (f"--backend {' or '.join(others)}" if others != ["torch"]
+                                                              else "the torch backend") + f", not {backend}")
     fmt.require()
     return InferencePlan(model, backend, precision, why=why, fallbacks=fallbacks)
 
@@ -210,7 +214,8 @@ def resolve_backend(backend: str, precision: str, checkpoint: str | os.PathLike 
 
 def make_predictor(model: str | os.PathLike | None = None, *, backend: str = "auto", precision: str = "auto",
                    device: str | None = None, cache: str | os.PathLike | None = None,
-                   data_root: str | os.PathLike | None = None, log=None, compile: bool = False) -> Predictor:
+                   data_root: str | os.PathLike | None = None, log=None, compile: bool = False,
+                   inputs=None) -> Predictor:
     """A `Predictor` (image in, class ids or logits out) for a checkpoint or an exported file.
 
     Args:
@@ -226,11 +231,14 @@ def make_predictor(model: str | os.PathLike | None = None, *, backend: str = "au
         device: torch backend only (default: CUDA when available).
         cache: the export cache folder (default $CGNET_CACHE or ~/.cache/cgnet).
         data_root: frames to verify a fresh export on (default: the checkpoint's dataset in its
-            default location, else synthetic frames).
+            default location, else `inputs`, else synthetic frames).
         log: where the line on the chosen path and the export's progress go (default: nowhere).
         compile: torch backend: the compiled path (`runners.compile_for_inference`: BN folded,
             inductor, CUDA graphs on CUDA, the argmax inside the graph); each new image size
             compiles once (tens of seconds).
+        inputs: inputs(count) -> (up to count H x W x 3 uint8 RGB frames of what will be predicted,
+            what they are), to verify a fresh export on when the checkpoint's dataset is not found
+            (`cgnet.deploy.predict.input_frames`); called only when an export is made.
 
     Returns:
         A Predictor: `predict(rgb_uint8_HxWx3) -> HxW uint8 class ids`, `logits(...) -> C x H x W`.
@@ -241,10 +249,10 @@ def make_predictor(model: str | os.PathLike | None = None, *, backend: str = "au
     log = log or (lambda *a: None)
     if plan.why:
         log(plan.why)
-    return _checkpoint_predictor(plan, load_model(plan.model), device, cache, data_root, log)
+    return _checkpoint_predictor(plan, load_model(plan.model), device, cache, data_root, log, inputs)
 
 
-def _checkpoint_predictor(plan: InferencePlan, net: CGNet, device, cache, data_root, log) -> Predictor:
+def _checkpoint_predictor(plan: InferencePlan, net: CGNet, device, cache, data_root, log, inputs=None) -> Predictor:
     """`make_predictor` for a checkpoint; an automatic choice whose export is refused gives way to
     the next fastest path, with a line saying so."""
     if plan.backend == "torch":
@@ -257,7 +265,7 @@ def _checkpoint_predictor(plan: InferencePlan, net: CGNet, device, cache, data_r
                          run_labels=torch_runner(net, precision, device, labels=True))
     fmt = format_for_backend(plan.backend)
     try:
-        path = cached_export(net, plan.model, fmt.name, plan.precision, cache, data_root, log)
+        path = cached_export(net, plan.model, fmt.name, plan.precision, cache, data_root, log, inputs)
     except ExportError as e:
         if not plan.fallbacks:
             raise
@@ -265,7 +273,7 @@ def _checkpoint_predictor(plan: InferencePlan, net: CGNet, device, cache, data_r
         log(f"inference path: {plan.backend} {plan.precision} refused ({e}); "
             f"{following.backend} {following.precision} instead ({following.measured})")
         plan = replace(plan, backend=following.backend, precision=following.precision, fallbacks=plan.fallbacks[1:])
-        return _checkpoint_predictor(plan, net, device, cache, data_root, log)
+        return _checkpoint_predictor(plan, net, device, cache, data_root, log, inputs)
     return _open_exported(path, fmt, plan.precision)
 
 
@@ -298,7 +306,7 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
                    help="what runs the model (default auto: the fastest accurate path for this CPU, printed in "
                         "one line, see docs/speed.md; torch on a GPU)")
     p.add_argument("--precision", choices=["auto", *all_precisions()], default="auto",
-                   help="fp16 needs the torch backend (a GPU); int8 --backend "
+                   help="fp16: the torch backend (a GPU) or ncnn (its default options); int8 --backend "
                         f"{' or '.join(backends_for('int8'))} (default auto: with --backend auto the fastest "
                         "accurate one for this CPU, else fp32; an exported file's own)")
     p.add_argument("--device", help="torch backend only: cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -307,4 +315,4 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
                         "computed on the device; each new image size compiles once")
     p.add_argument("--data-root", help="with --backend onnxruntime/openvino and a checkpoint: frames to verify its "
                                        "one-time export on (default: the checkpoint's dataset if found, else "
-                                       "synthetic frames)")
+                                       "the images or video being predicted, else synthetic frames)")
