@@ -96,7 +96,7 @@ def test_wrong_hash_is_refused_and_nothing_kept(monkeypatch, server, tmp_path, c
     digest = served(monkeypatch, server, "cityscapes-mmseg", FIXTURE.read_bytes(), prefix="124ea03b")
     entry = WEIGHTS["cityscapes-mmseg"]
     assert main(["weights", "get", "cityscapes-mmseg"]) == 2
-    assert capsys.readouterr().err == (
+    assert capsys.readouterr().err.rsplit("\r", 1)[-1].splitlines()[-1] + "\n" == (
         f"cgnet weights: error: the cityscapes-mmseg weights from {entry.url} have SHA-256 {digest}, expected "
         "124ea03b...: the download is not the published file (it was removed; run again)\n")
     assert not any((tmp_path / "cache" / "weights").iterdir())
