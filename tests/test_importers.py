@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cgnet.data.importer import IMPORTERS
+from cgnet.images import read_rgb
 from test_import_formats import class_lines, read_ids, refused, run, write_image
 
 H, W = 10, 12
@@ -183,3 +184,23 @@ def test_background_fills_what_no_shape_covers_or_is_refused(tmp_path, capsys, n
 def test_a_missing_source_is_one_line(tmp_path, capsys, name):
     err = refused(capsys, tmp_path / "out", "--from", name, tmp_path / "nothing")
     assert err == f"cgnet data: error: {tmp_path / 'nothing'}: no such file or folder\n"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_phone_photo_is_labelled_in_its_displayed_frame(tmp_path, capsys, name):
+    """The example's photo stored turned a quarter (its pixels W x H) with the EXIF orientation
+    that shows it upright (6: turn 90 degrees clockwise): shapes and masks are drawn in the frame
+    the photo is shown in, so the labels equal the upright photo's, and the imported photo reads
+    (as training reads it) as the upright one."""
+    src, extra = example(tmp_path, name)
+    _, upright = imported(capsys, name, src, tmp_path / "upright", *extra)
+    photo = next(p for p in src.rglob("f.png") if p.parent.name not in ("SegmentationClass", "masks"))
+    pixels = np.asarray(Image.open(photo).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(pixels, 1))).save(photo, exif=exif)
+    _, label = imported(capsys, name, src, tmp_path / "phone", *extra)
+    np.testing.assert_array_equal(label, upright)
+    image = next((tmp_path / "phone" / "images").rglob("*.*"))
+    shown = read_rgb(image)  # as training reads it: in the displayed frame
+    assert shown.shape == (H, W, 3) and np.array_equal(shown, pixels)
