@@ -15,7 +15,8 @@ from cgnet import CGNet, load_model, make_meta, save_checkpoint
 from cgnet.cli import main
 from cgnet.common import InputError
 from cgnet.deploy import predict as predict_module
-from cgnet.deploy.predict import OrderedWorker, predict_images, predict_video, prefetch
+from cgnet.deploy.predict import predict_images, predict_video
+from cgnet.pipeline import OrderedWorker, prefetch
 from cgnet.data.catalog import CAMVID
 from cgnet.preprocess import make_spec, to_tensor
 from cgnet.deploy.predictor import make_predictor
@@ -277,7 +278,7 @@ def jitter(fn, rng, most=0.004):
 
 
 def stage_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("cgnet-predict")]
+    return [t for t in threading.enumerate() if t.name.startswith("cgnet-")]
 
 
 def test_prefetch_and_ordered_worker_keep_order_under_random_delays():
