@@ -13,6 +13,7 @@ decoded by OpenCV and turned with numpy views, so an image without a tag costs o
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 
@@ -104,3 +105,35 @@ def read_rgb(path: str | os.PathLike, where: str = "") -> np.ndarray:
 def decode_rgb(data: bytes, where: str = "") -> np.ndarray:
     """Encoded image bytes as H x W x 3 uint8 RGB, displayed frame (as :func:`read_rgb`)."""
     return to_rgb(decode_pixels(data, "image", where))
+
+
+# ---- videos ------------------------------------------------------------------------------------
+
+DEFAULT_FPS = 25.0  # a video's frame rate where its container tells none
+
+
+def video_fps(cap) -> float:
+    """The frame rate an opened cv2.VideoCapture reports, or DEFAULT_FPS when it reports none."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+
+
+class VideoStreams:
+    """A video being read (`cap`) and, once opened, the one being written (`writer`); both are
+    released when the `with` block ends, however it ends."""
+
+    def __init__(self, path: Path):
+        self.cap = cv2.VideoCapture(str(path))
+        self.writer = None
+
+    def open_writer(self, path: Path, codec: str, fps: float, size: tuple[int, int]):
+        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+        return self.writer
+
+    def __enter__(self) -> "VideoStreams":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cap.release()
+        if self.writer is not None:
+            self.writer.release()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
 import time
 from collections import Counter
@@ -32,12 +31,10 @@ from tqdm import tqdm
 
 from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError, number_type
 from ..fileio import check_writable, hidden_sibling
-from ..images import read_rgb
+from ..images import VideoStreams, read_rgb, video_fps
 from ..pipeline import PIPELINE_DEPTH, OrderedWorker, prefetch
-from ..visualize import blend, colorize, default_palette, legend
+from ..visualize import blend, colorize, legend, palette_of
 from .predictor import add_predictor_args, make_predictor
-
-DEFAULT_FPS = 25.0
 
 
 def is_image(path: Path) -> bool:
@@ -119,12 +116,6 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def palette_of(meta: dict) -> np.ndarray:
-    """The model's palette; the default palette when the checkpoint stores none (original files)."""
-    palette = meta.get("palette")
-    return np.asarray(palette if palette is not None else default_palette(256), dtype=np.uint8)
-
-
 def write_legend(path: Path, meta: dict) -> None:
     """The colours of the colour masks and overlays beside their class names, one per row (none
     for a model whose metadata names no classes)."""
@@ -165,33 +156,6 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
             writer.put((name, image, predictor.predict(image)))
             bar.update(1)
     return names
-
-
-def video_fps(cap) -> float:
-    """The frame rate an opened cv2.VideoCapture reports, or DEFAULT_FPS when it reports none."""
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    return fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
-
-
-class VideoStreams:
-    """A video being read (`cap`) and, once opened, the one being written (`writer`); both are
-    released when the `with` block ends, however it ends."""
-
-    def __init__(self, path: Path):
-        self.cap = cv2.VideoCapture(str(path))
-        self.writer = None
-
-    def open_writer(self, path: Path, codec: str, fps: float, size: tuple[int, int]):
-        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
-        return self.writer
-
-    def __enter__(self) -> "VideoStreams":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.cap.release()
-        if self.writer is not None:
-            self.writer.release()
 
 
 def _frames(cap, frame: np.ndarray, size: tuple[int, int]) -> Iterator[np.ndarray]:
