@@ -18,7 +18,8 @@ from cgnet.cli import main, make_parser
 from cgnet.data.catalog import CAMVID
 from cgnet.data.listset import SegDataset
 from cgnet.data.stats import dataset_stats
-from cgnet.engine.config import ConfigError, TrainConfig, compare_for_resume, resolve_config
+from cgnet.engine.config import ConfigError, TrainConfig, resolve_config
+from cgnet.engine.resume import compare_for_resume
 from cgnet.preprocess import make_spec
 from helpers.training import TINY, same_weights, train
 

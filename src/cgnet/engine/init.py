@@ -14,7 +14,8 @@ import torch
 
 from ..checkpoint import load_checkpoint, load_matching, resolve_weights
 from ..model import CGNet
-from .config import ConfigError, TrainConfig
+from ..common import ConfigError
+from .config import TrainConfig
 from .distributed import is_main_process
 
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, load_state_into, make_meta, save_checkpoint
-from ..common import CGNetError
+from ..common import CGNetError, ConfigError
 from ..fileio import FolderLock, remove_leftover_temp_files, write_atomic
 from ..data.catalog import DatasetInfo, resolve_dataset
 from ..data.listset import MemoryTrainSet, SegDataset, available_memory, memory_estimate, seed_worker, worker_context
@@ -42,12 +42,13 @@ from ..data.stats import dataset_stats
 from ..model import CGNet
 from ..plot import plot_history
 from ..preprocess import check_spec, make_spec
-from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
+from .config import TrainConfig, resolve_config
 from .distributed import (backend, barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
                           is_dist, is_main_process)
 from .grads import use_training_kernels
 from .inference import evaluate, make_eval_loader
 from .init import InitWeights, read_init, start_from
+from .resume import compare_for_resume
 from .stopping import GracefulStop, StopRequested
 from .teacher import DistillLoss, read_manifest, read_soft
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
