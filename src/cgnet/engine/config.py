@@ -108,11 +108,10 @@ def option(default, help: str | None, group: str | None, resume: str, *, flag: s
 
 
 # The CPU's defaults for the training loader and the training-only backward passes
-# (cgnet.engine.grads), in one place, as measured when `cgnet train` runs
-# (benchmarks/train_as_run.py, docs/speed.md; 2-core Intel Xeon, AVX-512, batch 8, crop 360, x a
-# plain eager fp32 loop in the same run): ATen's backward with loader workers 1.21x, the in-memory
-# loader 1.13x, with the depthwise taps and fused PReLU backward 1.73x (conv: 1.55x); then, in
-# another run, keeping ATen's up-sampling under compile 1.61x -> 1.88x (and 2.19x, 2.31x in two more).
+# (cgnet.engine.grads), in one place: each was the faster choice when `cgnet train` runs on the CPU
+# (the in-memory loader over loader workers, the depthwise taps and the fused PReLU backward over
+# ATen's, ATen's up-sampling kept whole under compile), measured against a plain eager fp32 loop by
+# benchmarks/train_as_run.py. The figures and the machines: docs/speed.md and results/.
 CPU_TRAINING_DEFAULTS = {"loader": "memory", "depthwise_backward": "taps", "prelu_backward": "fused",
                          "upsample_backward": "aten"}
 
@@ -307,12 +306,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         groups[group].add_argument(flag, dest=dest, help=f.metadata["help"], **kwargs)
 
 
-# What was measured on each kind of CPU (docs/speed.md, batch 8, crop 360, fp32), `cgnet train` as
-# run against a plain eager fp32 loop, with the CPU_TRAINING_DEFAULTS backward passes: with AVX-512
-# (a 2-core Xeon), channels_last + the compiled model 1.88x, 2.19x and 2.31x (three runs); with AVX2 kernels
-# (ATEN_CPU_CAPABILITY=avx2 on that Xeon), channels_last + the compiled model 1.48x, eager NCHW
-# 1.10x. (Before those backward passes, on a 2-core AVX2-only EPYC, the compiled model was slower
-# than eager: 0.79-0.86x.)
+# The kinds of CPU on which channels_last + the compiled model were measured faster than eager NCHW
+# with the CPU_TRAINING_DEFAULTS backward passes (AVX-512, and AVX2 kernels); elsewhere the default
+# stays eager. The values are what the run's speed line says; the measurements they quote are in
+# docs/speed.md (keep the two in step).
 MEASURED_COMPILED = {"AVX512": "1.88-2.31x a plain eager loop as run on an AVX-512 Xeon",
                      "AVX2": "1.48x a plain eager loop as run with AVX2 kernels, against 1.10x eager NCHW"}
 

@@ -148,8 +148,8 @@ def fit_schedule_to_budget(cfg: TrainConfig, state: TrainState, n_batches: int) 
     """Cut the epochs to what fits in cfg.time_budget minutes: the time left (the run's elapsed
     wall-clock counts set-up and compiling) divided by the latest epoch's wall-clock (from the
     previous record, so checkpoint writing counts; at least its training time) plus 15% for
-    validation and later epochs running slower (on an H200 the first epochs took 1.2 s, the
-    average over 300 epochs 1.39 s). Returns the config with the new epoch count."""
+    validation and later epochs running slower than the first ones (an H200 run's epochs:
+    results/camvid_gpu_log.jsonl). Returns the config with the new epoch count."""
     last = state.history[-1]
     # wall-clock from the previous record: the epoch plus its logging and checkpoint writing
     gap = last["elapsed_s"] - state.history[-2]["elapsed_s"] if len(state.history) > 1 else 0.0
@@ -310,9 +310,9 @@ class TrainParts:
 def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
     """Whether --compile compiles the whole step (forward, loss, backward, Adam): on CUDA, where
     the step may be one program (`steps.single_program`). On the CPU the whole step trains
-    correctly with `steps.CPU_INDUCTOR_OPTIONS` but measured slower than eager on a 2-core AVX2
-    EPYC (0.83x after 425 s of compiling, `benchmarks.train_throughput` mode
-    `fp32+channels_last+compiled-step`), so --compile there compiles the model only."""
+    correctly with `steps.CPU_INDUCTOR_OPTIONS` but measured slower than eager after minutes of
+    compiling (`benchmarks.train_throughput` mode `fp32+channels_last+compiled-step`; figures in
+    docs/speed.md and results/), so --compile there compiles the model only."""
     return bool(cfg.compile) and torch.device(device).type == "cuda" and \
         single_program(cfg.amp, cfg.dropout, world_size)
 
