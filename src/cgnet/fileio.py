@@ -25,6 +25,12 @@ def hidden_sibling(path: Path, ending: str) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{ending}")
 
 
+def partial_name(path: Path) -> Path:
+    """Where a file is written before it is complete, when the writer goes by its suffix (a video
+    container, an export format): a hidden name beside `path` that ends in `.partial<suffix>`."""
+    return hidden_sibling(path.with_suffix(""), f"partial{path.suffix}")
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb"):
     """Open a temporary file for writing; on success it replaces `path`, on error it is removed.
@@ -198,7 +204,7 @@ def check_writable(path: str | os.PathLike, option: str, *, folder: bool = True)
     missing = missing_folders(target)
     try:
         target.mkdir(parents=True, exist_ok=True)
-        probe = target / f".cgnet-write-test.{os.getpid()}.{secrets.token_hex(4)}"
+        probe = hidden_sibling(target / "cgnet-write-test", "probe")
         probe.write_bytes(b"")
         probe.unlink()
         if not folder and path.exists() and not os.access(path, os.W_OK):

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError, number_type
-from ..fileio import check_writable, hidden_sibling
+from ..fileio import check_writable, partial_name
 from ..images import VideoStreams, read_rgb, video_fps
 from ..pipeline import PIPELINE_DEPTH, OrderedWorker, prefetch
 from ..visualize import blend, colorize, legend, palette_of
@@ -170,12 +170,6 @@ def _frames(cap, frame: np.ndarray, size: tuple[int, int]) -> Iterator[np.ndarra
         ok, frame = cap.read()
         if not ok:
             return
-
-
-def partial_name(path: Path) -> Path:
-    """Where a video is written before it is complete: a hidden name beside `path`, with its
-    suffix (the container follows it)."""
-    return hidden_sibling(path.with_suffix(""), f"partial{path.suffix}")
 
 
 def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, progress: bool = True,
