@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError, number_type
 from ..fileio import check_writable, partial_name
-from ..images import VideoStreams, read_rgb, video_fps
+from ..images import VideoStreams, read_rgb, video_fps, write_image
 from ..pipeline import PIPELINE_DEPTH, OrderedWorker, prefetch
 from ..visualize import blend, colorize, legend, palette_of
 from .predictor import add_predictor_args, make_predictor
@@ -121,12 +121,7 @@ def write_legend(path: Path, meta: dict) -> None:
     for a model whose metadata names no classes)."""
     names = meta.get("classes")
     if names:
-        _write(path, cv2.cvtColor(legend(names, palette_of(meta)[:len(names)], scale=0.6), cv2.COLOR_RGB2BGR))
-
-
-def _write(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise InputError(f"cannot write {path}")
+        write_image(path, cv2.cvtColor(legend(names, palette_of(meta)[:len(names)], scale=0.6), cv2.COLOR_RGB2BGR))
 
 
 def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0.5, overlay: bool = True,
@@ -143,10 +138,10 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
     def write(entry: tuple[str, np.ndarray, np.ndarray]) -> None:
         name, image, pred = entry
         color = colorize(pred, palette)
-        _write(out / "masks" / f"{name}.png", pred)
-        _write(out / "color" / f"{name}.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
+        write_image(out / "masks" / f"{name}.png", pred)
+        write_image(out / "color" / f"{name}.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
         if overlay:
-            _write(out / "overlay" / f"{name}.jpg", cv2.cvtColor(blend(image, color, alpha), cv2.COLOR_RGB2BGR))
+            write_image(out / "overlay" / f"{name}.jpg", cv2.cvtColor(blend(image, color, alpha), cv2.COLOR_RGB2BGR))
 
     decoded = prefetch(zip(images, names), lambda job: (job[1], read_rgb(job[0])), threads=int(overlap),
                        depth=PIPELINE_DEPTH, name="cgnet-predict-decode")
