@@ -35,12 +35,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
 from ..common import CGNetError, InputError, MissingFileError
 from ..fileio import staged_folder
+from ..images import write_image
 from .catalog import format_class
 from .coco import coco_source
 from .cvat import cvat_source
@@ -69,18 +68,6 @@ def classes_text(names: list[str], palette: list, ignore_index: int, fmt: str, s
               f"{ignore_index} in labels/*.png (train with --ignore-index {ignore_index}).\n"
               f"# imported by cgnet data import --from {fmt} from {src}\n")
     return header + "".join(format_class(n, c) + "\n" for n, c in zip(names, palette))
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def encode_png(pixels: np.ndarray, what: str) -> bytes:
-    ok, data = cv2.imencode(".png", pixels)
-    if not ok:
-        raise CGNetError(f"cannot encode {what} as PNG")
-    return data.tobytes()
 
 
 def check_target(root: Path) -> None:
@@ -194,9 +181,11 @@ def write_dataset(source: Source, fmt: str, src: Path, root: Path, val_fraction:
                     shutil.copyfile(item.image, tmp / image)
                 else:
                     image = f"images/{item.name}.png"
-                    write_bytes(tmp / image, encode_png(item.image, f"the image of {item.name}"))
+                    (tmp / image).parent.mkdir(parents=True, exist_ok=True)
+                    write_image(tmp / image, item.image)
                 label = f"labels/{item.name}.png"
-                write_bytes(tmp / label, encode_png(item.label, f"the label of {item.name}"))
+                (tmp / label).parent.mkdir(parents=True, exist_ok=True)
+                write_image(tmp / label, item.label)
                 written.append((image, label))
             if not written:
                 raise InputError(f"{src}: nothing to import ({skipped_text(source.skipped) or 'no images'}"
