@@ -9,7 +9,8 @@ import pytest
 
 from cgnet.cli import main, make_parser
 from cgnet.engine.config import (DEFINES, FRESH, GROUPS, NOT_INHERITED, POLICIES, ConfigError,
-                                 TrainConfig, compare_for_resume, cpu_speed_defaults, flag_of, resolve_config)
+                                 TrainConfig, cpu_speed_defaults, flag_of, resolve_config)
+from cgnet.engine.resume import compare_for_resume
 from helpers.training import TINY, train
 
 

@@ -206,7 +206,7 @@ def test_nearest_indices_are_torchs(size_in, size_out):
 
 def test_prefetch_keeps_order_raises_at_its_turn_and_stops_early():
     for threads in (0, 1, 3):
-        assert list(listset.prefetch(lambda j: j * j, range(10), threads)) == [j * j for j in range(10)]
+        assert list(listset.prefetch(range(10), lambda j: j * j, threads)) == [j * j for j in range(10)]
     started = []
 
     def make(job):
@@ -217,11 +217,11 @@ def test_prefetch_keeps_order_raises_at_its_turn_and_stops_early():
 
     got = []
     with pytest.raises(ValueError, match="bad job 4"):
-        for value in listset.prefetch(make, range(100), 2):
+        for value in listset.prefetch(range(100), make, 2):
             got.append(value)
     assert got == [0, 1, 2, 3] and len(started) <= 8  # at most threads + 1 ahead of the consumer
     started.clear()
-    stream = listset.prefetch(make, range(3, -1, -1), 1)
+    stream = listset.prefetch(range(3, -1, -1), make, 1)
     assert next(stream) == 3
     stream.close()  # a loop that breaks: nothing more is started than was queued
     assert len(started) <= 3

@@ -11,7 +11,8 @@ from cgnet.checkpoint import load_checkpoint, load_matching, load_model, resolve
 from cgnet.cli import main
 from cgnet.data.catalog import CAMVID, resolve_dataset
 from cgnet.engine.config import TrainConfig
-from cgnet.engine.train import build_model_and_optimizer, match_classifier, read_init
+from cgnet.engine.init import match_classifier, read_init
+from cgnet.engine.train import build_model_and_optimizer
 from cgnet.model import CGNet
 from cgnet.preprocess import to_tensor
 from helpers.camvid_like import make_camvid_like

@@ -15,7 +15,8 @@ from cgnet import CGNet, load_model, make_meta, save_checkpoint
 from cgnet.cli import main
 from cgnet.common import InputError
 from cgnet.deploy import predict as predict_module
-from cgnet.deploy.predict import OrderedWorker, predict_images, predict_video, prefetch
+from cgnet.deploy.predict import predict_images, predict_video
+from cgnet.pipeline import OrderedWorker, prefetch
 from cgnet.data.catalog import CAMVID
 from cgnet.preprocess import make_spec, to_tensor
 from cgnet.deploy.predictor import make_predictor
@@ -165,6 +166,31 @@ def test_missing_backend_says_how_to_install(ckpt, tmp_path, capsys, monkeypatch
     assert "pip install 'cgnet[onnx]'" in capsys.readouterr().err
 
 
+def test_an_image_that_cannot_be_written_is_one_line_naming_it(ckpt, tmp_path, capsys):
+    """cv2.imwrite answers False and writes nothing where it cannot write (a full disk, a folder in
+    the way); every image write goes through cgnet.images.write_image, which says so."""
+    write_image(tmp_path / "in" / "a.png", 0)
+    write_image(tmp_path / "in" / "b.png", 1)
+    out = tmp_path / "out"
+    (out / "color" / "b.png").mkdir(parents=True)  # a folder where b's colour mask goes
+    assert run(tmp_path / "in", "--checkpoint", ckpt, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert err == f"cgnet predict: error: cannot write {out / 'color' / 'b.png'} (Is a directory)\n"
+    assert (out / "color" / "a.png").is_file() and not (out / "legend.png").exists()
+
+
+def test_write_image_refuses_what_it_cannot_encode_and_leaves_no_file(tmp_path):
+    from cgnet.common import CGNetError
+    from cgnet.images import write_image as write_checked
+    with pytest.raises(CGNetError, match=r"^cannot write .*/x\.nosuchformat: OpenCV cannot encode a uint8 4x4 image as \.nosuchformat$"):
+        write_checked(tmp_path / "x.nosuchformat", np.zeros((4, 4), np.uint8))
+    with pytest.raises(CGNetError, match=r"^cannot write .*/missing/x\.png \(No such file or directory\)$"):
+        write_checked(tmp_path / "missing" / "x.png", np.zeros((4, 4), np.uint8))
+    assert not (tmp_path / "x.nosuchformat").exists() and not (tmp_path / "missing").exists()
+    written = write_checked(tmp_path / "ok.png", np.arange(12, dtype=np.uint8).reshape(3, 4))
+    assert cv2.imread(str(written), cv2.IMREAD_UNCHANGED).tolist() == np.arange(12).reshape(3, 4).tolist()
+
+
 # ---- the fastest accurate path by default -----------------------------------------------------
 
 EVERY_BACKEND = ["torch", "onnxruntime", "openvino", "executorch", "litert"]
@@ -277,7 +303,7 @@ def jitter(fn, rng, most=0.004):
 
 
 def stage_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("cgnet-predict")]
+    return [t for t in threading.enumerate() if t.name.startswith("cgnet-")]
 
 
 def test_prefetch_and_ordered_worker_keep_order_under_random_delays():

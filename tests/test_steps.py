@@ -14,7 +14,8 @@ import cgnet.engine.steps as steps
 from cgnet.cli import main, make_parser
 import cgnet.deploy.bench as bench
 from cgnet.deploy.bench import argmax_agreement, select_paths
-from cgnet.engine.config import TrainConfig, compare_for_resume
+from cgnet.engine.config import TrainConfig
+from cgnet.engine.resume import compare_for_resume
 from cgnet.engine.steps import check_against_eager, configure_optimizer, make_compiled_step, make_eager_step, set_lr
 from cgnet.engine.train import whole_step_compile
 from helpers.steps import CLASSES, build, no_scaler

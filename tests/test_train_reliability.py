@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ from cgnet.cli import main, make_parser
 from cgnet.data.catalog import CAMVID
 from cgnet.data.listset import SegDataset
 from cgnet.data.stats import dataset_stats
-from cgnet.engine.config import ConfigError, TrainConfig, compare_for_resume, resolve_config
+from cgnet.engine.config import ConfigError, TrainConfig, resolve_config
+from cgnet.engine.resume import compare_for_resume
 from cgnet.preprocess import make_spec
 from helpers.training import TINY, same_weights, train
 
@@ -54,11 +54,14 @@ def assert_equals_reference(out, reference):
                for k in ref["optimizer"]["state"])
 
 
-def dead_pid() -> int:
-    """The id of a process that has ended (and was reaped)."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
+def lock_holder(out) -> subprocess.Popen:
+    """Another process holding `out`'s run-folder lock, as a second `cgnet train` there would."""
+    code = ("import sys, time; from cgnet.fileio import FolderLock; "
+            "FolderLock(sys.argv[1], what='cgnet train').acquire(); print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert holder.stdout.readline() == "held\n"
+    return holder
 
 
 # ---- 1, 8: settings that cannot train are refused before anything is written ----------------
@@ -131,9 +134,8 @@ def test_the_ignore_id_of_a_known_dataset_may_be_given_as_it_is(camvid):
 def test_a_folder_in_use_by_a_live_run_is_refused(camvid, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # killed below, however long the test takes
+    other = lock_holder(out)
     try:
-        (out / "train.lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
         before = snapshot(out)
         assert run_cli(camvid, out, "--epochs", "1") == 2
         assert capsys.readouterr().err == (f"cgnet train: error: {out} is in use by cgnet train of pid {other.pid} "
@@ -141,7 +143,7 @@ def test_a_folder_in_use_by_a_live_run_is_refused(camvid, tmp_path, capsys):
         assert snapshot(out) == before
     finally:
         other.kill()
-        other.wait()
+        other.communicate()
 
 
 def test_a_lock_from_another_host_is_refused(camvid, tmp_path, capsys):
@@ -158,9 +160,11 @@ def test_a_lock_from_another_host_is_refused(camvid, tmp_path, capsys):
 @pytest.mark.slow
 def test_a_stale_lock_and_leftover_temporary_files_are_cleared(camvid, tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
-    pid = dead_pid()
-    (out / "train.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    killed = lock_holder(out)
+    killed.kill()  # kill -9: the OS lock goes with the process, its lock file stays
+    killed.communicate()
+    pid = killed.pid
+    assert json.loads((out / "train.lock").read_text())["pid"] == pid
     leftovers = [out / f".last.pt.{pid}.0badc0de.tmp", out / f".best.pt.{pid + 1}.12345678.tmp"]
     for path in leftovers:
         path.write_bytes(b"half a checkpoint")

@@ -51,6 +51,10 @@ class MissingFileError(CGNetError, FileNotFoundError):
     """A file or folder that a command needs does not exist."""
 
 
+class ConfigError(CGNetError, ValueError):
+    """A training setting that cannot work; the message names the option and the value."""
+
+
 def default_device() -> str:
     """'cuda' when a GPU is available, else 'cpu'."""
     return "cuda" if torch.cuda.is_available() else "cpu"

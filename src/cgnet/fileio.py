@@ -1,7 +1,8 @@
 """Files that survive interruptions: atomic writes (a temporary file in the target's folder, then
 a rename, so a reader or an interrupted job never sees half a file), folders built the same way
-(`staged_folder`), the leftovers of writes that were killed, a lock file that keeps two jobs
-out of one folder, and the one archive extractor (`extract_archive`: safe names, a size limit)."""
+(`staged_folder`), the leftovers of writes that were killed, a lock (an OS lock, through filelock)
+that keeps two jobs out of one folder, and the one archive extractor (`extract_archive`: safe names,
+a size limit)."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+import filelock
+
 from .common import CGNetError
 
 # `.<name>.<pid>.<8 hex>.tmp`, as `atomic_open` names its temporary files
@@ -27,6 +30,12 @@ TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.
 def hidden_sibling(path: Path, ending: str) -> Path:
     """A unique hidden name beside `path` for work in progress: `.NAME.PID.RANDOM.ENDING`."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.{ending}")
+
+
+def partial_name(path: Path) -> Path:
+    """Where a file is written before it is complete, when the writer goes by its suffix (a video
+    container, an export format): a hidden name beside `path` that ends in `.partial<suffix>`."""
+    return hidden_sibling(path.with_suffix(""), f"partial{path.suffix}")
 
 
 @contextmanager
@@ -92,14 +101,15 @@ class FolderLocked(CGNetError):
 
 
 class FolderLock:
-    """A lock file (`<folder>/<name>`, JSON with pid, host and start time) held while a job
-    writes into the folder.
+    """The lock of a folder a job writes into: an OS lock on `<folder>/<name>` held for the job's
+    life (filelock's `lock_descriptor`: flock on Unix, LockFileEx on Windows), the file holding
+    JSON with the holder's pid, host and start time for the messages.
 
-    `acquire` creates it exclusively. A lock left by a process that no longer runs on this host
-    is stale: it is taken over, and `taken_over` holds what it said. A lock of a live process,
-    or of another host (which cannot be checked from here), is refused with `FolderLocked`.
-    `release` removes the file if it is still ours, and the folder if the lock created it and
-    it is empty.
+    The OS releases the lock when its process ends, however it ends (kill -9 and power loss too),
+    so a lock file left by a job that no longer runs is taken over (`taken_over` holds what it
+    said). A lock another process holds is refused with `FolderLocked`, and so is a lock file
+    written on another host (the OS lock does not reach across hosts on a network file system).
+    `release` removes the file, and the folder if the lock created it and it is empty.
     """
 
     def __init__(self, folder: str | os.PathLike, name: str = "train.lock", *, what: str = "a run"):
@@ -107,6 +117,7 @@ class FolderLock:
         self.held = False
         self.taken_over: dict | None = None
         self.created_folder = False
+        self.fd: int | None = None
 
     def holder(self) -> dict | None:
         """The lock file's content ({} when unreadable), or None without a lock file."""
@@ -122,50 +133,65 @@ class FolderLock:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def is_stale(self, holder: dict) -> bool:
-        """The holder's process is known to be gone: same host, pid not running."""
-        pid = holder.get("pid")
-        return (isinstance(pid, int) and holder.get("host") == socket.gethostname()
-                and pid != os.getpid() and not pid_alive(pid))
-
-    def refusal(self, holder: dict) -> FolderLocked:
+    def refusal(self, holder: dict, held: bool = True) -> FolderLocked:
         pid, host = holder.get("pid"), holder.get("host")
-        if pid is None:
-            return FolderLocked(f"{self.path} is not a lock file cgnet can read; if no run uses "
-                                f"{self.folder}, delete it")
-        if holder.get("host") not in (None, socket.gethostname()):
+        if host not in (None, socket.gethostname()):
             return FolderLocked(f"{self.folder} is locked by {self.what} of pid {pid} on host {host} "
                                 f"({self.path}); if that run has ended, delete the lock file")
-        return FolderLocked(f"{self.folder} is in use by {self.what} of pid {pid} ({self.path}); wait for "
+        of = f" of pid {pid}" if pid is not None else ""
+        return FolderLocked(f"{self.folder} is in use by {self.what}{of} ({self.path}); wait for "
                             f"it to end, or give another --out")
 
+    @staticmethod
+    def _other_host(holder: dict) -> bool:
+        return holder.get("host") not in (None, socket.gethostname())
+
     def check(self) -> None:
-        """Refuse now (without writing anything) if a live process holds the lock."""
-        holder = self.holder()
-        if holder is not None and not self.is_stale(holder):
-            raise self.refusal(holder)
+        """Refuse now (without writing anything) if another process holds the lock, or a lock
+        file of another host is there."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file (or no folder): nothing holds it
+            return
+        try:
+            held = not filelock.lock_descriptor(fd, blocking=False)
+            if not held:
+                filelock.unlock_descriptor(fd)
+        finally:
+            os.close(fd)
+        holder = self.holder() or {}
+        if held or self._other_host(holder):
+            raise self.refusal(holder, held)
 
     def acquire(self) -> "FolderLock":
         if not self.folder.is_dir():
             self.folder.mkdir(parents=True, exist_ok=True)
             self.created_folder = True
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        for _ in range(2):
+        for _ in range(3):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            if not filelock.lock_descriptor(fd, blocking=False):
+                os.close(fd)
+                raise self.refusal(self.holder() or {})
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                holder = self.holder()
-                if holder is None:  # released in between: try again
-                    continue
-                if not self.is_stale(holder):
-                    raise self.refusal(holder) from None
-                self.taken_over = holder
-                self.path.unlink(missing_ok=True)
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:  # removed by its holder's release after we opened it: open the new one
+                filelock.unlock_descriptor(fd)
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(record + "\n")
-            self.held = True
+            holder = _read_record(fd)
+            if self._other_host(holder):
+                filelock.unlock_descriptor(fd)
+                os.close(fd)
+                raise self.refusal(holder, held=False)
+            self.taken_over = holder if holder.get("pid") is not None else None
+            record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, record.encode())
+            self.fd, self.held = fd, True
             return self
         raise self.refusal(self.holder() or {})
 
@@ -175,7 +201,10 @@ class FolderLock:
         self.held = False
         holder = self.holder()
         if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-            self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)  # before the OS lock goes: a waiter then sees a new file
+        filelock.unlock_descriptor(self.fd)
+        os.close(self.fd)
+        self.fd = None
         if self.created_folder:
             try:
                 self.folder.rmdir()  # only when empty: nothing was written
@@ -187,6 +216,16 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _read_record(fd: int) -> dict:
+    """The JSON record of an open lock file ({} when empty or unreadable)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = json.loads(os.read(fd, 1 << 16).decode())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def check_writable(path: str | os.PathLike, option: str, *, folder: bool = True) -> Path:
@@ -202,7 +241,7 @@ def check_writable(path: str | os.PathLike, option: str, *, folder: bool = True)
     missing = missing_folders(target)
     try:
         target.mkdir(parents=True, exist_ok=True)
-        probe = target / f".cgnet-write-test.{os.getpid()}.{secrets.token_hex(4)}"
+        probe = hidden_sibling(target / "cgnet-write-test", "probe")
         probe.write_bytes(b"")
         probe.unlink()
         if not folder and path.exists() and not os.access(path, os.W_OK):

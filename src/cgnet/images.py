@@ -1,4 +1,6 @@
-"""Reading images the way people see them: one decoder for every path that reads a photo.
+"""Reading images the way people see them: one decoder for every path that reads a photo; and
+the one image writer (`write_image`, checked and atomic), and the video streams predict and serve
+read and write (`VideoStreams`).
 
 A phone stores a portrait photo as a landscape JPEG plus an EXIF orientation tag (1-8); every
 viewer, browser and annotation tool (labelme, CVAT) turns the pixels by that tag before showing
@@ -13,6 +15,7 @@ decoded by OpenCV and turned with numpy views, so an image without a tag costs o
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 
@@ -20,7 +23,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cgnet.common import InputError
+from cgnet.common import CGNetError, InputError
+from cgnet.fileio import write_atomic
 
 ORIENTATION_TAG = 0x0112  # EXIF "Orientation"
 
@@ -124,3 +128,75 @@ def read_rgb(path: str | os.PathLike, where: str = "") -> np.ndarray:
 def decode_rgb(data: bytes, where: str = "") -> np.ndarray:
     """Encoded image bytes as H x W x 3 uint8 RGB, displayed frame (as :func:`read_rgb`)."""
     return to_rgb(decode_pixels(data, "image", where))
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+def write_image(path: str | os.PathLike, image: np.ndarray, *, atomic: bool = False) -> Path:
+    """Write an image as its suffix says (.png, .jpg, ...; OpenCV's encoders, as cv2.imwrite
+    uses them): the one image writer of cgnet.
+
+    cv2.imwrite returns False where it cannot write (a full disk, a read-only or missing folder)
+    and writes nothing; here every failure is one CGNetError naming the file, and a file cut short
+    by the failure is removed.
+
+    Args:
+        path: the file to write.
+        image: H x W (grey or class ids) or H x W x 3 BGR (x 4 BGRA), uint8 (or uint16 for PNG).
+        atomic: write under a temporary name, synced, then renamed (`cgnet.fileio.write_atomic`), for
+            files whose presence says the work is done (converted labels); else written in place.
+    """
+    path = Path(path)
+    try:
+        ok, data = cv2.imencode(path.suffix, image)
+    except cv2.error:  # no encoder for the suffix, or not an image it takes
+        ok = False
+    if not ok:
+        shape = "x".join(map(str, np.shape(image)))
+        raise CGNetError(f"cannot write {path}: OpenCV cannot encode a {np.asarray(image).dtype} {shape} image as "
+                         f"{path.suffix or 'a file without a suffix'}")
+    try:
+        if atomic:
+            return write_atomic(path, data.tobytes())
+        file = path.open("wb")
+    except OSError as error:
+        raise CGNetError(f"cannot write {path} ({error.strerror or error})") from None
+    try:
+        with file:
+            file.write(data.tobytes())
+    except OSError as error:
+        path.unlink(missing_ok=True)  # cut short (a full disk): no half image is left
+        raise CGNetError(f"cannot write {path} ({error.strerror or error})") from None
+    return path
+
+
+# ---- videos ------------------------------------------------------------------------------------
+
+DEFAULT_FPS = 25.0  # a video's frame rate where its container tells none
+
+
+def video_fps(cap) -> float:
+    """The frame rate an opened cv2.VideoCapture reports, or DEFAULT_FPS when it reports none."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+
+
+class VideoStreams:
+    """A video being read (`cap`) and, once opened, the one being written (`writer`); both are
+    released when the `with` block ends, however it ends."""
+
+    def __init__(self, path: Path):
+        self.cap = cv2.VideoCapture(str(path))
+        self.writer = None
+
+    def open_writer(self, path: Path, codec: str, fps: float, size: tuple[int, int]):
+        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+        return self.writer
+
+    def __enter__(self) -> "VideoStreams":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cap.release()
+        if self.writer is not None:
+            self.writer.release()

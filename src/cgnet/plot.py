@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from .common import MissingFileError
+from .images import write_image
 
 PANEL_W, PANEL_H, MARGIN = 420, 300, 50
 
@@ -68,7 +69,7 @@ def plot_history(history: list[dict], path: Path, x: str = "epoch") -> Path:
               _panel([([v[0] for v in val], [v[1] for v in val], COLORS[0], None)], "val mIoU %", xlabel)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.concatenate(panels, 1))
+    write_image(path, np.concatenate(panels, 1))
     return path
 
 
@@ -95,5 +96,5 @@ def plot_compare(run_dirs: list[Path], path: Path, labels: list[str] | None = No
         series.append(([v[0] for v in val], [v[1] for v in val], color, label))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), _panel(series, "val mIoU % against wall-clock", "minutes"))
+    write_image(path, _panel(series, "val mIoU % against wall-clock", "minutes"))
     return path

@@ -12,6 +12,12 @@ def default_palette(num_classes: int) -> list[list[int]]:
     return [[(37 * i) % 256, (97 * i + 80) % 256, (151 * i + 160) % 256] for i in range(num_classes)]
 
 
+def palette_of(meta: dict) -> np.ndarray:
+    """The model's palette; the default palette when the checkpoint stores none (original files)."""
+    palette = meta.get("palette")
+    return np.asarray(palette if palette is not None else default_palette(256), dtype=np.uint8)
+
+
 def colorize(label: np.ndarray, palette) -> np.ndarray:
     """H x W class ids -> H x W x 3 uint8 RGB; ids without a colour (ignore) are black."""
     lut = np.zeros((256, 3), dtype=np.uint8)

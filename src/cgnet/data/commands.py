@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..common import InputError, number_type
+from ..images import write_image
 from ..preprocess import make_spec
 from ..visualize import colorize, denormalize
 from .catalog import DATASETS, get_entry
@@ -64,7 +65,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
                                     colorize(label.numpy().astype(np.uint8), ds.info.palette)], 1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+    write_image(out, cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
     print(f"{len(rows)} augmented samples (image | labels) in {out}")
     return 0
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..common import IMAGE_EXTS, InputError, MissingFileError
 from ..fileio import ArchiveError, ArchiveTooLarge, extract_archive
-from ..images import displayed_size, exif_orientation, orient
+from ..images import exif_orientation, orient
 from .catalog import read_classes_file
 from ..visualize import default_palette
 

@@ -47,13 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
 from ..common import CGNetError, InputError, MissingFileError
 from ..fileio import staged_folder
-from ..images import displayed_size
+from ..images import displayed_size, write_image
 from . import coco, cvat, labelme, labelstudio, masks, yolo
 from .catalog import format_class
 from .import_core import (Classes, Found, ImportOptions, ImportSummary, Item, check_same_size, missing_note,
@@ -107,18 +105,6 @@ def classes_text(names: list[str], palette: list, ignore_index: int, fmt: str, s
               f"{ignore_index} in labels/*.png (train with --ignore-index {ignore_index}).\n"
               f"# imported by cgnet data import --from {fmt} from {src}\n")
     return header + "".join(format_class(n, c) + "\n" for n, c in zip(names, palette))
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def encode_png(pixels: np.ndarray, what: str) -> bytes:
-    ok, data = cv2.imencode(".png", pixels)
-    if not ok:
-        raise CGNetError(f"cannot encode {what} as PNG")
-    return data.tobytes()
 
 
 def check_target(root: Path) -> None:
@@ -215,9 +201,11 @@ def write_item(item: Item, tmp: Path) -> tuple[str, str]:
     else:
         check_same_size(item.image.shape[:2], item.where, item.label, item.where)
         image = f"images/{item.name}.png"
-        write_bytes(tmp / image, encode_png(item.image, f"the image of {item.name}"))
+        (tmp / image).parent.mkdir(parents=True, exist_ok=True)
+        write_image(tmp / image, item.image)
     label = f"labels/{item.name}.png"
-    write_bytes(tmp / label, encode_png(item.label, f"the label of {item.name}"))
+    (tmp / label).parent.mkdir(parents=True, exist_ok=True)
+    write_image(tmp / label, item.label)
     return image, label
 
 

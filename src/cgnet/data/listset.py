@@ -10,13 +10,10 @@ GPU by `augment` over images decoded once into its memory.
 """
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import os
 import random
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from .augment import augment, augment_batch, draw_params, sample_rng
 from .info import DatasetInfo, resolve_list_file
 from ..common import InputError, MissingFileError
 from ..images import read_rgb
+from ..pipeline import prefetch
 
 cv2.setNumThreads(1)  # loader workers parallelise across images; OpenCV threads would oversubscribe
 
@@ -190,7 +188,7 @@ class MemoryTrainSet:
         """`batch` of each group of indices, in order; on the CPU with `threads` > 0 built ahead
         in that many background threads (at most threads + 1 batches ahead), beside the step."""
         threads = threads if self.device.type == "cpu" else 0
-        return prefetch(lambda indices: self.batch(indices, epoch), groups, threads)
+        return prefetch(groups, lambda indices: self.batch(indices, epoch), threads, name="cgnet-batches")
 
 
 def memory_estimate(dataset: SegDataset) -> int:
@@ -209,33 +207,6 @@ def available_memory() -> int | None:
     except OSError:
         pass
     return None
-
-
-_END = object()
-
-
-def prefetch(make, jobs, threads: int):
-    """Yield make(job) for each job, in order. With threads > 0 the results are computed in that
-    many background threads, at most threads + 1 ahead of the one being consumed; closing the
-    generator early (a loop that breaks) cancels what has not started and waits for the rest.
-    An exception in `make` is raised here, at its job's turn."""
-    if threads <= 0:
-        for job in jobs:
-            yield make(job)
-        return
-    jobs = iter(jobs)
-    with ThreadPoolExecutor(threads, thread_name_prefix="cgnet-batches") as pool:
-        pending = deque(pool.submit(make, job) for job in itertools.islice(jobs, threads + 1))
-        try:
-            while pending:
-                done = pending.popleft()
-                following = next(jobs, _END)
-                if following is not _END:
-                    pending.append(pool.submit(make, following))
-                yield done.result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 def worker_context(workers: int):

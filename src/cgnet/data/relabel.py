@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..common import InputError
-from ..fileio import write_atomic
+from ..images import write_image
 
 # below this many files a process pool costs more to start than it saves
 MIN_PARALLEL = 8
@@ -32,10 +32,7 @@ def relabel_one(job: tuple[Path, Path, np.ndarray]) -> None:
         channels = 1 if labels.ndim == 2 else labels.shape[2]
         raise InputError(f"{source}: expected a single-channel 8-bit label image, got "
                          f"{channels} channel(s) of {labels.dtype}")
-    ok, png = cv2.imencode(".png", lut[labels])
-    if not ok:
-        raise InputError(f"{source}: could not encode the converted label image")
-    write_atomic(target, png.tobytes())
+    write_image(target, lut[labels], atomic=True)
 
 
 def is_up_to_date(source: Path, target: Path) -> bool:

@@ -21,7 +21,7 @@ from ..common import (DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, Missi
                       quiet_third_party)
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import SegDataset, read_list
-from ..fileio import check_writable
+from ..fileio import check_writable, partial_name
 from ..images import read_rgb
 from ..model import CGNet
 from ..preprocess import check_spec, to_tensor
@@ -230,7 +230,7 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
     log(f"folded BatchNorm into convolutions; PReLU as max(x, a*x): {'yes' if uses_max else 'no (a slope exceeds 1)'}")
     # written under a temporary name and renamed only once verified: an interrupted or failed
     # export never leaves a file that looks finished (cached exports rely on this)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
+    tmp = partial_name(out)
     if calibration is not None:  # the calibration's progress bar is inside the quiet block
         log(f"{precision}: calibrating on {len(calibration)} training crops")
     try:

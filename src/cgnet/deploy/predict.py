@@ -18,29 +18,23 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
-import queue
-import threading
 import time
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from ..common import IMAGE_EXTS, VIDEO_EXTS, CGNetError, InputError, MissingFileError, number_type
-from ..fileio import check_writable, hidden_sibling
-from ..images import read_rgb
-from ..visualize import blend, colorize, default_palette, legend
+from ..fileio import check_writable, partial_name
+from ..images import VideoStreams, read_rgb, video_fps, write_image
+from ..pipeline import PIPELINE_DEPTH, OrderedWorker, prefetch
+from ..visualize import blend, colorize, legend, palette_of
 from .predictor import add_predictor_args, make_predictor
-
-DEFAULT_FPS = 25.0
-PIPELINE_DEPTH = 4  # items waiting between two stages (4 decoded 1080p frames: 25 MB)
-_END = object()
 
 
 def is_image(path: Path) -> bool:
@@ -122,114 +116,12 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def palette_of(meta: dict) -> np.ndarray:
-    """The model's palette; the default palette when the checkpoint stores none (original files)."""
-    palette = meta.get("palette")
-    return np.asarray(palette if palette is not None else default_palette(256), dtype=np.uint8)
-
-
 def write_legend(path: Path, meta: dict) -> None:
     """The colours of the colour masks and overlays beside their class names, one per row (none
     for a model whose metadata names no classes)."""
     names = meta.get("classes")
     if names:
-        _write(path, cv2.cvtColor(legend(names, palette_of(meta)[:len(names)], scale=0.6), cv2.COLOR_RGB2BGR))
-
-
-def _write(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise InputError(f"cannot write {path}")
-
-
-def prefetch(items: Iterable, depth: int = PIPELINE_DEPTH, overlap: bool = True) -> Iterator:
-    """The items of `items`, in order, produced up to `depth` ahead by a background thread (e.g.
-    decoded while the model runs). An exception the producer raises is raised here in its item's
-    place, after the items before it. Closing the generator (`contextlib.closing`, or its end)
-    stops the thread and waits for it, so the producer's resources can be released after.
-    `overlap=False`: plain iteration in the calling thread."""
-    if not overlap:
-        yield from items
-        return
-    box: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                box.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((True, item)):
-                    return
-            put((False, None))
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
-            put((False, error))
-
-    thread = threading.Thread(target=produce, name="cgnet-predict-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            more, item = box.get()
-            if not more:
-                if item is not None:
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-class OrderedWorker:
-    """Runs `fn(item)` in one background thread for each item `put`, in the order put, with at
-    most `depth` items waiting (`put` blocks when they are). Its first error is raised by the next
-    `put` or when the `with` block ends; it runs nothing after that error. Leaving the block
-    normally or with an exception finishes the items already put (as a sequential loop would
-    have written them before the error); Ctrl-C (a non-Exception) drops them.
-    `overlap=False`: `put` runs `fn` in the calling thread."""
-
-    def __init__(self, fn: Callable, depth: int = PIPELINE_DEPTH, overlap: bool = True,
-                 name: str = "cgnet-predict-write"):
-        self.fn, self.overlap, self.error = fn, overlap, None
-        self.cancelled = threading.Event()
-        self.box: queue.Queue = queue.Queue(depth)
-        self.thread = threading.Thread(target=self._loop, name=name, daemon=True) if overlap else None
-        if self.thread is not None:
-            self.thread.start()
-
-    def _loop(self) -> None:
-        while (item := self.box.get()) is not _END:  # after an error or a cancel: drain, run nothing
-            if self.error is None and not self.cancelled.is_set():
-                try:
-                    self.fn(item)
-                except BaseException as error:  # noqa: BLE001 - raised in the calling thread
-                    self.error = error
-
-    def put(self, item) -> None:
-        if self.error is not None:
-            raise self.error
-        if self.thread is None:
-            self.fn(item)
-        else:
-            self.box.put(item)
-
-    def __enter__(self) -> "OrderedWorker":
-        return self
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if self.thread is not None:
-            if kind is not None and not issubclass(kind, Exception):
-                self.cancelled.set()
-            self.box.put(_END)
-            self.thread.join()
-        if self.error is not None and (kind is None or issubclass(kind, Exception)):
-            raise self.error  # an earlier item's error comes first, as in a sequential loop
+        write_image(path, cv2.cvtColor(legend(names, palette_of(meta)[:len(names)], scale=0.6), cv2.COLOR_RGB2BGR))
 
 
 def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0.5, overlay: bool = True,
@@ -246,24 +138,19 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
     def write(entry: tuple[str, np.ndarray, np.ndarray]) -> None:
         name, image, pred = entry
         color = colorize(pred, palette)
-        _write(out / "masks" / f"{name}.png", pred)
-        _write(out / "color" / f"{name}.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
+        write_image(out / "masks" / f"{name}.png", pred)
+        write_image(out / "color" / f"{name}.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
         if overlay:
-            _write(out / "overlay" / f"{name}.jpg", cv2.cvtColor(blend(image, color, alpha), cv2.COLOR_RGB2BGR))
+            write_image(out / "overlay" / f"{name}.jpg", cv2.cvtColor(blend(image, color, alpha), cv2.COLOR_RGB2BGR))
 
-    decoded = prefetch(((name, read_rgb(path)) for path, name in zip(images, names)), overlap=overlap)
-    with closing(decoded), OrderedWorker(write, overlap=overlap) as writer, \
+    decoded = prefetch(zip(images, names), lambda job: (job[1], read_rgb(job[0])), threads=int(overlap),
+                       depth=PIPELINE_DEPTH, name="cgnet-predict-decode")
+    with closing(decoded), OrderedWorker(write, overlap=overlap, name="cgnet-predict-write") as writer, \
             tqdm(total=len(images), desc="images", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for name, image in decoded:
             writer.put((name, image, predictor.predict(image)))
             bar.update(1)
     return names
-
-
-def video_fps(cap) -> float:
-    """The frame rate an opened cv2.VideoCapture reports, or DEFAULT_FPS when it reports none."""
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    return fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
 
 
 def input_frames(images: list[Path], videos: list[Path]) -> Callable[[int], tuple[list[np.ndarray], str]]:
@@ -289,27 +176,6 @@ def input_frames(images: list[Path], videos: list[Path]) -> Callable[[int], tupl
     return frames
 
 
-class VideoStreams:
-    """A video being read (`cap`) and, once opened, the one being written (`writer`); both are
-    released when the `with` block ends, however it ends."""
-
-    def __init__(self, path: Path):
-        self.cap = cv2.VideoCapture(str(path))
-        self.writer = None
-
-    def open_writer(self, path: Path, codec: str, fps: float, size: tuple[int, int]):
-        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
-        return self.writer
-
-    def __enter__(self) -> "VideoStreams":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.cap.release()
-        if self.writer is not None:
-            self.writer.release()
-
-
 def _frames(cap, frame: np.ndarray, size: tuple[int, int]) -> Iterator[np.ndarray]:
     """RGB frames of an opened video from `frame` (already read) on, each made BGR and
     `size` (width, height) first."""
@@ -322,12 +188,6 @@ def _frames(cap, frame: np.ndarray, size: tuple[int, int]) -> Iterator[np.ndarra
         ok, frame = cap.read()
         if not ok:
             return
-
-
-def partial_name(path: Path) -> Path:
-    """Where a video is written before it is complete: a hidden name beside `path`, with its
-    suffix (the container follows it)."""
-    return hidden_sibling(path.with_suffix(""), f"partial{path.suffix}")
 
 
 def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, progress: bool = True,
@@ -358,7 +218,8 @@ def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, 
                 writer.write(cv2.cvtColor(blend(rgb, colorize(pred, palette), alpha), cv2.COLOR_RGB2BGR))
 
             frames = 0
-            decoded = prefetch(_frames(cap, frame, size), overlap=overlap)
+            decoded = prefetch(_frames(cap, frame, size), threads=int(overlap), depth=PIPELINE_DEPTH,
+                                name="cgnet-predict-decode")
             # both threads stop (the encoder after the frames put) before the streams are released
             with tqdm(total=count if count > 0 else None, desc=path.name, unit="frame", disable=not progress,
                       dynamic_ncols=True, leave=False) as bar, closing(decoded), \

@@ -152,9 +152,9 @@ class OrtSettings:
 
 
 # the settings `benchmarks/onnxruntime_settings.py` times against eager PyTorch; DEFAULT_ORT is what
-# cgnet runs: "extended", without the NCHWc layout transformer, measured 1.32x eager fp32 at 360x480
-# against ORT's own defaults' 0.84x (2-core Intel Xeon, AVX-512; results/onnxruntime_settings.txt):
-# the transformer puts ~150 layout reorders around the 54 PReLUs (written as Max), which it does not cover
+# cgnet runs: "extended", without the NCHWc layout transformer, which measured faster than ORT's own
+# defaults (figures: results/onnxruntime_settings.txt, docs/speed.md): the transformer puts ~150
+# layout reorders around the 54 PReLUs (written as Max), which it does not cover
 ORT_PRESETS = {
     "default": OrtSettings(),
     "threads-1": OrtSettings(intra_op_threads=1),

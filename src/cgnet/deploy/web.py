@@ -1,5 +1,6 @@
 """The page's in-browser mode: CGNet run by onnxruntime-web (WebAssembly; WebGPU where the browser
-has it) from the exported ONNX file, served by `cgnet serve` or written as a static folder.
+has it) from the exported ONNX file, written as a static folder (`cgnet export --format web`) or
+served by `cgnet serve` (its routes: `cgnet.deploy.serve.browser`).
 
 The runtime is not vendored: the pinned `onnxruntime-web` npm tarball is downloaded once from the
 npm registry (`cgnet.download.fetch`, no npm needed), checked against the sha512 integrity hash pinned here, and
@@ -13,10 +14,6 @@ A browser loads one of the two sets (WebGPU when `navigator.gpu` gives an adapte
 the model's classes, palette and preprocessing as JSON (`page_meta`), read from the checkpoint or
 from the metadata an exported ONNX file carries (`cgnet export` stores it under the key "cgnet").
 
-    GET /web/model.json     classes, palette, preprocessing, runtime version (`page_meta`)
-    GET /web/model.onnx     the fp32 ONNX export (exported once into the cache, verified)
-    GET /web/ort/{file}     the runtime's files
-
 A static folder (`write_site`) holds the same files beside the page: index.html, its JS modules
 (app.js and the modules it imports), style.css, model.json, model.onnx, ort/.
 """
@@ -28,14 +25,13 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 from ..checkpoint import load_model
 from ..common import DEFAULT_WEIGHTS, CGNetError, InputError, MissingFileError
 from ..download import DownloadError, fetch, file_digest
 from ..fileio import ArchiveError, check_writable, extract_archive, staged_folder
-from .predict import palette_of
+from ..visualize import palette_of
 from .predictor import cache_dir, cached_export
 from .formats import FORMATS, format_of, read_exported_meta
 
@@ -76,9 +72,6 @@ LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
 OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
 SOFTWARE.
 """
-CONTENT_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
-                 ".json": "application/json", ".onnx": "application/octet-stream", ".html": "text/html",
-                 ".css": "text/css", "": "text/plain"}
 # what makes a page cross-origin isolated, so that WebAssembly threads (SharedArrayBuffer) work
 ISOLATION_HEADERS = {"cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp",
                      "cross-origin-resource-policy": "same-origin"}
@@ -272,100 +265,3 @@ def cmd_export_web(args: argparse.Namespace) -> int:
     print(f"wrote {out}: serve it over HTTPS (or on localhost) with the headers Cross-Origin-Opener-Policy: "
           f"same-origin and Cross-Origin-Embedder-Policy: require-corp")
     return 0
-
-
-# ---- cgnet serve -------------------------------------------------------------------------------
-
-def add_tls_args(p: argparse.ArgumentParser) -> None:
-    """--certfile/--keyfile of `cgnet serve` (HTTPS: phones only give a camera to secure pages)."""
-    p.add_argument("--certfile", help="TLS certificate (PEM) to serve HTTPS, with --keyfile; a phone's browser "
-                                      "only opens its camera on an HTTPS page (or on localhost)")
-    p.add_argument("--keyfile", help="the certificate's private key (PEM), with --certfile")
-
-
-def tls_options(args: argparse.Namespace) -> dict:
-    """uvicorn's ssl_certfile/ssl_keyfile from --certfile/--keyfile (checked), or {}."""
-    certfile, keyfile = getattr(args, "certfile", None), getattr(args, "keyfile", None)
-    if bool(certfile) != bool(keyfile):
-        raise InputError("--certfile and --keyfile go together (HTTPS needs both)")
-    if not certfile:
-        return {}
-    for option, path in (("--certfile", certfile), ("--keyfile", keyfile)):
-        if not Path(path).is_file():
-            raise MissingFileError(f"{option} {path}: no such file")
-    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
-
-
-class WebModel:
-    """The in-browser mode's files for `cgnet serve`, made on first request (the export and the
-    download take a while and need the `onnx` extra and the network), then kept."""
-
-    def __init__(self, source: str | os.PathLike | None, cache: str | os.PathLike | None = None,
-                 data_root: str | os.PathLike | None = None):
-        self.source, self.cache, self.data_root = source, cache, data_root
-        self.lock = threading.Lock()
-        self.onnx: Path | None = None
-        self.meta: dict | None = None
-        self.runtime: Path | None = None
-
-    def model(self) -> tuple[Path, dict]:
-        if self.source is None:
-            raise InputError("this server was started without its checkpoint; the in-browser mode is off")
-        with self.lock:
-            if self.onnx is None:
-                onnx_path, meta = model_onnx(self.source, self.cache, self.data_root, log=print)
-                self.meta = page_meta(meta, Path(str(self.source)).name)
-                self.onnx = onnx_path
-            return self.onnx, self.meta
-
-    def runtime_file(self, name: str) -> Path:
-        if name not in (*ORT_FILES, "LICENSE"):
-            raise MissingFileError(f"no runtime file {name!r}")
-        with self.lock:
-            if self.runtime is None:
-                self.runtime = fetch_runtime(self.cache, log=print)
-        return self.runtime / name
-
-
-def web_routes(source: str | os.PathLike | None, cache: str | os.PathLike | None = None,
-               data_root: str | os.PathLike | None = None) -> list:
-    """Starlette routes under /web/ serving the in-browser mode's model, metadata and runtime.
-
-    Args:
-        source: the served checkpoint (or .onnx file); None turns the mode off (each route then
-            answers 503 with the reason).
-        cache: the cgnet cache folder.
-        data_root: frames to verify the one-time export on.
-    """
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import FileResponse, JSONResponse
-    from starlette.routing import Route
-
-    web = WebModel(source, cache, data_root)
-
-    def refused(error: Exception) -> JSONResponse:
-        status = 404 if isinstance(error, MissingFileError) and str(error).startswith("no runtime file") else 503
-        return JSONResponse({"error": f"in-browser mode unavailable: {error}"}, status_code=status)
-
-    def file(path: Path) -> FileResponse:
-        return FileResponse(path, media_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
-
-    async def meta(request):
-        try:
-            return JSONResponse((await run_in_threadpool(web.model))[1])
-        except CGNetError as error:
-            return refused(error)
-
-    async def onnx(request):
-        try:
-            return file((await run_in_threadpool(web.model))[0])
-        except CGNetError as error:
-            return refused(error)
-
-    async def runtime(request):
-        try:
-            return file(await run_in_threadpool(web.runtime_file, request.path_params["name"]))
-        except CGNetError as error:
-            return refused(error)
-
-    return [Route("/web/model.json", meta), Route("/web/model.onnx", onnx), Route("/web/ort/{name}", runtime)]

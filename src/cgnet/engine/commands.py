@@ -19,7 +19,7 @@ from ..data.catalog import (DATASETS, DatasetInfo, data_root_candidates, dataset
                             find_data_root, known_names)
 from ..data.listset import SegDataset
 from ..fileio import check_writable
-from ..images import read_rgb
+from ..images import read_rgb, write_image
 from ..deploy.formats import backends
 from ..deploy.predictor import PredictorModule, all_precisions, make_predictor, resolve_backend
 from ..deploy.runners import compile_for_inference
@@ -155,7 +155,7 @@ def cmd_test(args: argparse.Namespace) -> int:
                               precision=torch_precision(args)).argmax(1)
         ids = entry.submission(pred[0].cpu().numpy().astype(np.uint8))
         name = ds.samples[int(index)].image.name  # Cityscapes: <city>_<seq>_<frame>_leftImg8bit.png
-        cv2.imwrite(str(out / "results" / name), ids)
+        write_image(out / "results" / name, ids)
     archive = write_submission(out)
     print(f"{len(ds)} label-id PNGs in {out / 'results'}; upload {archive} to the {entry.title} server")
     return 0
@@ -218,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                         colorize(pred, info.palette)], 1))
     grid = titled_with_legend(np.concatenate(rows, 0), list(GRID_TITLES), [*info.classes, UNLABELLED],
                               [*info.palette, (0, 0, 0)])
-    cv2.imwrite(str(out / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_image(out / "grid.png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     print(f"\nwrote {out}/per_class_iou.txt, scores.json, grid.png ({' | '.join(GRID_TITLES)}, with a class "
           f"legend) and {len(picks)} frames' overlays in {out}/frames/overlay")
     return 0

@@ -3,33 +3,27 @@ command-line option, --help group, value check and --resume policy (`option`); t
 from them (`add_train_args`). The paper's presets are overrides of it, and `resolve_config` merges
 defaults <- preset <- --config file <- command line (on --resume, the run's own settings come
 first). The resolved config is printed, written to OUT/config.json and stored in every checkpoint;
-`TrainConfig.from_dict` reads it back, and `--config OUT/config.json` starts the same recipe.
-`check_config` refuses settings that cannot train before anything touches the disk;
-`compare_for_resume` refuses a resumed run whose command line changes what the run learns.
+`TrainConfig.from_dict` reads it back, and `--config OUT/config.json` starts the same recipe
+(the file is read by `cgnet.engine.config_file`). `check_config` refuses settings that cannot
+train before anything touches the disk; `cgnet.engine.resume.compare_for_resume` refuses a resumed
+run whose command line changes what the run learns, by the fields' resume policies.
 
 A new option is one field here (with its `option(...)`) and the code that uses it.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import tomllib
-import types
-import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import resolve_weights
-from ..common import CGNetError, default_device, parse_floats
+from ..common import ConfigError, default_device, parse_floats
 from ..data.catalog import DATASETS, known_names, read_class_names, resolve_dataset
-
-
-class ConfigError(CGNetError, ValueError):
-    """A training setting that cannot work; the message names the option and the value."""
+from .config_file import read_config_file
 
 
 # ---- single-value checks: each raises one ConfigError naming the option and the value ---------
@@ -114,11 +108,10 @@ def option(default, help: str | None, group: str | None, resume: str, *, flag: s
 
 
 # The CPU's defaults for the training loader and the training-only backward passes
-# (cgnet.engine.grads), in one place, as measured when `cgnet train` runs
-# (benchmarks/train_as_run.py, docs/speed.md; 2-core Intel Xeon, AVX-512, batch 8, crop 360, x a
-# plain eager fp32 loop in the same run): ATen's backward with loader workers 1.21x, the in-memory
-# loader 1.13x, with the depthwise taps and fused PReLU backward 1.73x (conv: 1.55x); then, in
-# another run, keeping ATen's up-sampling under compile 1.61x -> 1.88x (and 2.19x, 2.31x in two more).
+# (cgnet.engine.grads), in one place: each was the faster choice when `cgnet train` runs on the CPU
+# (the in-memory loader over loader workers, the depthwise taps and the fused PReLU backward over
+# ATen's, ATen's up-sampling kept whole under compile), measured against a plain eager fp32 loop by
+# benchmarks/train_as_run.py. The figures and the machines: docs/speed.md and results/.
 CPU_TRAINING_DEFAULTS = {"loader": "memory", "depthwise_backward": "taps", "prelu_backward": "fused",
                          "upsample_backward": "aten"}
 
@@ -272,6 +265,11 @@ def flag_of(f) -> str | None:
     return "--" + f.name.replace("_", "-") if flag == "" else flag
 
 
+def option_name(name: str) -> str:
+    """How messages name a setting: its option, or the bare name of one set by presets and files."""
+    return flag_of(next(f for f in fields(TrainConfig) if f.name == name)) or name
+
+
 # not taken from the run on --resume: where it writes, and where this invocation stops
 NOT_INHERITED = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"] == FRESH)
 
@@ -308,88 +306,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         groups[group].add_argument(flag, dest=dest, help=f.metadata["help"], **kwargs)
 
 
-# ---- --config FILE ------------------------------------------------------------------------------
-
-def read_config_file(path: str | os.PathLike) -> dict:
-    """The settings of a recipe file (TOML or JSON, a flat table of TrainConfig fields), checked
-    for unknown names and types; what is never inherited (--out, --max-iters, ...) is left out."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(path.read_text())
-        else:
-            data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
-        raise ConfigError(f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} "
-                          f"({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a table of settings")
-    hints, known = typing.get_type_hints(TrainConfig), {f.name for f in fields(TrainConfig)}
-    values = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"--config {path}: unknown setting {key!r}")
-        if key in NOT_INHERITED:
-            continue
-        try:
-            values[key] = _typed(value, hints[key])
-        except TypeError:
-            raise ConfigError(f"--config {path}: {key} = {json.dumps(value)} is not a {_type_name(hints[key])}") \
-                from None
-    return values
-
-
-def _type_name(hint) -> str:
-    """'float', 'tuple[int, int]', 'int | None'."""
-    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-
-
-def _typed(value, hint):
-    """`value` (from JSON or TOML) as the field type `hint` wants it; TypeError when it is not one."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option_type in (a for a in args if a is not type(None)):
-            try:
-                return _typed(value, option_type)
-            except TypeError:
-                pass
-        raise TypeError(value)
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(value)
-        element = args[0]
-        if args[-1] is not Ellipsis and len(args) != len(value):
-            raise TypeError(value)
-        return tuple(_typed(v, element) for v in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise TypeError(value)
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(value)
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(value)
-        return float(value)
-    if hint is str or hint is dict:
-        if not isinstance(value, hint):
-            raise TypeError(value)
-        return value
-    raise TypeError(value)
-
-
-# What was measured on each kind of CPU (docs/speed.md, batch 8, crop 360, fp32), `cgnet train` as
-# run against a plain eager fp32 loop, with the CPU_TRAINING_DEFAULTS backward passes: with AVX-512
-# (a 2-core Xeon), channels_last + the compiled model 1.88x, 2.19x and 2.31x (three runs); with AVX2 kernels
-# (ATEN_CPU_CAPABILITY=avx2 on that Xeon), channels_last + the compiled model 1.48x, eager NCHW
-# 1.10x. (Before those backward passes, on a 2-core AVX2-only EPYC, the compiled model was slower
-# than eager: 0.79-0.86x.)
+# The kinds of CPU on which channels_last + the compiled model were measured faster than eager NCHW
+# with the CPU_TRAINING_DEFAULTS backward passes (AVX-512, and AVX2 kernels); elsewhere the default
+# stays eager. The values are what the run's speed line says; the measurements they quote are in
+# docs/speed.md (keep the two in step).
 MEASURED_COMPILED = {"AVX512": "1.88-2.31x a plain eager loop as run on an AVX-512 Xeon",
                      "AVX2": "1.48x a plain eager loop as run with AVX2 kernels, against 1.10x eager NCHW"}
 
@@ -421,7 +341,7 @@ def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> Tra
         known = {f.name for f in fields(TrainConfig)}
         values.update({k: tuple(v) if isinstance(v, list) else v for k, v in resumed.items()
                        if k in known and k not in NOT_INHERITED})
-    from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    from_file = read_config_file(args.config, TrainConfig, NOT_INHERITED) if getattr(args, "config", None) else {}
     preset = getattr(args, "preset", None) or from_file.get("preset")
     if preset:
         if preset not in PRESETS:
@@ -492,7 +412,7 @@ def check_config(cfg: TrainConfig) -> None:
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
         if f.metadata["check"] is not None and value is not None:
-            f.metadata["check"](_option(f.name), value)
+            f.metadata["check"](option_name(f.name), value)
     # the rules that involve several settings
     world = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
     if cfg.batch_size % world:
@@ -550,66 +470,3 @@ def check_config(cfg: TrainConfig) -> None:
     if images < cfg.batch_size:
         raise ConfigError(f"--batch-size {cfg.batch_size}: the training list {train_list} has {images} images, "
                           "fewer than one batch")
-
-
-# ---- --resume ---------------------------------------------------------------------------------
-
-def _option(name: str) -> str:
-    """How messages name a setting: its option, or the bare name of one set by presets and files."""
-    return flag_of(next(f for f in fields(TrainConfig) if f.name == name)) or name
-
-
-def _flag(name: str, value) -> str:
-    """`--lr 0.001`, `--blocks 3 21`, `--no-class-weights`, `no --time-budget`."""
-    option = _option(name)
-    if value is None:
-        return f"no {option}"
-    if isinstance(value, bool):
-        return option if value else "--no-" + option[2:]
-    return f"{option} {_value(name, value)}"
-
-
-def _value(name: str, value) -> str:
-    if name in ("m", "crop") and isinstance(value, (list, tuple)):
-        return " ".join(show(v) for v in value)
-    return show(value)
-
-
-def _comparable(config: dict) -> dict:
-    """A config dict with lists for tuples and --blocks as one entry (under 'm')."""
-    out = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-    if "m" in out and "n" in out:
-        out["m"] = [out["m"], out.pop("n")]
-    return out
-
-
-def compare_for_resume(saved: dict, cfg: TrainConfig, *, schedule_fixed: bool = False) -> list[str]:
-    """Check a resumed run's config against the one stored in its checkpoint.
-
-    A change of a setting that defines the run (`DEFINES`), or of the device's kind (cpu, cuda), raises one
-    ConfigError naming each with its old and new value; `epochs` is not compared once a
-    --time-budget has fixed the schedule (`schedule_fixed`), nor what is never inherited (the
-    folder, --max-iters). Returns the accepted changes, as `--workers 2 -> 0`, for the log."""
-    old, new = _comparable(saved), _comparable(cfg.to_dict())
-    refused, accepted = [], []
-    for name in new:
-        if name not in old or name in NOT_INHERITED or (name == "epochs" and schedule_fixed):
-            continue
-        if old[name] == new[name]:
-            continue
-        if policy(name) == SAME_KIND:
-            kinds = [torch.device(d).type if d else None for d in (old[name], new[name])]
-            (refused if kinds[0] != kinds[1] else accepted).append(name)
-        else:
-            (refused if policy(name) == DEFINES else accepted).append(name)
-    if refused:
-        name = refused[0]
-        if len(refused) == 1 and not isinstance(new[name], bool) and None not in (old[name], new[name]):
-            change = f"the run was trained with {_flag(name, old[name])}, this command says {_value(name, new[name])}"
-        else:
-            change = (f"the run was trained with {' '.join(_flag(n, old[n]) for n in refused)}, this command says "
-                      f"{' '.join(_flag(n, new[n]) for n in refused)}")
-        keep = "it" if len(refused) == 1 else "them"
-        raise ConfigError(f"--resume: {change}; keep {keep}, or start a new run with another --out")
-    return [f"{_option(n)} {_value(n, old[n]) if old[n] is not None else 'none'} -> "
-            f"{_value(n, new[n]) if new[n] is not None else 'none'}" for n in accepted]

@@ -17,7 +17,7 @@ from ..common import autocast
 from ..data.info import DatasetInfo
 from ..data.listset import worker_context
 from ..confusion import ConfusionMatrix
-from ..images import read_rgb
+from ..images import read_rgb, write_image
 from ..visualize import blend, colorize
 
 
@@ -99,7 +99,7 @@ def save_prediction(pred: np.ndarray, image_path: Path, info: DatasetInfo, save_
     for sub in ("trainids", "color", "overlay"):
         (save_dir / sub).mkdir(parents=True, exist_ok=True)
     color = colorize(pred, info.palette)
-    cv2.imwrite(str(save_dir / "trainids" / f"{stem}.png"), pred)
-    cv2.imwrite(str(save_dir / "color" / f"{stem}.png"), cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
+    write_image(save_dir / "trainids" / f"{stem}.png", pred)
+    write_image(save_dir / "color" / f"{stem}.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
     overlay = blend(read_rgb(image_path), color, 0.5)
-    cv2.imwrite(str(save_dir / "overlay" / f"{stem}.jpg"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    write_image(save_dir / "overlay" / f"{stem}.jpg", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))

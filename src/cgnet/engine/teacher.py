@@ -22,7 +22,7 @@ from torch.nn import functional
 from tqdm import tqdm
 
 from ..common import CGNetError
-from ..fileio import write_atomic
+from ..fileio import atomic_open, write_atomic
 from .inference import predict_logits
 
 MANIFEST = "teacher.json"
@@ -64,9 +64,8 @@ def write_teacher(model, dataset, folder: Path, *, scales=TEACHER_SCALES, flip: 
             probs = probs.softmax(0)
         else:
             probs = probs / views
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, quantize(probs))
-        tmp.replace(path)
+        with atomic_open(path) as f:
+            np.save(f, quantize(probs))
     manifest = {"classes": list(dataset.info.classes), "scales": list(scales), "flip": flip,
                 "weights": weights, "list": str(dataset.list_file), "images": len(dataset)}
     write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1))

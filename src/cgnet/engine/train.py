@@ -2,8 +2,8 @@
 
 Read top to bottom, each helper before its callers: the schedule (`poly_lr`) and the training
 state -> one epoch (`train_one_epoch`, around a step from `cgnet.engine.steps`) -> the pieces `run`
-puts together: the data (`build_data`), the model (from --init weights when given) and the
-optimiser, a checkpoint restored (--resume), the step (compiled, CUDA graph, DDP: `choose_step`),
+puts together: the data (`build_data`), the model (from --init weights when given:
+`cgnet.engine.init`) and the optimiser, a checkpoint restored (--resume), the step (compiled, CUDA graph, DDP: `choose_step`),
 the epochs (`run_epochs`) -> `run`, and last `main`, which resolves the settings
 (`cgnet.engine.config`) and claims the run folder first. The same command runs under `torchrun
 --nproc_per_node=K cgnet train ...` with DistributedDataParallel (nccl on GPUs, gloo on CPUs); the
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shlex
 import signal
 import sys
@@ -34,8 +33,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, load_matching, load_state_into, make_meta, resolve_weights, save_checkpoint
-from ..common import CGNetError
+from ..checkpoint import load_checkpoint, load_state_into, make_meta, save_checkpoint
+from ..common import CGNetError, ConfigError
 from ..fileio import FolderLock, remove_leftover_temp_files, write_atomic
 from ..data.catalog import DatasetInfo, resolve_dataset
 from ..data.listset import MemoryTrainSet, SegDataset, available_memory, memory_estimate, seed_worker, worker_context
@@ -43,11 +42,13 @@ from ..data.stats import dataset_stats
 from ..model import CGNet
 from ..plot import plot_history
 from ..preprocess import check_spec, make_spec
-from .config import ConfigError, TrainConfig, compare_for_resume, resolve_config
+from .config import TrainConfig, resolve_config
 from .distributed import (backend, barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
                           is_dist, is_main_process)
 from .grads import use_training_kernels
 from .inference import evaluate, make_eval_loader
+from .init import InitWeights, read_init, start_from
+from .resume import compare_for_resume
 from .stopping import GracefulStop, StopRequested
 from .teacher import DistillLoss, read_manifest, read_soft
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
@@ -147,8 +148,8 @@ def fit_schedule_to_budget(cfg: TrainConfig, state: TrainState, n_batches: int) 
     """Cut the epochs to what fits in cfg.time_budget minutes: the time left (the run's elapsed
     wall-clock counts set-up and compiling) divided by the latest epoch's wall-clock (from the
     previous record, so checkpoint writing counts; at least its training time) plus 15% for
-    validation and later epochs running slower (on an H200 the first epochs took 1.2 s, the
-    average over 300 epochs 1.39 s). Returns the config with the new epoch count."""
+    validation and later epochs running slower than the first ones (an H200 run's epochs:
+    results/camvid_gpu_log.jsonl). Returns the config with the new epoch count."""
     last = state.history[-1]
     # wall-clock from the previous record: the epoch plus its logging and checkpoint writing
     gap = last["elapsed_s"] - state.history[-2]["elapsed_s"] if len(state.history) > 1 else 0.0
@@ -297,105 +298,6 @@ def build_data(cfg: TrainConfig, device: torch.device, out: Path, preprocess: di
 # ---- the model and the optimiser (from --init weights when given) ----------------------------
 
 @dataclass
-class InitWeights:
-    """The trained weights a run starts from (--init)."""
-    path: Path
-    state_dict: dict
-    meta: dict
-
-
-def read_init(cfg: TrainConfig) -> InitWeights:
-    """The --init weights, read (and their M/N checked) before anything is written."""
-    path = resolve_weights(cfg.init)
-    state_dict, meta, _ = load_checkpoint(path)
-    arch = meta["arch"]
-    if (arch["m"], arch["n"]) != (cfg.m, cfg.n):
-        raise ConfigError(f"--init {cfg.init}: the weights are CGNet M{arch['m']}N{arch['n']}, this run is "
-                          f"M{cfg.m}N{cfg.n}; add --blocks {arch['m']} {arch['n']} to start from them")
-    return InitWeights(path, state_dict, meta)
-
-
-def names_known(names: list[str] | None) -> bool:
-    """Whether class names say what the classes are (`make_meta`'s default is class0, class1, ...)."""
-    return bool(names) and not all(re.fullmatch(r"class\d+", n) for n in names)
-
-
-def match_classifier(own: torch.Tensor, theirs: torch.Tensor, names: list[str],
-                     their_names: list[str] | None) -> tuple[torch.Tensor | None, list[str], bool]:
-    """The --init classifier rows for this run's classes, matched by class name (exactly, else
-    ignoring case); rows of classes the weights lack keep their new initialisation. By position
-    only when either side's names are unknown (and the counts agree).
-
-    Args:
-        own: this model's freshly initialised classifier weight (classes x 256 x 1 x 1).
-        theirs: the --init weights' classifier weight (their classes x 256 x 1 x 1).
-        names: this run's class names; their_names: the --init weights' (None when unrecorded).
-    Returns:
-        (the weight to load, or None to leave `load_matching` to decide by shape; the lines that
-        say what was done; whether no row came from the --init weights).
-    """
-    if not (names_known(names) and names_known(their_names)):
-        if own.shape != theirs.shape:
-            return None, [], False
-        whose = "the --init weights" if not names_known(their_names) else "this run"
-        return theirs, [f"  classifier rows loaded by position: the class names of {whose} are unknown"], False
-    folded = {n.casefold(): j for j, n in reversed(list(enumerate(their_names)))}
-    source = [their_names.index(n) if n in their_names else folded.get(n.casefold()) for n in names]
-    if all(j is None for j in source):
-        return own, [f"  re-initialised: classifier.weight {tuple(own.shape)} (no class name in common with the "
-                     f"--init weights': {', '.join(their_names)})"], True
-    weight = own.clone()
-    moved, new = [], []
-    for i, (name, j) in enumerate(zip(names, source)):
-        if j is None:
-            new.append(name)
-            continue
-        weight[i] = theirs[j]
-        if j != i or their_names[j] != name:
-            moved.append(f"{name} from row {j}" + (f" ({their_names[j]})" if their_names[j] != name else ""))
-    lines = [f"  classifier rows matched by class name: {len(names) - len(new)} of {len(names)}"
-             + (f"; reordered: {', '.join(moved)}" if moved else " (same order)")]
-    if new:
-        lines.append(f"  re-initialised classifier rows (classes the --init weights lack): {', '.join(new)}")
-    return weight, lines, False
-
-
-# the modules --freeze keeps as loaded
-FROZEN = {"none": (), "stem": ("stem", "bn_act1"), "stage2": ("stem", "bn_act1", "down2", "stage2", "bn_act2")}
-
-
-def start_from(model: CGNet, init: InitWeights, cfg: TrainConfig, names: list[str] | None = None) -> None:
-    """Load the --init weights into the new model (classifier rows matched to `names`, this run's
-    classes, by name: `match_classifier`), freeze what --freeze names, and say in one short block
-    what was loaded, what was re-initialised and why."""
-    state = dict(init.state_dict)
-    weight, lines, all_new = match_classifier(model.classifier.weight.detach(), state["classifier.weight"],
-                                     list(names or []), init.meta.get("classes"))
-    if weight is not None:
-        state["classifier.weight"] = weight
-    if "classifier.bias" in state:  # mmsegmentation's head: its bias rows follow the weight's
-        bias, _, _ = match_classifier(model.classifier.bias.detach(), state["classifier.bias"],
-                                      list(names or []), init.meta.get("classes"))
-        if bias is not None:
-            state["classifier.bias"] = bias
-    reinitialised = load_matching(model, state, where=f"--init {cfg.init}")
-    frozen = FROZEN[cfg.freeze]
-    for name in frozen:
-        for param in getattr(model, name).parameters():
-            param.requires_grad_(False)
-    if is_main_process():
-        total = len(model.state_dict())
-        print(f"--init {cfg.init} ({init.path}): loaded {total - len(reinitialised) - all_new} of {total} tensors")
-        for line in lines:
-            print(line)
-        for name, why in reinitialised.items():
-            print(f"  re-initialised: {name} {why}")
-        if frozen:
-            count = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-            print(f"  frozen (--freeze {cfg.freeze}): {', '.join(frozen)} ({count:,} weights)")
-
-
-@dataclass
 class TrainParts:
     model: nn.Module                # what the step runs: DDP-wrapped under torchrun
     bare: CGNet                     # the CGNet inside, what checkpoints hold
@@ -408,9 +310,9 @@ class TrainParts:
 def whole_step_compile(cfg: TrainConfig, device, world_size: int) -> bool:
     """Whether --compile compiles the whole step (forward, loss, backward, Adam): on CUDA, where
     the step may be one program (`steps.single_program`). On the CPU the whole step trains
-    correctly with `steps.CPU_INDUCTOR_OPTIONS` but measured slower than eager on a 2-core AVX2
-    EPYC (0.83x after 425 s of compiling, `benchmarks.train_throughput` mode
-    `fp32+channels_last+compiled-step`), so --compile there compiles the model only."""
+    correctly with `steps.CPU_INDUCTOR_OPTIONS` but measured slower than eager after minutes of
+    compiling (`benchmarks.train_throughput` mode `fp32+channels_last+compiled-step`; figures in
+    docs/speed.md and results/), so --compile there compiles the model only."""
     return bool(cfg.compile) and torch.device(device).type == "cuda" and \
         single_program(cfg.amp, cfg.dropout, world_size)
 

@@ -23,8 +23,8 @@ Starlette, uvicorn and python-multipart are the optional extra `pip install 'cgn
 are imported only when a server is made.
 
 The package: `images` (limits, decoding, the shared model's answer), `jobs` (the video queue),
-`guard` (Host/Origin checks, the body limit, security headers), `app` (the routes); here, the
-command line.
+`guard` (Host/Origin checks, the body limit, security headers), `browser` (the in-browser mode's
+/web/ routes), `app` (the routes); here, the command line (HTTPS: --certfile/--keyfile).
 """
 from __future__ import annotations
 
@@ -36,9 +36,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ...common import DEFAULT_WEIGHTS, CGNetError, number_type
+from ...common import DEFAULT_WEIGHTS, CGNetError, InputError, MissingFileError, number_type
 from ..predictor import add_predictor_args, make_predictor
-from ..web import add_tls_args, tls_options
 from .app import create_app, require_serve
 from .guard import GuardHosts, UploadError, host_name, served_hosts, shorten
 from .images import Segmenter, check_image_header, image_format, image_header, pillow_pixel_limit
@@ -106,6 +105,26 @@ def _allowed_host(text: str) -> str:
         raise argparse.ArgumentTypeError(f"a host name or address without scheme or port "
                                           f"(an IPv6 address in brackets), got {text!r}")
     return bare
+
+
+def add_tls_args(p: argparse.ArgumentParser) -> None:
+    """--certfile/--keyfile of `cgnet serve` (HTTPS: phones only give a camera to secure pages)."""
+    p.add_argument("--certfile", help="TLS certificate (PEM) to serve HTTPS, with --keyfile; a phone's browser "
+                                      "only opens its camera on an HTTPS page (or on localhost)")
+    p.add_argument("--keyfile", help="the certificate's private key (PEM), with --certfile")
+
+
+def tls_options(args: argparse.Namespace) -> dict:
+    """uvicorn's ssl_certfile/ssl_keyfile from --certfile/--keyfile (checked), or {}."""
+    certfile, keyfile = getattr(args, "certfile", None), getattr(args, "keyfile", None)
+    if bool(certfile) != bool(keyfile):
+        raise InputError("--certfile and --keyfile go together (HTTPS needs both)")
+    if not certfile:
+        return {}
+    for option, path in (("--certfile", certfile), ("--keyfile", keyfile)):
+        if not Path(path).is_file():
+            raise MissingFileError(f"{option} {path}: no such file")
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from ...common import DEFAULT_WEIGHTS, VIDEO_EXTS
 from ..predictor import Predictor
 from ..runners import MissingBackend
-from ..web import STATIC, web_routes
+from ..web import STATIC
+from .browser import web_routes
 from .guard import MAX_MESSAGE, GuardHosts, LimitBody, SecurityHeaders, UploadError, served_hosts, shorten
 from .images import Segmenter
 from .jobs import Jobs
@@ -212,7 +213,7 @@ def create_app(predictor: Predictor, *, name: str = DEFAULT_WEIGHTS, max_upload_
         max_queued_videos: videos being uploaded, waiting or running at once; one more is 429.
         max_concurrent_images: images decoded, segmented and encoded at once; more wait their turn
             (bounds the memory that decoded images take; the model runs one at a time anyway).
-        web_source: the checkpoint or .onnx file the page's in-browser mode runs (`web.web_routes`);
+        web_source: the checkpoint or .onnx file the page's in-browser mode runs (`browser.web_routes`);
             None turns that mode off.
     """
     require_serve()

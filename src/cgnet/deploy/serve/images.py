@@ -23,8 +23,7 @@ from PIL import Image
 
 from ...common import DEFAULT_WEIGHTS, InputError
 from ...images import decode_pixels, to_rgb
-from ...visualize import blend, colorize
-from ..predict import palette_of
+from ...visualize import blend, colorize, palette_of
 from ..predictor import Predictor
 from .guard import UploadError
 

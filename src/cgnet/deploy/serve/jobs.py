@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 from ...common import CGNetError
-from ..predict import VideoStreams, predict_video, video_fps
+from ...images import VideoStreams, video_fps
+from ..predict import predict_video
 from .guard import UploadError, shorten
 from .images import Segmenter, image_format, too_many_pixels
 
