@@ -355,7 +355,7 @@ def test_folder_overlapped_gives_the_sequential_files_under_random_delays(ckpt, 
     predict_images(predictor, paths, tmp_path / "sequential", overlap=False, progress=False)
     rng = random.Random(1)
     monkeypatch.setattr(predict_module, "read_rgb", jitter(predict_module.read_rgb, rng))
-    monkeypatch.setattr(predict_module, "_write", jitter(predict_module._write, rng, 0.002))
+    monkeypatch.setattr(predict_module, "write_image", jitter(predict_module.write_image, rng, 0.002))
     predictor.predict = jitter(predictor.predict, rng)
     predict_images(predictor, paths, tmp_path / "overlapped", progress=False)
     for sub, suffix in (("masks", "png"), ("color", "png"), ("overlay", "jpg")):
