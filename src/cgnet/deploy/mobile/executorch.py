@@ -78,7 +78,7 @@ def write_executorch(simple: nn.Module, path: Path, meta: dict, precision: str,
     file_meta = file_meta_of(meta, "executorch", precision, size, app_io)
     exir = require("executorch.exir", "executorch")
     xnnpack = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "executorch")
-    model = quantize_xnnpack(simple.eval(), calibration) if precision == "int8" else simple
+    model = quantize_xnnpack(simple.eval(), calibration) if precision == "int8" else simple.eval()
     program = torch.export.export(prepare(model, meta, app_io), (example_input(size, app_io),))
     lowered = exir.to_edge_transform_and_lower(program, partitioner=[xnnpack.XnnpackPartitioner()],
                                                constant_methods={META_METHOD: json.dumps(file_meta)})

@@ -53,7 +53,7 @@ def write_litert(simple: nn.Module, path: Path, meta: dict, precision: str,
         raise InputError("LiteRT export is fp32 only (int8: use ExecuTorch, --format executorch)")
     file_meta = file_meta_of(meta, "litert", precision, size, app_io)
     litert_torch = require("litert_torch", "litert")
-    edge = litert_torch.convert(prepare(simple, meta, app_io), (example_input(size, app_io),))
+    edge = litert_torch.convert(prepare(simple.eval(), meta, app_io), (example_input(size, app_io),))
     content = edge.model_content
     content = content() if callable(content) else content
     write_atomic(path, _with_tflite_metadata(bytes(content), file_meta))

@@ -75,8 +75,8 @@ def example_input(size: tuple[int, int], app_io: bool) -> torch.Tensor:
 
 
 def prepare(model: nn.Module, meta: dict, app_io: bool) -> nn.Module:
-    """The model a writer exports: `model` in eval mode, inside `AppIOModel` when app-ready."""
-    model = model.eval()
+    """The model a writer exports: `model` (in eval mode already, or quantised: an exported
+    program refuses .eval()), inside `AppIOModel` when app-ready."""
     if app_io:
         model = AppIOModel(model, meta["preprocess"]).eval()
     return model
