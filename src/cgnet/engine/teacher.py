@@ -110,12 +110,12 @@ class DistillLoss(nn.Module):
 
     def __init__(self, criterion: nn.CrossEntropyLoss, weight: float):
         super().__init__()
-        self.weight_ = criterion.weight
+        self.class_weight = criterion.weight
         self.ignore_index, self.soft_weight = criterion.ignore_index, weight
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
         logp = functional.log_softmax(logits, 1)
-        loss = functional.nll_loss(logp, labels, weight=self.weight_, ignore_index=self.ignore_index)
+        loss = functional.nll_loss(logp, labels, weight=self.class_weight, ignore_index=self.ignore_index)
         if soft is None:
             return loss
         target = soft.permute(0, 3, 1, 2).float()
