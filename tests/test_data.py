@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -9,7 +10,9 @@ from torch.nn import functional
 from cgnet.data import augment as augmentation
 from cgnet.data import listset
 from cgnet.data import stats as data_stats
+from cgnet.cli import main
 from cgnet.data.catalog import CAMVID, CITYSCAPES, custom_dataset
+from cgnet.data.info import resolve_list_file
 from cgnet.images import read_rgb
 from cgnet.preprocess import make_spec, normalize_, original_spec
 from cgnet.visualize import denormalize
@@ -259,3 +262,29 @@ def test_dataset_descriptions():
     assert custom.num_classes == 2 and len(custom.palette) == 2
     with pytest.raises(ValueError, match="ignore index 1 is a class id"):
         custom_dataset(["bg", "fg"], 1, {})
+
+
+@pytest.mark.parametrize("command", [["stats"], ["show", "--out", "aug.png"]])
+def test_a_relative_root_is_joined_once(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "e").mkdir()
+    argv = ["data", *command, "--dataset", "camvid", "--root", "e", "--workers", "0"]
+    assert main(argv) == 2
+    split = "trainval" if command == ["stats"] else "train"  # each tool's default --split
+    assert capsys.readouterr().err == f"cgnet data: error: list file e/camvid_{split}_list.txt does not exist\n"
+    make_camvid_like(tmp_path / "e")  # the same relative root, now with its lists: it reads them
+    assert main(argv) == 0
+    assert not (tmp_path / "e" / "e").exists()
+
+
+def test_resolving_a_list_file_twice_names_it_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for root in ("e", "data/e", str(tmp_path / "e")):
+        once = resolve_list_file(root, "camvid_val_list.txt")
+        assert once == Path(root) / "camvid_val_list.txt"
+        assert resolve_list_file(root, once) == once
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "e").mkdir()
+    (tmp_path / "e" / "e" / "x.txt").write_text("")
+    # a root-relative path that exists under the root wins over keeping it as given
+    assert resolve_list_file(tmp_path / "e", Path("e") / "x.txt") == tmp_path / "e" / "e" / "x.txt"

@@ -2,8 +2,11 @@
 on small generated datasets."""
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import cv2
 import pytest
@@ -200,3 +203,28 @@ def test_the_training_kernels_train_and_leave_plain_checkpoints(camvid, tmp_path
     model = load_model(tmp_path / "k" / "last.pt")
     assert type(model.down2.loc) is torch.nn.Conv2d and type(model.down2.bn_act.act) is torch.nn.PReLU
     assert type(model.resize) is Resize
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", [["--epochs", "1", "--max-iters", "1"], ["--epochs", "1"]],
+                         ids=["stopped-mid-epoch", "whole-epoch"])
+def test_the_closing_line_gives_the_runs_wall_clock_time(camvid, tmp_path, capsys, monkeypatch, schedule):
+    """A clock that jumps 1000 s during each epoch's training: the closing line's seconds are
+    between 1000 and 1000 plus the real time the command took (rounded to whole seconds), whether
+    the run stopped mid-epoch (--max-iters: no epoch record) or finished its epochs."""
+    from cgnet.engine import train as train_module
+    offset = [0.0]
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(time=lambda: time.time() + offset[0]))
+    real_train = train_module.train_or_explain
+
+    def train_slowly(*args, **kwargs):
+        offset[0] += 1000
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_or_explain", train_slowly)
+    start = time.time()
+    assert main(["train", "--data-root", str(camvid), "--out", str(tmp_path / "run"), *TINY, *schedule]) == 0
+    took = time.time() - start
+    line = capsys.readouterr().out.splitlines()[-1]
+    seconds = int(re.fullmatch(rf"done in (\d+) s; run folder {re.escape(str(tmp_path / 'run'))} \(.*\)", line)[1])
+    assert 1000 <= seconds <= 1000 + took + 0.5, line

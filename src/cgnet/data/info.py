@@ -45,6 +45,12 @@ class DatasetInfo:
 
 def resolve_list_file(root: str | Path, list_file: str | os.PathLike) -> Path:
     """A list file as given when it exists (absolute, or relative to the current folder), else
-    relative to the data root."""
-    path = Path(list_file)
-    return path if path.is_absolute() or path.exists() else Path(root) / path
+    relative to the data root. A missing path that already starts with the root (one this function
+    or `DatasetInfo.split_path` returned) is kept as it is, so resolving twice names the file once."""
+    path, root = Path(list_file), Path(root)
+    if path.is_absolute() or path.exists():
+        return path
+    if (root / path).exists():
+        return root / path
+    under_root = bool(root.parts) and path.parts[:len(root.parts)] == root.parts
+    return path if under_root else root / path

@@ -782,7 +782,9 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
     if is_main_process():
         if state.history:
             plot_history(state.history, out / "curve.png")
-        elapsed = state.history[-1]["elapsed_s"] if state.history else 0.0
+        # this process's wall-clock, setup and the last save included (an epoch record's elapsed_s
+        # misses what follows it, and a --max-iters stop mid-epoch writes no record at all)
+        elapsed = time.time() - setup_start
         files = [name for name in ("last.pt", "best.pt", "log.jsonl", "curve.png") if (out / name).exists()]
         print(f"done in {elapsed:.0f} s; run folder {out} ({', '.join(files)})")
 
