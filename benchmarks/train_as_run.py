@@ -1,4 +1,4 @@
-"""`cgnet train` as a user runs it, against a plain eager fp32 PyTorch loop, in one run (issue 29).
+"""`cgnet train` as a user runs it, against a plain eager fp32 PyTorch loop, in one run.
 
     python -m benchmarks.train_as_run --data-root ../shared/datasets/CamVid [--rounds 3] [--json out.json]
     python -m benchmarks.train_as_run --data-root ... --cpu-capability avx2    # the AVX2 kind, emulated

@@ -1,4 +1,4 @@
-"""cgnet train when things go wrong (issue 11): settings that cannot train, a run folder in use
+"""cgnet train when things go wrong: settings that cannot train, a run folder in use
 or holding a run, --resume with other settings, Ctrl-C, a time budget or --max-iters that cut a
 run short, leftovers of killed writes, and statistics that must not change a seeded run."""
 import json
