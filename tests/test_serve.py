@@ -98,6 +98,12 @@ class Server:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used, from /proc/PID/stat: unlike
+        wall-clock time, not stretched by other processes on a busy machine."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+
     def reset_peak_rss(self) -> None:
         """Set VmHWM back to the present RSS (Linux clear_refs 5); left as is where not allowed."""
         try:
@@ -503,10 +509,10 @@ def test_a_10_kb_tiff_bomb_is_refused_in_time_and_memory():
             pass
         before = vm_hwm_mb()
         tracemalloc.start()
-        start = time.perf_counter()
+        start = time.thread_time()  # CPU time: a busy machine does not stretch it
         with pytest.raises(serve.UploadError) as raised:
             serve.check_image_header(data, 10**6)
-        seconds = time.perf_counter() - start
+        seconds = time.thread_time() - start
         python_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert raised.value.status == 413 and str(raised.value) == message
@@ -547,9 +553,9 @@ def test_crafted_huge_images_are_refused_before_decoding(server):
     before = server.peak_rss_mb()
     for name, (data, (width, height)) in bombs.items():
         assert len(data) < 20_000
-        start = time.monotonic()
+        start = server.cpu_s()  # the server's CPU time, not wall-clock: a busy machine does not stretch it
         status, answer = server.segment(data, name)
-        assert time.monotonic() - start < 2, name
+        assert server.cpu_s() - start < 2, name
         assert status == 413, (name, answer)
         if width * height > limit:
             assert answer["error"] == (f"image too large: more than {limit / 1e6:g} megapixels, past Pillow's "
@@ -677,7 +683,7 @@ def test_posts_from_other_origins_are_refused(server):
 
 
 def wait_for_pending(server, count: int) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 240  # a hang guard: a busy machine may take long
     while json.loads(server.get("/api/info")[2])["videos_pending"] != count:
         assert time.monotonic() < deadline, f"videos_pending never became {count}"
         time.sleep(0.05)

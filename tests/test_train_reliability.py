@@ -131,7 +131,7 @@ def test_the_ignore_id_of_a_known_dataset_may_be_given_as_it_is(camvid):
 def test_a_folder_in_use_by_a_live_run_is_refused(camvid, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # killed below, however long the test takes
     try:
         (out / "train.lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
         before = snapshot(out)
