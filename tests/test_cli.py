@@ -109,7 +109,7 @@ def test_unwritable_outputs_fail_before_any_work(command, camvid, tiny_ckpt, tmp
     work = []
     monkeypatch.setattr("cgnet.engine.commands.setup_eval", lambda *a: work.append(a))
     monkeypatch.setattr("cgnet.deploy.predict.make_predictor", lambda *a, **k: work.append(a))
-    monkeypatch.setattr("cgnet.deploy.export.export", lambda *a, **k: work.append(a))
+    monkeypatch.setattr("cgnet.deploy.export_command.export", lambda *a, **k: work.append(a))
     frame = camvid / "val" / "0001TP_000000.png"
     argv, option = {
         "eval-save-dir": (["eval", "--checkpoint", str(tiny_ckpt), "--save-dir", str(target)], "--save-dir"),

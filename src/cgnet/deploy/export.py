@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..checkpoint import load_model
 from ..common import (IMAGE_EXTS, CGNetError, InputError, MissingFileError,
                       quiet_third_party)
 from ..data.catalog import dataset_from_meta, find_data_root
