@@ -168,7 +168,7 @@ def test_missing_data_names_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(MissingFileError) as raised:
         default_data_root("ade20k")
     message = str(raised.value)
-    assert message.startswith(f"no ade20k data in data/ADEChallengeData2016, "
-                              f"../shared/datasets/ADEChallengeData2016; give --data-root or set CGNET_DATA")
+    assert message.startswith("no ade20k data in data/ADEChallengeData2016, "
+                              "../shared/datasets/ADEChallengeData2016; give --data-root or set CGNET_DATA")
     assert message.endswith(f"(to get it: download ADEChallengeData2016.zip from {ade20k.DOWNLOAD_PAGE} "
                             f"({ade20k.ARCHIVE_URL}), unzip it, then cgnet data ade20k-trainids and cgnet data lists)")

@@ -1,18 +1,23 @@
 """The command line's error policy: one line for recognised errors, a traceback and a request to
 report it for bugs, Ctrl-C as exit 130, outputs checked for writability before any long work."""
+import argparse
 import getpass
 import os
+import re
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from cgnet import CGNet, save_checkpoint
-from cgnet.cli import main
-from cgnet.common import CGNetError, inductor_cache_per_capability
+import cgnet.cli
+from cgnet.cli import COMMAND, COMMANDS, Command, main, make_parser, subcommand_parsers
+from cgnet.common import CGNetError, InputError, inductor_cache_per_capability
 from cgnet.data import listset
 from cgnet.data.catalog import CAMVID
+from cgnet.options import add_checkpoint_arg
 from cgnet.preprocess import make_spec
 
 
@@ -24,7 +29,7 @@ def tiny_ckpt(tmp_path):
 def test_bug_keeps_its_traceback_and_asks_for_a_report(monkeypatch, capsys):
     def broken(args):
         return 1 // 0
-    monkeypatch.setattr("cgnet.cli.cmd_info", broken)
+    monkeypatch.setattr(COMMAND["info"], "run", broken)
     assert main(["info"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ZeroDivisionError" in err
@@ -47,7 +52,7 @@ def test_recognised_error_is_one_line_and_debug_shows_the_traceback(tmp_path, ca
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
-    monkeypatch.setattr("cgnet.cli.cmd_info", interrupted)
+    monkeypatch.setattr(COMMAND["info"], "run", interrupted)
     assert main(["info"]) == 130
     assert capsys.readouterr().err == "cgnet info: interrupted\n"
 
@@ -104,7 +109,7 @@ def test_unwritable_outputs_fail_before_any_work(command, camvid, tiny_ckpt, tmp
     work = []
     monkeypatch.setattr("cgnet.engine.commands.setup_eval", lambda *a: work.append(a))
     monkeypatch.setattr("cgnet.deploy.predict.make_predictor", lambda *a, **k: work.append(a))
-    monkeypatch.setattr("cgnet.deploy.export.export", lambda *a, **k: work.append(a))
+    monkeypatch.setattr("cgnet.deploy.export_command.export", lambda *a, **k: work.append(a))
     frame = camvid / "val" / "0001TP_000000.png"
     argv, option = {
         "eval-save-dir": (["eval", "--checkpoint", str(tiny_ckpt), "--save-dir", str(target)], "--save-dir"),
@@ -171,3 +176,53 @@ def test_a_lowered_cpu_capability_gets_its_own_inductor_cache(monkeypatch, tmp_p
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torchinductor_someone_avx2")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice stays
     assert inductor_cache_per_capability() is None and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+SHARED_OPTIONS = ("--checkpoint", "--backend", "--precision", "--device", "--data-root")
+
+
+def test_each_shared_option_is_defined_once():
+    """`--checkpoint` and the other shared options are added in one place, cgnet/options.py, with
+    one help text each (cgnet train's come from its TrainConfig fields)."""
+    package = Path(__file__).resolve().parents[1] / "src" / "cgnet"
+    for option in SHARED_OPTIONS:
+        found = [p.relative_to(package).as_posix() for p in package.rglob("*.py")
+                 for _ in re.finditer(rf"add_argument\(\s*\"{option}\"", p.read_text())]
+        assert found == ["options.py"], (option, found)
+
+
+def test_one_table_wires_every_command():
+    """Each command's options and function come from the module of its concern, named alike."""
+    parser = make_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert list(commands) == [c.name for c in COMMANDS]
+    for command in COMMANDS:
+        assert command.add_args.__name__.startswith("add_") and command.run.__name__.startswith("cmd_"), command
+        assert command.run.__module__ != "cgnet.cli", command
+    assert {c.name for c in COMMANDS if not c.heavy} == {"info", "plot", "data", "weights"}
+    for p in subcommand_parsers(parser):  # every command and every data tool and weights action takes --debug
+        assert "--debug" in p._option_string_actions, p.prog
+
+
+def test_a_command_added_as_the_architecture_page_says_runs_with_the_shared_options(monkeypatch, capsys):
+    """docs/architecture.md's "A command" and "A shared option", walked: two functions and a row."""
+    def add_hello_args(p):
+        add_checkpoint_arg(p, default="none: hello needs no model")
+
+    def cmd_hello(args):
+        if args.checkpoint == "bad":
+            raise InputError("--checkpoint bad: not a checkpoint")
+        print(f"hello {args.checkpoint}")
+        return 0
+
+    monkeypatch.setattr("cgnet.cli.COMMANDS", [*COMMANDS, Command("hello", "say hello", add_hello_args, cmd_hello,
+                                                                  False)])
+    monkeypatch.setitem(COMMAND, "hello", cgnet.cli.COMMANDS[-1])
+    assert main(["hello", "--checkpoint", "x.pt"]) == 0 and capsys.readouterr().out == "hello x.pt\n"
+    assert main(["hello", "--checkpoint", "bad", "--debug"]) == 2
+    assert capsys.readouterr().err.endswith("cgnet hello: error: --checkpoint bad: not a checkpoint\n")
+    parser = make_parser()
+    hello = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["hello"]
+    help_text = " ".join(hello.format_help().split())
+    assert ("--checkpoint FILE the model: a checkpoint of cgnet train, of the original release or of "
+            "mmsegmentation, or named weights (cgnet weights list) (default: none: hello needs no model)") in help_text

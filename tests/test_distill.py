@@ -3,7 +3,6 @@
 image, the loss is the two cross-entropies computed independently, and runs resume bit for bit."""
 import json
 
-import cv2
 import numpy as np
 import pytest
 import torch

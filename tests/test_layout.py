@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cgnet"
 
 # the layer of each top-level name inside cgnet; a module may import its own layer or lower ones
 LAYERS = {"common": 0, "fileio": 0, "download": 0, "images": 0, "visualize": 0, "model": 0, "preprocess": 0,
-          "pipeline": 0, "confusion": 0, "plot": 0, "zoo": 0, "complexity": 1, "checkpoint": 1, "hub": 1, "data": 2,
+          "pipeline": 0, "confusion": 0, "plot": 0, "options": 0, "zoo": 0, "complexity": 1, "checkpoint": 1, "hub": 1, "data": 2,
           "deploy": 3, "engine": 4,
           "cli": 5, "__main__": 6, "__init__": 5}
 

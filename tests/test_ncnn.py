@@ -3,7 +3,6 @@ precisions verified on every export, the metadata beside the file (the round tri
 tests/test_export.py's, over every format)."""
 import json
 
-import numpy as np
 import pytest
 
 from cgnet.cli import main

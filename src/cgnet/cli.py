@@ -1,5 +1,6 @@
-"""The `cgnet` command line: the top layer. Each command's function lives in the module of its
-concern (`cgnet.engine.train.main`, `cgnet.deploy.predict.cmd_predict`, ...); this file wires them."""
+"""The `cgnet` command line: the top layer. Each command's options (`add_*_args`) and function
+(`cmd_*`) live in the module of its concern; this file holds the table of commands and runs one
+with cgnet's error handling."""
 from __future__ import annotations
 
 import argparse
@@ -7,125 +8,92 @@ import contextlib
 import os
 import sys
 import traceback
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable
 
 from . import __version__
-from .checkpoint import load_model
-from .common import CGNetError, InputError, inductor_cache_per_capability, number_type, parse_size
-from .complexity import profile_table
-from .data.commands import add_data_commands
+from .common import CGNetError, inductor_cache_per_capability
+from .complexity import add_info_args, cmd_info
+from .data.commands import add_data_args, cmd_data
 from .deploy.bench import add_bench_args, cmd_bench
-from .deploy.export import add_export_args, cmd_export
+from .deploy.export_command import add_export_args, cmd_export
 from .deploy.predict import add_predict_args, cmd_predict
 from .deploy.serve import add_serve_args, cmd_serve
-from .deploy.web import cmd_export_web
-from .engine import commands as eval_commands, train
+from .engine.commands import (add_demo_args, add_eval_args, add_soft_targets_args, add_test_args, cmd_demo, cmd_eval,
+                              cmd_soft_targets, cmd_test)
 from .engine.config import add_train_args
-from .engine.commands import add_demo_args, add_eval_args
-from .model import CGNet
-from .plot import plot_compare, plot_run
-from .zoo import add_weights_commands
+from .engine.train import cmd_train
+from .plot import add_plot_args, cmd_plot
+from .zoo import add_weights_args, cmd_weights
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (a checkpoint, or an architecture with random weights)")
-    g.add_argument("--checkpoint", help="our checkpoint, the original release's or mmsegmentation's, or named "
-                                        "weights (cgnet weights list)")
-    g.add_argument("--num-classes", type=number_type(int, minimum=1), help="classes (19 for Cityscapes, 11 for CamVid)")
-    g.add_argument("--blocks", type=int, nargs=2, default=[3, 21], metavar=("M", "N"),
-                   help="blocks in stages 2 and 3 (default 3 21)")
+@dataclass
+class Command:
+    """One `cgnet` command: its name and one-line help, the function that adds its options to its
+    parser, the function that runs it (args -> exit code), and whether it is heavy (it runs the
+    model or trains it: the process restarts once with `ALLOCATOR_ENV`)."""
+
+    name: str
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    heavy: bool
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    if args.checkpoint:
-        model = load_model(args.checkpoint, num_classes=args.num_classes)
-    else:
-        m, n = args.blocks
-        model = CGNet(args.num_classes if args.num_classes is not None else 19, m=m, n=n).eval()
-    for i, (h, w) in enumerate(args.size):
-        if i:
-            print()
-        print(profile_table(model, h, w, activations=args.activations))
-    return 0
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    if len(args.run) > 1 or args.out:
-        print(plot_compare([Path(r) for r in args.run], Path(args.out or "compare.png")))
-        return 0
-    for x in ("epoch", "elapsed_s"):
-        print(plot_run(Path(args.run[0]), x=x))
-    return 0
-
-
-def export_command(args: argparse.Namespace) -> int:
-    """`cgnet export`: a file of the formats table (cgnet.deploy.export), or with --format web a
-    static folder whose page runs the model in the browser (cgnet.deploy.web, which builds on
-    export's ONNX file and so sits above it)."""
-    if args.format == "web" and (args.size or args.app_io):
-        raise InputError("--size and --app-io are for the phone formats, not --format web (the page takes any size)")
-    return cmd_export_web(args) if args.format == "web" else cmd_export(args)
+COMMANDS = [
+    Command("info", "parameters, FLOPs and activation memory per stage", add_info_args, cmd_info, False),
+    Command("train", "train (a paper preset or your own settings); torchrun for several processes",
+            add_train_args, cmd_train, True),
+    Command("eval", "score a checkpoint on a labelled split (per-class IoU table)", add_eval_args, cmd_eval, True),
+    Command("test", "Cityscapes: server submission; CamVid: score the test split", add_test_args, cmd_test, True),
+    Command("soft-targets", "a teacher's probabilities on a training list (multi-scale + flip by default), for "
+                            "cgnet train --teacher", add_soft_targets_args, cmd_soft_targets, True),
+    Command("demo", "the main job: shipped CamVid weights on the test set, table and pictures",
+            add_demo_args, cmd_demo, True),
+    Command("export", "a model file for a runtime (ONNX, OpenVINO, torch.export, ...) or a static in-browser "
+                      "site, verified against PyTorch", add_export_args, cmd_export, True),
+    Command("predict", "segment images, folders, globs and videos; writes masks, colour masks and overlays",
+            add_predict_args, cmd_predict, True),
+    Command("bench", "latency and throughput of every backend and precision vs eager fp32", add_bench_args,
+            cmd_bench, True),
+    Command("serve", "a local web page and JSON API that segment uploaded images and videos (cgnet[serve])",
+            add_serve_args, cmd_serve, True),
+    Command("plot", "draw a run's training curves (against epochs and wall-clock time), or compare several runs' "
+                    "validation mIoU against wall-clock", add_plot_args, cmd_plot, False),
+    Command("data", "dataset tools", add_data_args, cmd_data, False),
+    Command("weights", "named weights: list them (scores, sources, licences) or download one", add_weights_args,
+            cmd_weights, False),
+]
+COMMAND = {c.name: c for c in COMMANDS}
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgnet", description="CGNet semantic segmentation")
     parser.add_argument("--version", action="version", version=f"cgnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("info", help="parameters, FLOPs and activation memory per stage")
-    add_model_args(p)
-    p.add_argument("--size", type=parse_size, nargs="+", default=[(1024, 2048)], metavar="HxW",
-                   help="input sizes (default 1024x2048)")
-    p.add_argument("--activations", action=argparse.BooleanOptionalAction, default=True,
-                   help="measure training activation memory (one forward pass per size)")
-    p.set_defaults(func=cmd_info)
-
-    commands = [
-        ("train", "train (a paper preset or your own settings); torchrun for several processes",
-         add_train_args, train.main),
-        ("eval", "score a checkpoint on a labelled split (per-class IoU table)", add_eval_args, eval_commands.cmd_eval),
-        ("test", "Cityscapes: server submission; CamVid: score the test split",
-         lambda p: add_eval_args(p, test=True), eval_commands.cmd_test),
-        ("soft-targets", "a teacher's probabilities on a training list (multi-scale + flip by default), for "
-                         "cgnet train --teacher", eval_commands.add_soft_targets_args, eval_commands.cmd_soft_targets),
-        ("demo", "the main job: shipped CamVid weights on the test set, table and pictures",
-         add_demo_args, eval_commands.cmd_demo),
-        ("export", "a model file for a runtime (ONNX, OpenVINO, torch.export, ...) or a static in-browser "
-                   "site, verified against PyTorch", add_export_args, export_command),
-        ("predict", "segment images, folders, globs and videos; writes masks, colour masks and overlays",
-         add_predict_args, cmd_predict),
-        ("bench", "latency and throughput of every backend and precision vs eager fp32", add_bench_args, cmd_bench),
-        ("serve", "a local web page and JSON API that segment uploaded images and videos (cgnet[serve])",
-         add_serve_args, cmd_serve),
-    ]
-    for name, text, add_args, func in commands:
-        p = sub.add_parser(name, help=text)
-        add_args(p)
-        p.set_defaults(func=func)
-
-    p = sub.add_parser("plot", help="draw a run's training curves (against epochs and wall-clock time), or "
-                                    "compare several runs' validation mIoU against wall-clock")
-    p.add_argument("run", nargs="+", help="run folder(s) of cgnet train")
-    p.add_argument("--out", help="with several runs: the comparison PNG (default compare.png)")
-    p.set_defaults(func=cmd_plot)
-
-    data = sub.add_parser("data", help="dataset tools")
-    tools = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
-    add_data_commands(tools)
-    weights = sub.add_parser("weights", help="named weights: list them (scores, sources, licences) or download one")
-    catalogue = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
-    add_weights_commands(catalogue)
-    for command in [*sub.choices.values(), *tools.choices.values(), *catalogue.choices.values()]:
-        command.add_argument("--debug", action="store_true",
-                             help="show the traceback of every error and the third-party libraries' own logs")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help)
+        command.add_args(p)
+    for p in subcommand_parsers(parser):
+        p.add_argument("--debug", action="store_true",
+                       help="show the traceback of every error and the third-party libraries' own logs")
     return parser
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser under `parser`: the commands', and those of their subcommands (`data`'s tools)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                found += [p, *subcommand_parsers(p)]
+    return found
 
 
 # glibc returns large freed buffers to the OS after every step, so eager PyTorch page-faults its
 # activations back in each iteration; these settings keep them (1.2-2x faster training/inference)
 ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_TOP_PAD_": "1073741824",
                  "MALLOC_MMAP_THRESHOLD_": "17179869184"}
-HEAVY_COMMANDS = {"train", "soft-targets", "eval", "test", "demo", "predict", "bench", "export", "serve"}
 
 
 def reexec_with_allocator_env(argv: list[str]) -> None:
@@ -144,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     (or their `exit_code`); Ctrl-C is one line and exit 130; anything else is a bug: its traceback,
     a line asking to report it, exit 1. `--debug` or CGNET_DEBUG=1 shows every traceback."""
     args = make_parser().parse_args(argv)
-    if argv is None and args.command in HEAVY_COMMANDS:
+    if argv is None and COMMAND[args.command].heavy:
         reexec_with_allocator_env(sys.argv[1:])
     inductor_cache_per_capability()
     debug = getattr(args, "debug", False) or os.environ.get("CGNET_DEBUG") == "1"
@@ -171,7 +139,7 @@ def debug_environment(debug: bool):
 def run_command(args: argparse.Namespace, debug: bool) -> int:
     """The command's function, with cgnet's error handling (see `main`)."""
     try:
-        return args.func(args)
+        return COMMAND[args.command].run(args)
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

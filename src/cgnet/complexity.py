@@ -7,10 +7,15 @@ tensors shared between layers are counted once.
 """
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn as nn
 
+from .checkpoint import load_model
+from .common import number_type, parse_size
 from .model import CGNet
+from .options import add_checkpoint_arg
 
 STAGES = {"stem": "stage1", "bn_act1": "stage1",
           "down2": "stage2", "stage2": "stage2", "bn_act2": "stage2",
@@ -109,3 +114,32 @@ def profile_table(model: CGNet, height: int, width: int, activations: bool = Tru
     lines.append("GFLOPs = 2 x multiply-adds of convolutions and linear layers; activations = what "
                  "autograd saves for backward at batch 1, fp32.")
     return "\n".join(lines)
+
+
+# ---- cgnet info ----------------------------------------------------------------------------------
+
+def add_info_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (a checkpoint, or an architecture with random weights)")
+    add_checkpoint_arg(g, default="none: an architecture with random weights, from --num-classes and --blocks "
+                                  "(counting needs no trained weights)")
+    g.add_argument("--num-classes", type=number_type(int, minimum=1), help="classes (19 for Cityscapes, 11 for CamVid)")
+    g.add_argument("--blocks", type=int, nargs=2, default=[3, 21], metavar=("M", "N"),
+                   help="blocks in stages 2 and 3 (default 3 21)")
+    p.add_argument("--size", type=parse_size, nargs="+", default=[(1024, 2048)], metavar="HxW",
+                   help="input sizes (default 1024x2048)")
+    p.add_argument("--activations", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure training activation memory (one forward pass per size)")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """`cgnet info`: the per-stage table of a checkpoint's model, or of an architecture, per --size."""
+    if args.checkpoint:
+        model = load_model(args.checkpoint, num_classes=args.num_classes)
+    else:
+        m, n = args.blocks
+        model = CGNet(args.num_classes if args.num_classes is not None else 19, m=m, n=n).eval()
+    for i, (h, w) in enumerate(args.size):
+        if i:
+            print()
+        print(profile_table(model, h, w, activations=args.activations))
+    return 0

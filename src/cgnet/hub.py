@@ -72,7 +72,7 @@ def model_card(meta: dict, *, name: str, score: str | None, reported_by: str, tr
         lines += ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: image-segmentation",
                   "      name: Semantic Segmentation", "    dataset:", f"      name: {dataset}",
                   f"      type: {dataset}", f"      split: {split}", "    metrics:", "    - type: mean_iou",
-                  f"      value: {value}", f"      name: {split} mIoU", f"      verified: false"]
+                  f"      value: {value}", f"      name: {split} mIoU", "      verified: false"]
     lines += ["---", "", f"# CGNet: {name}", ""]
     arch = meta["arch"]
     lines.append(f"CGNet M{arch['m']}N{arch['n']} ({arch['num_classes']} classes) for semantic segmentation, "

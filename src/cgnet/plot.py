@@ -1,6 +1,7 @@
 """Training curves as a PNG drawn with OpenCV (no plotting library needed)."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -98,3 +99,20 @@ def plot_compare(run_dirs: list[Path], path: Path, labels: list[str] | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image(path, _panel(series, "val mIoU % against wall-clock", "minutes"))
     return path
+
+
+# ---- cgnet plot ----------------------------------------------------------------------------------
+
+def add_plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="+", help="run folder(s) of cgnet train")
+    p.add_argument("--out", help="with several runs: the comparison PNG (default compare.png)")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """`cgnet plot`: one run's curves against epochs and wall-clock, or several runs compared."""
+    if len(args.run) > 1 or args.out:
+        print(plot_compare([Path(r) for r in args.run], Path(args.out or "compare.png")))
+        return 0
+    for x in ("epoch", "elapsed_s"):
+        print(plot_run(Path(args.run[0]), x=x))
+    return 0

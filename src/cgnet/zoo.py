@@ -17,7 +17,7 @@ from pathlib import Path
 from .common import InputError, MissingFileError
 from .download import DownloadError, fetch, file_digest
 
-__all__ = ["WeightsEntry", "WEIGHTS", "weights_file", "weights_cache", "add_weights_commands"]
+__all__ = ["WeightsEntry", "WEIGHTS", "weights_file", "weights_cache", "add_weights_args", "cmd_weights"]
 
 MMSEG_DOWNLOADS = "https://download.openmmlab.com/mmsegmentation/v0.5/cgnet"
 
@@ -174,13 +174,19 @@ def cmd_weights_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_weights_commands(tools: argparse._SubParsersAction) -> None:
-    """`cgnet weights list` and `cgnet weights get NAME`."""
-    p = tools.add_parser("list", help="every named set of weights: dataset, classes, score and who reported it, "
+def add_weights_args(p: argparse.ArgumentParser) -> None:
+    """`cgnet weights list` and `cgnet weights get NAME`, each with its function (`tool`)."""
+    tools = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    q = tools.add_parser("list", help="every named set of weights: dataset, classes, score and who reported it, "
                                       "licence, URL")
-    p.set_defaults(func=cmd_weights_list)
-    p = tools.add_parser("get", help="download named weights into the cache (checked against the published "
+    q.set_defaults(tool=cmd_weights_list)
+    q = tools.add_parser("get", help="download named weights into the cache (checked against the published "
                                      "SHA-256) and print the file's path")
-    p.add_argument("name", choices=list(WEIGHTS))
-    p.add_argument("--cache", help="the download folder (default $CGNET_CACHE/weights or ~/.cache/cgnet/weights)")
-    p.set_defaults(func=cmd_weights_get)
+    q.add_argument("name", choices=list(WEIGHTS))
+    q.add_argument("--cache", help="the download folder (default $CGNET_CACHE/weights or ~/.cache/cgnet/weights)")
+    q.set_defaults(tool=cmd_weights_get)
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """`cgnet weights ACTION`: the action's function."""
+    return args.tool(args)

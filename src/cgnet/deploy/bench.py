@@ -39,6 +39,7 @@ from ..common import DEFAULT_WEIGHTS, number_type, parse_size, quiet_third_party
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import read_list
 from ..images import read_rgb
+from ..options import add_checkpoint_arg, add_data_root_arg, add_device_arg
 from ..preprocess import to_tensor
 from .export import export
 from .formats import FORMATS, available_backends, format_for_backend
@@ -160,15 +161,17 @@ def slower_note(ratio: float | None, lead: str = "  ") -> str:
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="default: the shipped camvid weights")
+    add_checkpoint_arg(p)
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(360, 480), (512, 1024), (1024, 2048)],
                    metavar="HxW")
     p.add_argument("--paths", nargs="+", choices=PATHS + EAGER_AUTOCAST,
                    help=f"default: all available of {', '.join(PATHS)} (also: {', '.join(EAGER_AUTOCAST)})")
     p.add_argument("--runs", type=number_type(int, minimum=1), default=20)
     p.add_argument("--warmup", type=number_type(int, minimum=0), default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-root", help="frames to verify the exports on (default: the checkpoint's dataset if found, else synthetic)")
+    add_device_arg(p, default="cpu", why="cpu: the exported runtimes run on the CPU, and eager fp32 on it is "
+                                         "the baseline; cuda times the torch paths on the GPU")
+    add_data_root_arg(p, use="frames to verify the exports on, and --agreement-frames' test frames; without "
+                             "one, synthetic frames")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
     p.add_argument("--output", choices=["logits", "labels"], default="logits",
                    help="what one timed call returns to the host: float32 logits (default) or uint8 class ids "

