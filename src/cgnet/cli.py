@@ -16,7 +16,8 @@ from .complexity import profile_table
 from .data.commands import add_data_commands
 from .deploy.bench import add_bench_args, cmd_bench
 from .deploy.export import add_export_args, cmd_export
-from .deploy.predict import add_predict_args, cmd_predict
+from .deploy.predict import add_predict_args
+from .deploy.ray_predict import add_engine_args, cmd_predict_engine
 from .deploy.serve import add_serve_args, cmd_serve
 from .deploy.web import cmd_export_web
 from .engine import commands as eval_commands, train
@@ -91,7 +92,7 @@ def make_parser() -> argparse.ArgumentParser:
         ("export", "a model file for a runtime (ONNX, OpenVINO, torch.export, ...) or a static in-browser "
                    "site, verified against PyTorch", add_export_args, export_command),
         ("predict", "segment images, folders, globs and videos; writes masks, colour masks and overlays",
-         add_predict_args, cmd_predict),
+         lambda p: (add_predict_args(p), add_engine_args(p)), cmd_predict_engine),
         ("bench", "latency and throughput of every backend and precision vs eager fp32", add_bench_args, cmd_bench),
         ("serve", "a local web page and JSON API that segment uploaded images and videos (cgnet[serve])",
          add_serve_args, cmd_serve),
