@@ -119,8 +119,13 @@ class FolderLock:
         return data if isinstance(data, dict) else {}
 
     def is_stale(self, holder: dict) -> bool:
-        """The holder's process is known to be gone: same host, pid not running."""
+        """The holder's process is known to be gone: same host, pid not running; or, on another
+        host, a process of the same torchrun job (its agents stop every worker of the group before
+        a restarted group starts, so that process is gone)."""
         pid = holder.get("pid")
+        job = os.environ.get("TORCHELASTIC_RUN_ID")
+        if job and holder.get("torchrun_job") == job and holder.get("host") != socket.gethostname():
+            return True
         return (isinstance(pid, int) and holder.get("host") == socket.gethostname()
                 and pid != os.getpid() and not pid_alive(pid))
 
@@ -146,7 +151,9 @@ class FolderLock:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.created_folder = True
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             **({"torchrun_job": os.environ["TORCHELASTIC_RUN_ID"]}
+                                if os.environ.get("TORCHELASTIC_RUN_ID") else {})})
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
