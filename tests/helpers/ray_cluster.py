@@ -60,13 +60,26 @@ class Cluster:
             time.sleep(0.5)
         raise RuntimeError(f"ray start did not finish in {START_LIMIT_S} s")
 
+    def _start(self, args: list[str], env: dict, log: str, deadline: float) -> None:
+        """A node, started again (up to 3 times) when it does not come up: Ray gives a raylet 30 s
+        to register, which a loaded machine can miss."""
+        for attempt in range(3):
+            node = self._node(args, env, log)
+            try:
+                self._wait_started(node, log, deadline)
+                return
+            except RuntimeError:
+                self.nodes.remove(node)
+                kill_session(node.pid)
+                node.wait(timeout=60)
+                if attempt == 2 or time.monotonic() > deadline:
+                    raise
+
     def start(self) -> "Cluster":
         deadline = time.monotonic() + START_LIMIT_S
-        head = self._node(["--head", "--port", str(self.port), "--include-dashboard=false", "--temp-dir", self.temp],
-                          {**self.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, "head.log")
-        self._wait_started(head, "head.log", deadline)
-        second = self._node(["--address", self.address], self.env, "node.log")
-        self._wait_started(second, "node.log", deadline)
+        self._start(["--head", "--port", str(self.port), "--include-dashboard=false", "--temp-dir", self.temp],
+                    {**self.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, "head.log", deadline)
+        self._start(["--address", self.address], self.env, "node.log", deadline)
         return self
 
     def workers(self) -> list[int]:
@@ -84,18 +97,22 @@ class Cluster:
     def stop(self) -> None:
         """SIGTERM to each node's session, then SIGKILL to whatever of it is left after 60 s."""
         for node in self.nodes:
-            for pid in session_processes(node.pid):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            signal_session(node.pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(session_processes(n.pid) for n in self.nodes):
             time.sleep(0.5)
         for node in self.nodes:
-            for pid in session_processes(node.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_session(node.pid)
             node.wait(timeout=60)
+
+
+def signal_session(sid: int, signum: int) -> None:
+    for pid in session_processes(sid):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def kill_session(sid: int) -> None:
+    signal_session(sid, signal.SIGKILL)

@@ -43,7 +43,7 @@ from .formats import read_exported_meta
 from .predict import VideoStreams, _frames, cmd_predict, palette_of, partial_name, video_fps
 from .predictor import make_predictor, plan_inference
 from .ray_store import (Source, gather_inputs, local_copy, names_in, open_fs, put_bytes, read_bytes, read_path,
-                        upload_file)
+                        to_uri, upload_file)
 
 RAY_HINT = 'cgnet predict --engine ray needs Ray Data: pip install "cgnet[ray]"'
 PARTS = ".parts"            # OUT/.parts/<video name>/<first frame>.npz: a finished range's class ids
@@ -370,12 +370,16 @@ def probe_on_cluster(ray):
 def cmd_predict_ray(args: argparse.Namespace) -> int:
     """`cgnet predict --engine ray`."""
     ray = require_ray()
+    if args.compile:
+        raise InputError("--compile runs in one process: leave it out with --engine ray")
     plan = plan_inference(args.checkpoint, args.backend, args.precision, args.compile, args.device)
     images, videos = gather_inputs(args.inputs)
     filesystem, base = open_fs(args.out)
     filesystem.create_dir(base, recursive=True)
+    args.out = to_uri(filesystem, base)  # absolute: the actors' working folder is not this one
     meta = model_meta(plan)
-    job = Job(plan.model, args.backend, args.precision, args.device, args.out, args.alpha, args.overlay,
+    model = os.path.abspath(plan.model) if os.path.exists(plan.model) else plan.model
+    job = Job(model, args.backend, args.precision, args.device, args.out, args.alpha, args.overlay,
               int(args.max_megapixels * 1e6))
     connect(ray, args.address, args.progress)
     try:
