@@ -298,8 +298,9 @@ def connect(ray, address: str | None, progress: bool) -> None:
     try:
         ray.init(address=address, logging_level=logging.WARNING, configure_logging=True,
                  log_to_driver=progress)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise CGNetError(f"--address {address}: cannot join the Ray cluster ({str(error).splitlines()[0]})") from None
+    except Exception as error:  # noqa: BLE001 - Ray raises plain Exception, e.g. a node that did not start in time
+        where = f"--address {address}: cannot join the Ray cluster" if address else "cannot start a local Ray"
+        raise CGNetError(f"{where} ({str(error).strip().splitlines()[-1]})") from None
     import ray.data
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
