@@ -7,6 +7,7 @@ Ray replaces a loopback --node-ip-address by the machine's routable address; the
 with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, under which Ray uses 127.0.0.1, and the second node,
 given no address of its own, takes the one it reaches the head from: 127.0.0.1 too."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,7 @@ class Cluster:
         for node in self.nodes:
             kill_session(node.pid)
             node.wait(timeout=60)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def signal_session(sid: int, signum: int) -> None:
