@@ -17,7 +17,7 @@ from .complexity import add_info_args, cmd_info
 from .data.commands import add_data_args, cmd_data
 from .deploy.bench import add_bench_args, cmd_bench
 from .deploy.export_command import add_export_args, cmd_export
-from .deploy.predict import add_predict_args, cmd_predict
+from .deploy.predict_command import add_predict_args, cmd_predict
 from .deploy.serve import add_serve_args, cmd_serve
 from .engine.commands import (add_demo_args, add_eval_args, add_soft_targets_args, add_test_args, cmd_demo, cmd_eval,
                               cmd_soft_targets, cmd_test)

@@ -108,7 +108,9 @@ class FolderLock:
     The OS releases the lock when its process ends, however it ends (kill -9 and power loss too),
     so a lock file left by a job that no longer runs is taken over (`taken_over` holds what it
     said). A lock another process holds is refused with `FolderLocked`, and so is a lock file
-    written on another host (the OS lock does not reach across hosts on a network file system).
+    written on another host (the OS lock does not reach across hosts on a network file system),
+    unless it names this torchrun job (`TORCHELASTIC_RUN_ID`, recorded as `torchrun_job`): a group
+    torchrun's agents restarted takes over its failed group's lock, on whichever host it is.
     `release` removes the file, and the folder if the lock created it and it is empty.
     """
 
@@ -144,6 +146,12 @@ class FolderLock:
 
     @staticmethod
     def _other_host(holder: dict) -> bool:
+        """A lock file written on another host, except by a process of this torchrun job: torchrun's
+        agents stop every worker of the group before a restarted group starts, so that process is
+        gone (and the restarted group's main process may run on another host)."""
+        job = os.environ.get("TORCHELASTIC_RUN_ID")
+        if job and holder.get("torchrun_job") == job:
+            return False
         return holder.get("host") not in (None, socket.gethostname())
 
     def check(self) -> None:
@@ -186,8 +194,10 @@ class FolderLock:
                 os.close(fd)
                 raise self.refusal(holder, held=False)
             self.taken_over = holder if holder.get("pid") is not None else None
+            job = os.environ.get("TORCHELASTIC_RUN_ID")
             record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                 **({"torchrun_job": job} if job else {})}) + "\n"
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, record.encode())

@@ -147,6 +147,26 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, atomic: bool = Fa
             files whose presence says the work is done (converted labels); else written in place.
     """
     path = Path(path)
+    data = encode_image(path, image)
+    try:
+        if atomic:
+            return write_atomic(path, data)
+        file = path.open("wb")
+    except OSError as error:
+        raise CGNetError(f"cannot write {path} ({error.strerror or error})") from None
+    try:
+        with file:
+            file.write(data)
+    except OSError as error:
+        path.unlink(missing_ok=True)  # cut short (a full disk): no half image is left
+        raise CGNetError(f"cannot write {path} ({error.strerror or error})") from None
+    return path
+
+
+def encode_image(path: str | os.PathLike, image: np.ndarray) -> bytes:
+    """The bytes `write_image` writes to `path` (its suffix picks the encoder), for a writer that
+    puts them elsewhere (an object store); an image OpenCV cannot encode so is one CGNetError."""
+    path = Path(path)
     try:
         ok, data = cv2.imencode(path.suffix, image)
     except cv2.error:  # no encoder for the suffix, or not an image it takes
@@ -155,19 +175,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, atomic: bool = Fa
         shape = "x".join(map(str, np.shape(image)))
         raise CGNetError(f"cannot write {path}: OpenCV cannot encode a {np.asarray(image).dtype} {shape} image as "
                          f"{path.suffix or 'a file without a suffix'}")
-    try:
-        if atomic:
-            return write_atomic(path, data.tobytes())
-        file = path.open("wb")
-    except OSError as error:
-        raise CGNetError(f"cannot write {path} ({error.strerror or error})") from None
-    try:
-        with file:
-            file.write(data.tobytes())
-    except OSError as error:
-        path.unlink(missing_ok=True)  # cut short (a full disk): no half image is left
-        raise CGNetError(f"cannot write {path} ({error.strerror or error})") from None
-    return path
+    return data.tobytes()
 
 
 # ---- videos ------------------------------------------------------------------------------------

@@ -236,7 +236,8 @@ def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, 
 
 # ---- command line --------------------------------------------------------------------------
 
-def add_predict_args(p: argparse.ArgumentParser) -> None:
+def add_local_args(p: argparse.ArgumentParser) -> None:
+    """`cgnet predict`'s options of the local engine (the command's options: `predict_command`)."""
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (their images), glob patterns (quote them; ** recurses) "
                         "and videos (" + " ".join(VIDEO_EXTS) + ")")
@@ -251,7 +252,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
                         "one after the other (same files)")
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def run_local(args: argparse.Namespace) -> int:
+    """`cgnet predict` in this process (--engine local)."""
     images, videos = collect_inputs(args.inputs)
     check_writable(args.out, "--out")
     predictor = make_predictor(args.checkpoint, backend=args.backend, precision=args.precision, device=args.device,

@@ -234,6 +234,10 @@ class TrainConfig:
     save_every: int = option(1, "write last.pt every K epochs and after the last (Ctrl-C and SIGTERM save where "
                                 "the run is in any case)", "output", MAY_CHANGE, check=at_least(1), type=int,
                              metavar="K")
+    # --snapshot-every: see docs/scaling.md (a run restarted by torchrun's elastic agent loses at most K iterations)
+    snapshot_every: int | None = option(None, "also write last.pt every K iterations inside an epoch, so a run that is "
+                                              "killed (a torchrun restart, --resume) repeats at most K iterations",
+                                        "output", MAY_CHANGE, check=at_least(1), type=int, metavar="K")
     out: str = option("runs/cgnet", "run folder (config, log, checkpoints, curve)", "output", FRESH)
     progress: bool = option(True, "progress bars (default on)", "output", MAY_CHANGE,
                             action=argparse.BooleanOptionalAction)

@@ -63,3 +63,10 @@ def broadcast_value(value):
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()
+
+
+def elastic_attempt() -> int | None:
+    """Under torchrun's elastic agent, which start of the worker group this is (0 the first, 1
+    after the first restart, ...); None outside torchrun's agent."""
+    count = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    return int(count) if count is not None and count.isdigit() else None

@@ -43,12 +43,12 @@ from ..model import CGNet
 from ..plot import plot_history
 from ..preprocess import check_spec, make_spec
 from .config import TrainConfig, resolve_config
-from .distributed import (backend, barrier, broadcast_value, cleanup, get_rank, get_world_size, init_distributed,
-                          is_dist, is_main_process)
+from .distributed import (backend, barrier, broadcast_value, cleanup, elastic_attempt, get_rank, get_world_size,
+                          init_distributed, is_dist, is_main_process)
 from .grads import use_training_kernels
 from .inference import evaluate, make_eval_loader
 from .init import InitWeights, read_init, start_from
-from .resume import compare_for_resume
+from .resume import PROGRESS_FILE, compare_for_resume, elastic_fresh_start, restart_line, write_progress
 from .stopping import GracefulStop, StopRequested
 from .teacher import DistillLoss, read_manifest, read_soft
 from .steps import (compile_or_eager, configure_optimizer, make_compiled_step, make_eager_step, make_graphed_step,
@@ -111,13 +111,14 @@ def finite_mean(total: torch.Tensor, count: int, state: TrainState) -> float:
 
 def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: TrainConfig, state: TrainState,
                     stop: GracefulStop | None = None, ema: AveragedModel | None = None,
-                    ema_source: nn.Module | None = None) -> float:
+                    ema_source: nn.Module | None = None, after_step=None) -> float:
     """One pass over `batches`; poly learning rate set every iteration, the weights' moving
     average (`ema`, of `ema_source`) updated after every step. Returns the mean loss.
 
     An epoch that --max-iters or a stop signal (`stop.requested`, checked after every
     iteration) cuts short leaves its batch count and loss sum in `state.partial_*`; an epoch
-    resumed from there continues them (`batches` then skips the batches already done)."""
+    resumed from there continues them (`batches` then skips the batches already done).
+    `after_step(count, total)`, when given, runs after every iteration (`snapshot_hook`)."""
     total = torch.tensor(state.partial_loss, dtype=torch.float32, device=device)
     count = state.partial_batches
     bar = tqdm(batches, total=n_batches, initial=count, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
@@ -134,6 +135,8 @@ def train_one_epoch(step, optimizer, batches, n_batches: int, device, cfg: Train
             ema.update_parameters(ema_source)
         state.iteration += 1
         count += 1
+        if after_step is not None:
+            after_step(count, total)
         if count % check_every == 0 or count == n_batches:
             bar.set_postfix(loss=f"{finite_mean(total, count, state):.4f}", lr=f"{lr:.2e}")
         if stop is not None and stop.requested:
@@ -504,12 +507,12 @@ def validate(parts: TrainParts, data: TrainData, device: torch.device, cfg: Trai
 
 
 def train_or_explain(step, parts: TrainParts, data: TrainData, device: torch.device, cfg: TrainConfig,
-                     state: TrainState, out: Path, stop: GracefulStop) -> float:
+                     state: TrainState, out: Path, stop: GracefulStop, after_step=None) -> float:
     """`train_one_epoch` of the next epoch; a non-finite loss names the checkpoint to go back to."""
     try:
         batches = data.batches(state.epoch, skip=state.partial_batches)
         return train_one_epoch(step, parts.optimizer, batches, data.n_batches, device, cfg, state, stop,
-                               parts.ema, parts.bare)
+                               parts.ema, parts.bare, after_step)
     except NonFiniteLoss as e:
         last = out / "last.pt"
         where = f"the last good checkpoint is {last} (epoch {state.saved['epoch']})" \
@@ -524,6 +527,27 @@ def tensorboard_writer(out: Path):
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(out / "tb"))
+
+
+# ---- snapshots inside the epoch, and restarts by torchrun's elastic agent -------------------------
+
+def snapshot_hook(out: Path, parts: TrainParts, data: TrainData, cfg: TrainConfig, state: TrainState,
+                  device: torch.device):
+    """What runs after every iteration (None: nothing): with --snapshot-every K, last.pt written
+    inside the epoch at every K-th iteration (the epoch's batches so far and loss sum in it, as a
+    stop signal writes them; epoch ends are written by `run_epochs`); under torchrun's elastic agent,
+    OUT/progress.json with the iteration reached, so that a restart can say what it repeats."""
+    elastic = elastic_attempt() is not None
+    if not cfg.snapshot_every and not elastic:
+        return None
+
+    def after_step(count: int, total: torch.Tensor) -> None:
+        if cfg.snapshot_every and state.iteration % cfg.snapshot_every == 0 and count < data.n_batches:
+            state.partial_batches, state.partial_loss = count, float(total)
+            save_last(out, parts, data, cfg, state, device)
+        if elastic and is_main_process():
+            write_progress(out, state.iteration)
+    return after_step
 
 
 def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state: TrainState,
@@ -552,10 +576,11 @@ def run_epochs(step, cfg: TrainConfig, data: TrainData, parts: TrainParts, state
                 f.writelines(json.dumps(r) + "\n" for r in state.history[logged:])
         logged = len(state.history)
 
+    after_step = snapshot_hook(out, parts, data, cfg, state, device)
     with GracefulStop(enabled=get_world_size() == 1) as stop:
         while state.epoch < cfg.epochs and state.iteration < state.stop_at:
             t0 = time.time()
-            loss = train_or_explain(step, parts, data, device, cfg, state, out, stop)
+            loss = train_or_explain(step, parts, data, device, cfg, state, out, stop, after_step)
             if state.partial_batches:  # --max-iters or a stop signal ended the epoch early: keep the place
                 save(cfg)
                 if stop.requested:
@@ -685,6 +710,8 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
               f"{state.max_iters} in all" + (f", stopping at {state.stop_at}" if state.stop_at < state.max_iters else ""))
         if resumed is not None:
             print(f"resuming from epoch {state.epoch} of {cfg.epochs} ({resume_path})")
+            if (restarted := restart_line(out, state.iteration)) is not None:
+                print(restarted)
             if changes:
                 print("--resume: changed " + ", ".join(changes) + " (they do not change what the run learns)")
     cfg = run_epochs(step, cfg, data, parts, state, device, out, setup_start)
@@ -695,6 +722,7 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
         # this process's wall-clock, setup and the last save included (an epoch record's elapsed_s
         # misses what follows it, and a --max-iters stop mid-epoch writes no record at all)
         elapsed = time.time() - setup_start
+        (out / PROGRESS_FILE).unlink(missing_ok=True)  # finished: no attempt failed any more
         files = [name for name in ("last.pt", "best.pt", "log.jsonl", "curve.png") if (out / name).exists()]
         print(f"done in {elapsed:.0f} s; run folder {out} ({', '.join(files)})")
 
@@ -702,7 +730,8 @@ def run(cfg: TrainConfig, device: torch.device, out: Path, state: TrainState, re
 def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or TrainConfig.out)
     resume_path = resumed = None
-    if args.resume:
+    fresh = elastic_fresh_start(args.resume, out)  # torchrun's agent: --resume with nothing yet starts the run
+    if args.resume and not fresh:
         resume_path = out / "last.pt" if args.resume == "auto" else Path(args.resume)
         resumed = read_resumable(resume_path, out, auto=args.resume == "auto")
     cfg = resolve_config(args, resumed["meta"]["config"] if resumed else None)
@@ -714,12 +743,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         changes = compare_for_resume(resumed["meta"]["config"], cfg,
                                      schedule_fixed="planned_epochs" in resumed["train_state"])
     device = init_distributed(cfg.device)
+    if fresh and is_main_process():
+        print(f"--resume: no {out / 'last.pt'} yet (torchrun start {elastic_attempt()}): starting the run")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels
     state = TrainState(saved=resumed["train_state"] if resumed else None)
     lock = FolderLock(out, what="cgnet train") if is_main_process() else None
     try:
-        on_main_process(lambda: claim_run_folder(lock, out, resuming=resumed is not None))
+        on_main_process(lambda: claim_run_folder(lock, out, resuming=resumed is not None or fresh))
         run(cfg, device, out, state, resumed, resume_path, changes, init)
         barrier()  # the ranks leave together: a rank tearing down gloo while another still writes can abort
         return 0
