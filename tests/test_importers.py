@@ -125,7 +125,12 @@ def example(tmp_path: Path, name: str, stem: str = "f") -> tuple[Path, list]:
 def imported(capsys, name, src, root, *extra) -> tuple[list[str], np.ndarray]:
     code, out, err = run(capsys, "--from", name, src, "--root", root, "--val-fraction", "0", *extra)
     assert code == 0, err
-    assert "add --init camvid" in out
+    # every import's summary ends with the command that trains on it, and the --init camvid line
+    assert out.splitlines()[-2:] == [
+        f"train with: cgnet train --dataset {root.name} --classes {root / 'classes.txt'} --ignore-index 255 "
+        f"--data-root {root} --train-split {root / 'train.txt'} --val-split none",
+        "start from the shipped CamVid weights (classifier rows matched by class name): add --init camvid"]
+    assert (root / "classes.txt").is_file() and (root / "train.txt").is_file() and not (root / "val.txt").exists()
     label = read_ids(next((root / "labels").rglob("*.png")))
     return [line.split()[0] for line in class_lines(root)], label
 
