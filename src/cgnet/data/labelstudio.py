@@ -233,8 +233,8 @@ def read_tasks(path: Path) -> list[tuple[str, str, list[dict]]]:
             key = ("min", task.get("id", index))
             tasks.setdefault(key, (where, task, []))[2].append((where, record))
     out = []
-    for where, data, annotations in tasks.values():
-        chosen = newest(annotations)
+    for where, data, records in tasks.values():
+        chosen = newest(records)
         result = chosen[1].get("result") if chosen else None
         if chosen is not None and not isinstance(result, list):
             raise InputError(f"{where}: the annotation's 'result' is not a list")
