@@ -38,7 +38,7 @@ import yaml
 
 from ..common import IMAGE_EXTS, InputError, MissingFileError
 from ..images import displayed_size
-from .import_core import Classes, Found, ImportOptions, Item, output_name
+from .import_core import Classes, Found, ImportOptions, Item, files_under, output_name
 
 SPLITS = ("train", "val", "test")
 BACKGROUND = "background"   # the class Ultralytics' semantic task gives pixels no polygon covers
@@ -83,11 +83,9 @@ def split_images(yaml_path: Path, doc: dict, split: str) -> list[tuple[str, Path
         listed = [line.strip() for line in text_lines(found, "a list of image paths") if line.strip()]
         images = [root / line.removeprefix("./") for line in listed]
         base = root / "images" / split
-    else:
-        images = sorted(p for p in found.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        base = found
-    return [(f"{split}/{(p.relative_to(base) if p.is_relative_to(base) else Path(p.name)).with_suffix('').as_posix()}",
-             p) for p in images]
+        return [(f"{split}/{(p.relative_to(base) if p.is_relative_to(base) else Path(p.name)).with_suffix('').as_posix()}",
+                 p) for p in images]
+    return [(f"{split}/{name}", p) for name, p in files_under(found, IMAGE_EXTS)]
 
 
 def text_lines(path: Path, what: str) -> list[str]:
