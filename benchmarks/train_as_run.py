@@ -154,7 +154,10 @@ def run_variant(name: str, flags: list[str], args, work: Path, round_no: int) ->
                "--max-iters", str(args.warmup + args.iters), *args.train_args, *flags]
     log = open(out.parent / f"{out.name}.stdout", "w+")
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=log, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    # tqdm redraws at most every 0.1 s by default, so fast iterations could pass undrawn and leave
+    # too few stamps; every iteration is drawn instead (tqdm reads TQDM_* defaults from the environment)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="0", TQDM_MINITERS="1")
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.PIPE, env=env)
     timer = threading.Timer(args.run_timeout, child.kill)  # a run that hangs is killed, and reported
     timer.start()
     try:

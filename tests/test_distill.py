@@ -1,6 +1,7 @@
 """Distillation (`cgnet soft-targets`, `cgnet train --teacher`) and the weights' moving average
 (`--ema`): the stored targets are the teacher's averaged views, the augmentation moves them with the
 image, the loss is the two cross-entropies computed independently, and runs resume bit for bit."""
+import hashlib
 import json
 
 import numpy as np
@@ -34,6 +35,7 @@ def test_soft_targets_are_the_teachers_averaged_views_rounded_to_8_bits(camvid, 
     manifest = json.loads((teacher / "teacher.json").read_text())
     assert (manifest["scales"], manifest["flip"], manifest["images"]) == ([1.0, 1.5], True, len(ds))
     assert manifest["classes"] == list(CAMVID.classes)
+    assert manifest["weights_sha256"] == hashlib.sha256(randomized_ckpt.read_bytes()).hexdigest()
     for i in range(len(ds)):
         image, _, _ = ds[i]
         probs = predict_logits(model, image[None], scales=(1.0, 1.5), flip=True)[0] / 4  # 4 views

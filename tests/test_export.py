@@ -115,7 +115,15 @@ def test_torchscript_files_of_earlier_versions_still_load(randomized_ckpt, tmp_p
     (["--format", "executorch", "--out", "model"], "cgnet export: error: --out model: --format executorch files end "
                                                    "in .pte"),
 ])
-def test_export_refuses_what_its_format_cannot_write(argv, message, randomized_ckpt, capsys):
+@pytest.mark.parametrize("runtime", ["as installed here", "absent"])
+def test_export_refuses_what_its_format_cannot_write(argv, message, runtime, randomized_ckpt, capsys, monkeypatch):
+    """The request's own mistakes are named before a missing runtime, so every machine gives the
+    same line."""
+    def absent(entry):
+        raise InputError(f"{entry.name} is not installed")
+
+    if runtime == "absent":
+        monkeypatch.setattr(formats.ExportFormat, "require", absent)
     assert main(["export", "--checkpoint", str(randomized_ckpt), *argv]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [message]
 

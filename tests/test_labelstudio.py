@@ -121,8 +121,60 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
                    f"{path.parent / 'frame_a.png'} is 40x30 (width x height) (0 imported before it; nothing written "
                    f"to {tmp_path / 'c' / 'out'})\n")
 
-    path = bad_export(tmp_path / "d", lambda e: e[0]["annotations"][0]["result"][0]["value"]["points"][1]
-                      .__setitem__(0, 100.5))
-    err = refused(capsys, tmp_path / "d" / "out", "--from", "labelstudio", path)
-    assert err.startswith(f"cgnet data: error: {path}: task 1: result 0 ('road'): point [100.5, 51.7] is outside the "
-                          "image (Label Studio's points are percent, 0..100)")
+
+
+def result_of(export, index):
+    return export[0]["annotations"][0]["result"][index]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: result_of(e, 2)["value"].__setitem__("rle", result_of(e, 2)["value"]["rle"][:20]),
+     "task 1: result 2 ('tree'): the brush RLE ends early (20 bytes)"),
+    (lambda e: result_of(e, 0)["value"]["points"][1].append(3.0),
+     "task 1: result 0 ('road'): point 1 is [99.1, 51.7, 3.0], not an [x, y] pair of numbers"),
+    (lambda e: result_of(e, 0)["value"]["points"][1].__setitem__(0, 100.5),
+     "task 1: result 0 ('road'): point [100.5, 51.7] is outside the image (Label Studio's points are percent, "
+     "0..100)"),
+    (lambda e: result_of(e, 1)["value"].__setitem__("x", 120),
+     "task 1: result 1 ('car'): x 120.0, y 10.7 must be in 0..100 and width 30.25, height 25.5 at least 0 "
+     "(percent)"),
+], ids=["truncated brush RLE", "odd coordinate count", "point outside 0..100", "rectangle outside 0..100"])
+def test_bad_regions_are_one_line_naming_task_and_result(tmp_path, capsys, change, message):
+    path = bad_export(tmp_path, change)
+    root = tmp_path / "out"
+    err = refused(capsys, root, "--from", "labelstudio", path)
+    assert err == f"cgnet data: error: {path}: {message} (0 imported before it; nothing written to {root})\n"
+
+
+def test_a_bad_original_size_is_found_before_anything_is_drawn(tmp_path, capsys):
+    path = bad_export(tmp_path, lambda e: result_of(e, 0).__setitem__("original_width", 0))
+    err = refused(capsys, tmp_path / "out", "--from", "labelstudio", path)
+    assert err == (f"cgnet data: error: {path}: task 1: result 0: original_width and original_height must be "
+                   "positive whole numbers, got 0 and 30\n")
+
+
+def test_media_folder_and_local_storage_subfolders(tmp_path, capsys):
+    """`--images` given Label Studio's media folder (uploads under upload/<project>/) and a
+    local-storage task whose path's tail is found there with its subfolder: found by the longest
+    tail of their paths, the subfolders kept in the output names."""
+    media = tmp_path / "media"
+    (media / "upload" / "1").mkdir(parents=True)
+    shutil.copy(FIXTURE / "images" / "frame_a.png", media / "upload" / "1" / "1a2b3c4d-frame_a.png")
+    (media / "site").mkdir()
+    shutil.copy(FIXTURE / "images" / "frame_b.png", media / "site" / "frame_b.png")
+    export = json.loads((FIXTURE / "export.json").read_text())
+    export[1]["data"]["image"] = "/data/local-files/?d=photos/site/frame_b.png"
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(export))
+    code, out, err = run(capsys, "--from", "labelstudio", path, "--images", media, "--root", tmp_path / "mine",
+                         "--val-fraction", "0")
+    assert code == 0, err
+    assert (tmp_path / "mine" / "train.txt").read_text().splitlines() == [
+        "images/site/frame_b.png labels/site/frame_b.png",
+        "images/upload/1/1a2b3c4d-frame_a.png labels/upload/1/1a2b3c4d-frame_a.png"]
+    flat = tmp_path / "flat"
+    assert run(capsys, "--from", "labelstudio", FIXTURE / "export.json", "--root", flat)[0] == 0
+    np.testing.assert_array_equal(read_ids(tmp_path / "mine" / "labels" / "site" / "frame_b.png"),
+                                  read_ids(flat / "labels" / "frame_b.png"))
+    np.testing.assert_array_equal(read_ids(tmp_path / "mine" / "labels" / "upload" / "1" / "1a2b3c4d-frame_a.png"),
+                                  read_ids(flat / "labels" / "frame_a.png"))

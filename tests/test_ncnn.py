@@ -57,3 +57,20 @@ def test_export_verifies_both_precisions_and_writes_the_mask_and_metadata(random
     for fields in layers:
         assert ("31=7" in fields) == (fields[0] in ncnn_format.FP32_LAYER_TYPES)
     assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.slow
+def test_the_shipped_weights_ncnn_export_scores_the_camvid_test_split_within_0_05_of_pytorch(camvid_root, tmp_path):
+    """The test mIoU of the shipped weights through ncnn's own runtime, with its default options
+    (fp16 where the CPU has it) and with fp16 off, each within 0.05 points of eager fp32 PyTorch
+    on CamVid's 233 test frames."""
+    if not FORMATS["ncnn"].installed():
+        pytest.skip("ncnn or pnnx not installed (pip install 'cgnet[ncnn]')")
+    miou = {}
+    for backend, precision in (("torch", "fp32"), ("ncnn", "fp16"), ("ncnn", "fp32")):
+        scores = tmp_path / f"{backend}_{precision}.json"
+        assert main(["eval", "--data-root", str(camvid_root), "--split", "test", "--backend", backend,
+                     "--precision", precision, "--json", str(scores)]) == 0
+        miou[backend, precision] = 100 * json.loads(scores.read_text())["miou"]
+    for precision in ("fp16", "fp32"):
+        assert abs(miou["ncnn", precision] - miou["torch", "fp32"]) <= 0.05, miou

@@ -292,11 +292,31 @@ def unpacked(src: Path, limit: int | None = None) -> Iterator[Path]:
             raise InputError(f"{e}; give a larger --unpack-limit") from None
         except ArchiveError as e:
             raise InputError(str(e)) from None
-        entries = list(tmp.iterdir())
+        entries = [p for p in tmp.iterdir() if p.name not in NOT_DATA]
         # a zip of the export's folder rather than of its contents
         yield entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# what tools and zips put beside the data: never part of an export
+NOT_DATA = ("__MACOSX",)
+
+
+def files_under(folder: Path, exts: tuple[str, ...], skip: Path | None = None) -> list[tuple[str, Path]]:
+    """The files of `folder` and its subfolders with one of `exts` (any case), each with its name
+    relative to `folder` without the extension ('/' separated), in that name's order. Hidden
+    files and folders, macOS zips' `__MACOSX/` and the folder `skip` (masks kept inside the images'
+    folder) are left out."""
+    skip = skip.resolve() if skip is not None else None
+    found = []
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts
+        if any(p.startswith(".") or p in NOT_DATA for p in parts) or path.suffix.lower() not in exts:
+            continue
+        if path.is_file() and not (skip is not None and path.resolve().is_relative_to(skip)):
+            found.append((path.relative_to(folder).with_suffix("").as_posix(), path))
+    return sorted(found)
 
 
 def find_image(folder: Path, stem: str) -> Path | None:

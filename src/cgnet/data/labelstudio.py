@@ -18,8 +18,9 @@ Several annotations of one task: the newest one that was not cancelled (largest 
 the first in the file on a tie) is taken, as the SDK's converters list it first; JSON-MIN records
 of one task id are chosen the same way. A task whose annotations are all cancelled is skipped.
 
-Images: the file named by the task's `data` value (its last path part, a `?d=` local-file path
-or a URL), looked for in --images, beside the JSON and in its images/ folder, with and without
+Images: the file named by the task's `data` value (an upload's path, a `?d=` local-file path or a
+URL), looked for in --images, else beside the JSON and in its images/ folder: the longest tail
+of its path found there (the subfolders it keeps become the output name's), with and without
 the 8-character prefix Label Studio gives uploaded files (`1a2b3c4d-photo.jpg`).
 """
 from __future__ import annotations
@@ -107,11 +108,12 @@ def numbers(value: dict, keys: tuple[str, ...], where: str) -> list[float]:
 def percent_points(value: dict, where: str) -> list[tuple[float, float]]:
     """A polygon's `points` ([x, y] in percent), each inside 0..100."""
     points = value.get("points")
-    ok = isinstance(points, list) and len(points) >= 3 and all(
-        isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                    and math.isfinite(v) for v in p) for p in points)
-    if not ok:
-        raise InputError(f"{where}: points must be at least 3 [x, y] pairs of numbers, got {str(points)[:60]}")
+    if not isinstance(points, list) or len(points) < 3:
+        raise InputError(f"{where}: points must be a list of at least 3 [x, y] pairs, got {str(points)[:60]}")
+    for index, point in enumerate(points):
+        if not (isinstance(point, list) and len(point) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in point)):
+            raise InputError(f"{where}: point {index} is {str(point)[:40]}, not an [x, y] pair of numbers")
     bad = next((p for p in points if not (0 <= p[0] <= 100 and 0 <= p[1] <= 100)), None)
     if bad is not None:
         raise InputError(f"{where}: point {bad} is outside the image (Label Studio's points are percent, 0..100)")
@@ -231,8 +233,8 @@ def read_tasks(path: Path) -> list[tuple[str, str, list[dict]]]:
             key = ("min", task.get("id", index))
             tasks.setdefault(key, (where, task, []))[2].append((where, record))
     out = []
-    for where, data, annotations in tasks.values():
-        chosen = newest(annotations)
+    for where, data, records in tasks.values():
+        chosen = newest(records)
         result = chosen[1].get("result") if chosen else None
         if chosen is not None and not isinstance(result, list):
             raise InputError(f"{where}: the annotation's 'result' is not a list")
@@ -242,21 +244,34 @@ def read_tasks(path: Path) -> list[tuple[str, str, list[dict]]]:
     return out
 
 
-def image_name(value: str) -> str:
-    """The file name in a task's image value: `/data/upload/3/1a2b3c4d-x.jpg`,
+def image_parts(value: str) -> list[str]:
+    """The path parts of a task's image value: `/data/upload/3/1a2b3c4d-x.jpg`,
     `/data/local-files/?d=dir/x.jpg`, `https://host/x.jpg`, `s3://bucket/x.jpg`."""
     url = urlparse(value)
     local = parse_qs(url.query).get("d")
-    return PurePosixPath(unquote(local[0] if local else url.path)).name
+    return [p for p in PurePosixPath(unquote(local[0] if local else url.path)).parts if p not in ("/", ".")]
 
 
-def find_task_image(value: str, folders: list[Path]) -> Path | None:
-    """The image file of a task, in the first folder that has it (with or without the upload prefix)."""
-    name = image_name(value)
-    for folder in folders:
-        for candidate in (name, UPLOAD_PREFIX.sub("", name)):
-            if candidate and (folder / candidate).is_file():
-                return folder / candidate
+def image_name(value: str) -> str:
+    """The file name in a task's image value (its last path part)."""
+    parts = image_parts(value)
+    return parts[-1] if parts else ""
+
+
+def find_task_image(value: str, folders: list[Path]) -> tuple[Path, str] | None:
+    """The image file of a task and its path relative to the folder that has it: the longest
+    tail of the value's path found in a folder (so `?d=photos/site/a/x.jpg` keeps `site/a/` where
+    the folder holds `site/a/x.jpg`, and `--images` may be Label Studio's media folder, which
+    holds `upload/3/1a2b3c4d-x.jpg`), its file name also without the upload prefix."""
+    parts = image_parts(value)
+    for start in range(len(parts)):
+        tail = parts[start:]
+        if ".." in tail:
+            continue
+        for candidate in (tail, tail[:-1] + [UPLOAD_PREFIX.sub("", tail[-1])]):
+            for folder in folders:
+                if candidate[-1] and folder.joinpath(*candidate).is_file():
+                    return folder.joinpath(*candidate), "/".join(candidate)
     return None
 
 
@@ -308,11 +323,13 @@ def read(src: Path, opts: ImportOptions) -> Found:
             if result is None:
                 found.skipped["with every annotation cancelled"] += 1
                 continue
-            image = find_task_image(value, folders)
-            name = output_name(PurePosixPath(image.name if image else image_name(value)).stem, where)
-            if image is None:
+            found_image = find_task_image(value, folders)
+            if found_image is None:
+                name = output_name(PurePosixPath(image_name(value)).stem or "?", where)
                 yield Item(name, None, None, image_name(value) or value)
                 continue
+            image, relative = found_image
+            name = output_name(str(PurePosixPath(relative).with_suffix("")), where)
             sizes = {region_size(r, where) for r in result if region_kind(r, where)[1] is not None}
             if len(sizes) > 1:
                 raise InputError(f"{where}: its regions give different original sizes {sorted(sizes)}")

@@ -1,5 +1,7 @@
 """Mask folders: RGB colour masks with a classes file (`colors`), Pascal VOC palette PNGs
-(`voc`: VOC2012 and labelme2voc's output) and single-channel id masks (`ids`)."""
+(`voc`: VOC2012 and labelme2voc's output) and single-channel id masks (`ids`). Subfolders are
+read too: an image and its mask pair by their path relative to their folders, which the output
+keeps (`city/x.png` and `masks/city/x.png` become `images/city/x.png`, `labels/city/x.png`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,48 +11,47 @@ import numpy as np
 
 from ..common import IMAGE_EXTS, InputError, MissingFileError
 from .catalog import read_classes_file
-from .import_core import Classes, Found, ImportOptions, Item, colors_to_ids, find_image, output_name, read_mask
+from .import_core import (Classes, Found, ImportOptions, Item, colors_to_ids, files_under, find_image, output_name,
+                          read_mask)
 
 # the value of unlabelled pixels in VOC palette PNGs (drawn in 224,224,192: VOC's object borders)
 # and in id masks
 MASK_IGNORE = 255
 
 
-def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-
-
-def pair_masks(src: Path, masks: Path | None, suffix: str) -> tuple[list[Path], dict[str, Path], int]:
-    """The images of `src` and the mask of each stem (`masks` folder, default src; a mask's stem
-    is the image's plus `suffix`; a .png mask is preferred). Returns (images, mask of stem,
-    the number of masks without an image)."""
+def pair_masks(src: Path, masks: Path | None, suffix: str) -> tuple[list[tuple[str, Path]], dict[str, Path], int]:
+    """The images of `src` and its subfolders and the mask of each (`masks` folder, default src;
+    a mask's path relative to it is the image's with `suffix` added to the stem; a .png mask is
+    preferred). Returns ((name, image) pairs, the name relative to src without extension; mask of
+    name; the number of masks without an image)."""
     masks = masks if masks is not None else src
     if not masks.is_dir():
         raise MissingFileError(f"--masks {masks}: no such folder")
     same = masks.resolve() == src.resolve()
     if same and not suffix:
         raise InputError(f"images and masks share {src}: give --mask-suffix (e.g. _L) or --masks DIR")
-    images = [p for p in images_in(src) if not (same and p.stem.endswith(suffix))]
+    images = [(name, p) for name, p in files_under(src, IMAGE_EXTS, None if same else masks)
+              if not (same and name.endswith(suffix))]
     mask_of: dict[str, Path] = {}
-    for p in images_in(masks):
-        if p.stem.endswith(suffix):
-            stem = p.stem[:len(p.stem) - len(suffix)] if suffix else p.stem
-            if stem not in mask_of or p.suffix.lower() == ".png":
-                mask_of[stem] = p
+    for name, p in files_under(masks, IMAGE_EXTS):
+        if name.endswith(suffix):
+            name = name[:len(name) - len(suffix)] if suffix else name
+            if name not in mask_of or p.suffix.lower() == ".png":
+                mask_of[name] = p
     if not images:
         raise MissingFileError(f"{src}: no images in it")
-    stems = {p.stem for p in images}
-    return images, mask_of, sum(1 for s in mask_of if s not in stems)
+    names = {name for name, _ in images}
+    return images, mask_of, sum(1 for name in mask_of if name not in names)
 
 
-def paired_items(images: list[Path], mask_of: dict[str, Path], found: Found, decode) -> Iterator[Item]:
+def paired_items(images: list[tuple[str, Path]], mask_of: dict[str, Path], found: Found, decode) -> Iterator[Item]:
     """An item per image that has a mask (`decode(mask path)` -> ids); the others are counted."""
-    for image in images:
-        mask_path = mask_of.get(image.stem)
+    for name, image in images:
+        mask_path = mask_of.get(name)
         if mask_path is None:
             found.skipped["without a mask"] += 1
             continue
-        yield Item(output_name(image.stem, str(image)), image, decode(mask_path), str(mask_path))
+        yield Item(output_name(name, str(image)), image, decode(mask_path), str(mask_path))
 
 
 def classes_with_colours(opts: ImportOptions, fmt: str, need: str) -> tuple[Path, list[str], list | None]:
@@ -113,11 +114,13 @@ def names_file(path: Path) -> list[str]:
 
 def voc_read(src: Path, opts: ImportOptions) -> Found:
     """Pascal VOC's layout: SegmentationClass/ (or labelme2voc's SegmentationClassPNG/) palette
-    PNGs, JPEGImages/, and class_names.txt (labelme2voc) naming index i on line i; without it,
-    --classes names the indices. Index 255 (VOC's border) becomes the ignore id."""
-    folder = next((src / d for d in ("SegmentationClassPNG", "SegmentationClass")
-                   if (src / d).is_dir() and any((src / d).glob("*.png"))), None)
-    if folder is None:
+    PNGs, JPEGImages/ (in the same subfolders), and class_names.txt (labelme2voc) naming index i
+    on line i; without it, --classes names the indices. Index 255 (VOC's border) becomes the
+    ignore id."""
+    masks: list[tuple[str, Path]] = []
+    for folder in ("SegmentationClassPNG", "SegmentationClass"):
+        masks = masks or (files_under(src / folder, (".png",)) if (src / folder).is_dir() else [])
+    if not masks:
         raise MissingFileError(f"{src}: no SegmentationClass/*.png (or SegmentationClassPNG/*.png) palette masks")
     if (src / "class_names.txt").is_file():
         names_from = src / "class_names.txt"
@@ -127,16 +130,15 @@ def voc_read(src: Path, opts: ImportOptions) -> Found:
     else:
         raise InputError(f"{src}: no class_names.txt (labelme2voc writes one); give --classes FILE, one name per "
                          "line, line i naming palette index i (VOC2012: background, aeroplane, bicycle, ...)")
-    masks = sorted(folder.glob("*.png"))
-    _, palette = read_mask(masks[0], "palette")
+    _, palette = read_mask(masks[0][1], "palette")
     colors = {n: tuple(palette[3 * i:3 * i + 3]) for i, n in enumerate(names) if len(palette) >= 3 * i + 3}
 
     def items(resolved: Classes) -> Iterator[Item]:
         lut = index_lut(names, resolved.id_of, resolved.ignore_index)
-        for path in masks:
-            image = find_image(src / "JPEGImages", path.stem)
+        for name, path in masks:
+            image = find_image(src / "JPEGImages", name)
             label = None if image is None else map_values(read_mask(path, "palette")[0], lut, path, str(names_from))
-            yield Item(output_name(path.stem, str(path)), image, label, str(path))
+            yield Item(output_name(name, str(path)), image, label, str(path))
     return Found(names, items, len(masks), str(names_from), colors, looked_in=str(src / "JPEGImages"))
 
 

@@ -1,6 +1,6 @@
 """`cgnet data import --from yolo`: an Ultralytics YOLO segmentation dataset, the layout
-Ultralytics trains on and Roboflow's "YOLOv8"/"YOLO11" segmentation export writes (also CVAT's
-"Ultralytics YOLO Segmentation 1.0"):
+Ultralytics trains on and Roboflow's "YOLOv8 PyTorch TXT" / "YOLOv11 PyTorch TXT" export of a
+segmentation project writes (also CVAT's "Ultralytics YOLO Segmentation 1.0"):
 
     data.yaml           names (a list, or {index: name}), path (optional), train, val (, test):
                         folders of images, or .txt lists of image paths (CVAT's export)
@@ -22,6 +22,9 @@ later one drawn over the earlier ones, so smaller objects lie over larger ones
 Ultralytics adds after the names (`add_polygon_background`; before the one name of a
 single-class dataset, which it trains as a binary mask); --background NAME names that class
 instead, and --ignore-class background makes them the ignore id (255, Ultralytics' ignore value).
+
+No size check applies: a label file holds no size, only fractions of its image's width and
+height, so the label is drawn at the image's displayed size and cannot disagree with it.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import yaml
 
 from ..common import IMAGE_EXTS, InputError, MissingFileError
 from ..images import displayed_size
-from .import_core import Classes, Found, ImportOptions, Item, output_name
+from .import_core import Classes, Found, ImportOptions, Item, files_under, output_name
 
 SPLITS = ("train", "val", "test")
 BACKGROUND = "background"   # the class Ultralytics' semantic task gives pixels no polygon covers
@@ -77,14 +80,20 @@ def split_images(yaml_path: Path, doc: dict, split: str) -> list[tuple[str, Path
     if found is None:
         raise MissingFileError(f"{yaml_path}: {split} {entry} not found (looked in {root / entry})")
     if found.is_file():
-        listed = [line.strip() for line in found.read_text(encoding="utf-8").splitlines() if line.strip()]
+        listed = [line.strip() for line in text_lines(found, "a list of image paths") if line.strip()]
         images = [root / line.removeprefix("./") for line in listed]
         base = root / "images" / split
-    else:
-        images = sorted(p for p in found.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        base = found
-    return [(f"{split}/{(p.relative_to(base) if p.is_relative_to(base) else Path(p.name)).with_suffix('').as_posix()}",
-             p) for p in images]
+        return [(f"{split}/{(p.relative_to(base) if p.is_relative_to(base) else Path(p.name)).with_suffix('').as_posix()}",
+                 p) for p in images]
+    return [(f"{split}/{name}", p) for name, p in files_under(found, IMAGE_EXTS)]
+
+
+def text_lines(path: Path, what: str) -> list[str]:
+    """A text file's lines; not UTF-8 text is one error line."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not {what} (not UTF-8 text: byte {e.start})") from None
 
 
 def label_path(image: Path) -> Path:
@@ -97,7 +106,7 @@ def label_path(image: Path) -> Path:
 def read_objects(path: Path, n_classes: int) -> list[tuple[int, np.ndarray]]:
     """A label file's objects: (class index, N x 2 normalised points), checked line by line."""
     objects = []
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for no, line in enumerate(text_lines(path, "a label file: 'class x1 y1 x2 y2 ...' lines"), 1):
         fields = line.split()
         if not fields:
             continue

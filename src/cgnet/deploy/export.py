@@ -136,8 +136,10 @@ def calibration_inputs(model: CGNet, data_root: str | os.PathLike | None, count:
     return [ds[i % len(ds)][0][None].numpy() for i in range(count)]
 
 
-def check_request(fmt: str, precision: str) -> ExportFormat:
-    """The format entry for `fmt`, once it is known to write `precision` and to be installed."""
+def check_request(fmt: str, precision: str, out: str | os.PathLike | None = None) -> ExportFormat:
+    """The format entry for `fmt`, once it is known to write `precision` (to `out`, when given,
+    with the format's suffix) and to be installed: the request's own mistakes are named first, so
+    the same command gets the same answer on every machine."""
     if fmt not in FORMATS or FORMATS[fmt].write is None:
         raise InputError(f"unknown format {fmt!r}: {', '.join(writable_formats())}")
     entry = FORMATS[fmt]
@@ -145,6 +147,8 @@ def check_request(fmt: str, precision: str) -> ExportFormat:
         others = [name for name in writable_formats() if precision in FORMATS[name].precisions]
         raise InputError(f"--format {fmt} writes {' or '.join(entry.precisions)}, not {precision}"
                          + (f": use --format {' or '.join(others)}" if others else ""))
+    if out is not None and Path(out).suffix != entry.suffix:
+        raise InputError(f"--out {out}: --format {fmt} files end in {entry.suffix}")
     entry.require()
     return entry
 

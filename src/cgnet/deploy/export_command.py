@@ -44,13 +44,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.size or args.app_io:
             raise InputError("--size and --app-io are for the phone formats, not --format web (the page takes any size)")
         return cmd_export_web(args)
-    entry = check_request(args.format, args.precision)
+    entry = check_request(args.format, args.precision, args.out)
     entry.writer_options(args.size, args.app_io)  # refused before anything is loaded
     model = load_model(args.checkpoint or DEFAULT_WEIGHTS)
     kind = "_app" if args.app_io else ""
     out = Path(args.out or f"cgnet_{model.meta.get('dataset') or 'model'}_{args.precision}{kind}{entry.suffix}")
-    if out.suffix != entry.suffix:
-        raise InputError(f"--out {out}: --format {args.format} files end in {entry.suffix}")
     check_writable(out, "--out", folder=False)
     path = export(model, out, args.format, args.precision, data_root=args.data_root, prelu_as_max=args.prelu_as_max,
                   size=args.size, app_io=args.app_io)

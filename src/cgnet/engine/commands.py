@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, resolve_weights
 from ..common import DEFAULT_WEIGHTS, InputError, default_device, number_type, parse_floats
 from ..data import camvid
 from ..data.catalog import (DATASETS, DatasetInfo, data_root_candidates, dataset_from_meta, default_data_root,
                             find_data_root, known_names)
 from ..data.listset import SegDataset
+from ..download import file_digest
 from ..fileio import check_writable
 from ..images import read_rgb, write_image
 from ..options import add_backend_arg, add_checkpoint_arg, add_data_root_arg, add_device_arg, add_precision_arg
@@ -254,8 +255,9 @@ def cmd_soft_targets(args: argparse.Namespace) -> int:
     root = Path(args.data_root) if args.data_root else default_data_root(info.name)
     ds = SegDataset(root, info.split_path(root, args.split), info, check_spec(model.meta["preprocess"]), train=False)
     model = model.to(memory_format=torch.channels_last)
-    manifest = write_teacher(model, ds, Path(args.out), scales=tuple(args.scales), flip=args.flip,
-                             weights=args.checkpoint or DEFAULT_WEIGHTS)
+    weights = args.checkpoint or DEFAULT_WEIGHTS
+    manifest = write_teacher(model, ds, Path(args.out), scales=tuple(args.scales), flip=args.flip, weights=weights,
+                             weights_sha256=file_digest(resolve_weights(weights)).hexdigest())
     views = len(manifest["scales"]) * (2 if manifest["flip"] else 1)
     print(f"soft targets of {len(ds)} images ({views} views each) in {args.out}; train with: cgnet train "
           f"--teacher {args.out} --train-split {args.split} ...")

@@ -44,9 +44,13 @@ def quantize(probs: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def write_teacher(model, dataset, folder: Path, *, scales=TEACHER_SCALES, flip: bool = True,
-                  weights: str = "", progress: bool = True) -> dict:
+                  weights: str = "", weights_sha256: str = "", progress: bool = True) -> dict:
     """The teacher's probabilities for every item of `dataset` (a SegDataset, train=False), one
     file each in `folder`; items already written are skipped, so an interrupted run continues.
+
+    Args:
+        weights, weights_sha256: the teacher's name or path and its file's digest, kept in the
+            manifest (a name such as 'camvid' means other weights after a new release).
 
     Returns the manifest written to folder/teacher.json."""
     folder = Path(folder)
@@ -67,7 +71,7 @@ def write_teacher(model, dataset, folder: Path, *, scales=TEACHER_SCALES, flip: 
         with atomic_open(path) as f:
             np.save(f, quantize(probs))
     manifest = {"classes": list(dataset.info.classes), "scales": list(scales), "flip": flip,
-                "weights": weights, "list": str(dataset.list_file), "images": len(dataset)}
+                "weights": weights, "weights_sha256": weights_sha256, "list": str(dataset.list_file), "images": len(dataset)}
     write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
