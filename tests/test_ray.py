@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("ray", reason='the ray extra is not installed (pip install "cgnet[ray]")')
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (the local S3 endpoint)")
 
-from helpers.ray_cluster import Cluster  # noqa: E402
+from helpers.ray_cluster import AUTH_ENV, Cluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
 RUN_LIMIT_S = 900  # one job on the loaded 2-core machine (actors start, load the model, segment)
@@ -67,7 +67,7 @@ def s3():
 
 def run_env(s3: dict) -> dict:
     src = str(Path(__file__).resolve().parents[1] / "src")
-    return {**os.environ, **s3, "CGNET_NO_REEXEC": "1", "RAY_USAGE_STATS_ENABLED": "0",
+    return {**os.environ, **s3, **AUTH_ENV, "CGNET_NO_REEXEC": "1", "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
 
 
@@ -103,6 +103,8 @@ def download(bucket: str, prefix: str, target: Path) -> Path:
     import boto3
     client = boto3.client("s3")
     for item in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+        if item["Key"].endswith("/"):  # a folder marker (pyarrow's create_dir writes them), not a file
+            continue
         path = target / item["Key"][len(prefix):].lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())

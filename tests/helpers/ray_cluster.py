@@ -3,10 +3,12 @@ node (`ray start --head`) and a second node (`ray start --address=...`), two `ra
 processes, each the leader of a session of its own, so that the tests end them, and every process
 they started, by those ids (no `ray stop`, which would end every Ray cluster of the machine).
 
-Ray replaces a loopback --node-ip-address by the machine's routable address; the head is started
-with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, under which Ray uses 127.0.0.1, and the second node,
-given no address of its own, takes the one it reaches the head from: 127.0.0.1 too."""
+Ray replaces 127.0.0.1 in an address by the machine's routable address (`resolve_ip_for_localhost`),
+so both nodes and the driver meet there: a head bound to 127.0.0.1 alone cannot be joined. Ray starts
+a head with token authentication on; `AUTH_ENV` (one random token, RAY_AUTH_MODE=token) goes to the
+nodes and to every `cgnet predict` that joins them, as a user's cluster needs."""
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
 START_LIMIT_S = 600  # a node's start on a loaded 2-core machine
+AUTH_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
 
 
 def session_processes(sid: int) -> list[int]:
@@ -79,7 +82,7 @@ class Cluster:
     def start(self) -> "Cluster":
         deadline = time.monotonic() + START_LIMIT_S
         self._start(["--head", "--port", str(self.port), "--include-dashboard=false", "--temp-dir", self.temp],
-                    {**self.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, "head.log", deadline)
+                    self.env, "head.log", deadline)
         self._start(["--address", self.address], self.env, "node.log", deadline)
         return self
 
