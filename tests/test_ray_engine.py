@@ -135,3 +135,32 @@ def test_video_ranges_assemble_into_local_predicts_overlay(tmp_path, randomized_
         cap.release()
         decoded.append(frames)
     assert len(decoded[0]) == 7 and all(np.array_equal(a, b) for a, b in zip(*decoded))
+
+
+def test_a_job_that_ray_stops_is_one_line_naming_the_cause(tmp_path, monkeypatch, randomized_ckpt):
+    """Actors that cannot start (cgnet missing on a node: Ray's error ends with the worker's
+    ModuleNotFoundError) end the command with one line naming that cause, not Ray's traceback."""
+    ray = pytest.importorskip("ray")
+    import argparse
+
+    import ray.data
+
+    from cgnet.common import CGNetError
+    from cgnet.deploy.ray_predict import run_rows
+
+    class Stopped:
+        def map_batches(self, *args, **kwargs):
+            return self
+
+        def iter_rows(self):
+            raise ray.exceptions.RayError("The actor died because of an error raised in its creation task\n"
+                                          "ModuleNotFoundError: No module named 'cgnet.deploy.ray_predict'\n")
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray.data, "from_items", lambda rows, **kwargs: Stopped())
+    args = argparse.Namespace(cpus_per_actor=1.0, actors=None, batch_size=8)
+    with pytest.raises(CGNetError) as error:
+        run_rows(ray, [{"uri": "a.png", "name": "a", "start": 0, "stop": 0}], _job(randomized_ckpt, tmp_path), args)
+    assert str(error.value) == ("the Ray job stopped: ModuleNotFoundError: No module named 'cgnet.deploy.ray_predict' "
+                                "(every node needs cgnet installed, the version this command runs; files already "
+                                "written are kept, and a re-run skips them)")

@@ -348,7 +348,12 @@ def run_rows(ray, rows: list[dict], job: Job, args) -> list[dict]:
         Segmenter, fn_constructor_args=(job,), batch_size=args.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
         num_cpus=args.cpus_per_actor, num_gpus=1 if gpus else 0, batch_format="numpy")
-    return list(results.iter_rows())
+    try:
+        return list(results.iter_rows())
+    except ray.exceptions.RayError as error:  # e.g. actors that cannot start: cgnet missing on a node
+        cause = [line.strip() for line in str(error).splitlines() if line.strip()][-1:] or [type(error).__name__]
+        raise CGNetError(f"the Ray job stopped: {cause[0]} (every node needs cgnet installed, the version this "
+                         "command runs; files already written are kept, and a re-run skips them)") from None
 
 
 def assemble_all(ray, videos: list[Source], work: Work, results: list[dict], args, palette) -> tuple[int, list]:
