@@ -196,3 +196,13 @@ def test_openvino_video_with_frames_in_flight_and_an_error_at_frame_k(openvino_f
     with pytest.raises(InputError, match="the model failed on a frame"):
         predict_video(predictor, tmp_path / "clip.mp4", tmp_path / "b.mp4", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "clip.mp4"]  # no partial file, no b.mp4
+
+
+def test_one_image_does_not_compile_the_stream_model(openvino_file, tmp_path):
+    predictor = load_exported(openvino_file)
+    shot = frames(1, seed=5)[0]
+    cv2.imwrite(str(tmp_path / "one.png"), cv2.cvtColor(shot, cv2.COLOR_RGB2BGR))
+    predict_images(predictor, [tmp_path / "one.png"], tmp_path / "out", progress=False)
+    assert predictor._stream is None
+    mask = cv2.imread(str(tmp_path / "out" / "masks" / "one.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask, predictor.predict(shot))

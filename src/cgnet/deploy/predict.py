@@ -147,7 +147,8 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
 
     decoded = prefetch(zip(images, names), lambda job: (job[1], read_rgb(job[0])), threads=int(overlap),
                        depth=PIPELINE_DEPTH, name="cgnet-predict-decode")
-    predicted = predicted_with(predictor, decoded, lambda entry: entry[1], overlap)
+    # one image: `predict`, so the stream's model (OpenVINO: a second compile) is not made for it
+    predicted = predicted_with(predictor, decoded, lambda entry: entry[1], overlap and len(images) > 1)
     with closing(decoded), OrderedWorker(write, overlap=overlap, name="cgnet-predict-write") as writer, \
             tqdm(total=len(images), desc="images", unit="img", disable=not progress, dynamic_ncols=True) as bar, \
             closing(predicted):
@@ -157,12 +158,12 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
     return names
 
 
-def predicted_with(predictor, items: Iterable, image_of: Callable, overlap: bool = True) -> Iterator:
-    """(item, H x W uint8 class ids of image_of(item)) for each of `items`, in order: with overlap,
+def predicted_with(predictor, items: Iterable, image_of: Callable, stream: bool = True) -> Iterator:
+    """(item, H x W uint8 class ids of image_of(item)) for each of `items`, in order: with stream,
     through `predictor.predict_stream` (several frames in flight where the runtime allows), each
     item held until its class ids come back; else `predict`, one after the other. An error at
     item k is raised after the items before it."""
-    if not overlap:
+    if not stream:
         for item in items:
             yield item, predictor.predict(image_of(item))
         return
