@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..common import InputError
 from . import mobile
 from .ncnn_format import ncnn_runner, read_ncnn_meta, write_ncnn
-from .runners import (exported_program_runner, onnxruntime_runner, openvino_runner, require,
+from .runners import (exported_program_runner, onnxruntime_runner, openvino_runner, openvino_stream_runner, require,
                       torchscript_runner)
 
 # the input an exported graph is traced with; height and width stay dynamic
@@ -178,6 +178,8 @@ class ExportFormat:
     load_app: Callable | None = None  # load_app(path) -> run_image(H x W x 3 uint8) -> H x W class ids,
     #                                   for files written app-ready (--app-io)
     precision_notes: tuple[tuple[str, str], ...] = ()  # (precision, how it is made) for `verified`
+    load_stream: Callable | None = None  # load_stream(path, precision) -> stream(inputs, finish) -> results in
+    #                                      order, several frames in flight (Predictor.predict_stream)
     verified_at: tuple[str, ...] = ()  # precisions every export is verified at, whichever was asked (the
     #                                    file is the same; apps choose at load time)
 
@@ -243,7 +245,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  precision_notes=(("int8", "static QDQ, calibrated on 200 training crops"),)),
     ExportFormat("openvino", ".xml", "OpenVINO", ("fp32", "bf16"), "openvino", ("openvino", "onnx"),
                  write_openvino, openvino_runner, _openvino_meta, "",
-                 backend="openvino", companions=(".bin",), precision_at_load=True,
+                 backend="openvino", companions=(".bin",), precision_at_load=True, load_stream=openvino_stream_runner,
                  precision_notes=(("bf16", "an inference precision"),)),
     ExportFormat("pt2", ".pt2", "PyTorch (torch.export)", ("fp32",), None, (),
                  write_pt2, lambda path, precision: exported_program_runner(path), _pt2_meta, ""),

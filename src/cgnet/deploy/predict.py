@@ -7,8 +7,9 @@ show (a phone photo's EXIF orientation applied), so masks and overlays are that 
 
 Decoding, the model and the overlay/encoding overlap: a thread decodes the next images or frames
 (`prefetch`), the calling thread runs the model (the thread that built it: compiled and CUDA-graph
-paths stay on one thread), and another thread colours, blends, encodes and writes (`OrderedWorker`),
-joined by bounded queues of `PIPELINE_DEPTH` items. Each stage is one thread, so outputs are
+paths stay on one thread; OpenVINO keeps several frames in flight, `Predictor.predict_stream`), and
+another thread colours, blends, encodes and writes (`OrderedWorker`), joined by bounded queues of
+`PIPELINE_DEPTH` items. Each stage is one thread, so outputs are
 written in input order and are the same files the stages give one after the other
 (`overlap=False`). An error in any stage ends the run at that item: the items before it are
 written, none after it, and a video's overlay is written under a temporary name and renamed only
@@ -21,9 +22,10 @@ import glob
 import os
 import time
 from collections import Counter
+from collections import deque
 from contextlib import closing
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -145,12 +147,38 @@ def predict_images(predictor, images: list[Path], out: Path, *, alpha: float = 0
 
     decoded = prefetch(zip(images, names), lambda job: (job[1], read_rgb(job[0])), threads=int(overlap),
                        depth=PIPELINE_DEPTH, name="cgnet-predict-decode")
+    # one image: `predict`, so the stream's model (OpenVINO: a second compile) is not made for it
+    predicted = predicted_with(predictor, decoded, lambda entry: entry[1], overlap and len(images) > 1)
     with closing(decoded), OrderedWorker(write, overlap=overlap, name="cgnet-predict-write") as writer, \
-            tqdm(total=len(images), desc="images", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for name, image in decoded:
-            writer.put((name, image, predictor.predict(image)))
+            tqdm(total=len(images), desc="images", unit="img", disable=not progress, dynamic_ncols=True) as bar, \
+            closing(predicted):
+        for (name, image), pred in predicted:
+            writer.put((name, image, pred))
             bar.update(1)
     return names
+
+
+def predicted_with(predictor, items: Iterable, image_of: Callable, stream: bool = True) -> Iterator:
+    """(item, H x W uint8 class ids of image_of(item)) for each of `items`, in order: with stream,
+    through `predictor.predict_stream` (several frames in flight where the runtime allows), each
+    item held until its class ids come back; else `predict`, one after the other. An error at
+    item k is raised after the items before it."""
+    if not stream:
+        for item in items:
+            yield item, predictor.predict(image_of(item))
+        return
+    held: deque = deque()
+
+    def images() -> Iterator[np.ndarray]:
+        for item in items:
+            held.append(item)
+            yield image_of(item)
+    stream = iter(predictor.predict_stream(images()))
+    try:
+        for pred in stream:
+            yield held.popleft(), pred
+    finally:
+        getattr(stream, "close", lambda: None)()  # in-flight frames finish before the inputs are released
 
 
 def input_frames(images: list[Path], videos: list[Path]) -> Callable[[int], tuple[list[np.ndarray], str]]:
@@ -220,12 +248,13 @@ def predict_video(predictor, path: Path, out_file: Path, *, alpha: float = 0.5, 
             frames = 0
             decoded = prefetch(_frames(cap, frame, size), threads=int(overlap), depth=PIPELINE_DEPTH,
                                 name="cgnet-predict-decode")
+            predicted = predicted_with(predictor, decoded, lambda rgb: rgb, overlap)
             # both threads stop (the encoder after the frames put) before the streams are released
             with tqdm(total=count if count > 0 else None, desc=path.name, unit="frame", disable=not progress,
                       dynamic_ncols=True, leave=False) as bar, closing(decoded), \
-                    OrderedWorker(encode, overlap=overlap, name="cgnet-predict-encode") as encoder:
-                for rgb in decoded:
-                    encoder.put((rgb, predictor.predict(rgb)))
+                    OrderedWorker(encode, overlap=overlap, name="cgnet-predict-encode") as encoder, closing(predicted):
+                for rgb, pred in predicted:
+                    encoder.put((rgb, pred))
                     frames += 1
                     bar.update(1)
         os.replace(partial, out_file)

@@ -11,6 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -33,12 +34,16 @@ class Predictor:
     `run` maps a float32 N x 3 x H x W array (already normalised) to N x C x H x W logits;
     `run_labels`, when the runner has one, maps it to N x H x W uint8 class ids computed where the
     model runs (on a GPU only the class ids come back, not the logits). An app-ready export has
-    only `run_image`: H x W x 3 uint8 RGB in, H x W uint8 class ids out (no logits)."""
+    only `run_image`: H x W x 3 uint8 RGB in, H x W uint8 class ids out (no logits).
+
+    `open_stream`, where the runtime keeps several frames in flight (OpenVINO), makes the runner of
+    `predict_stream` (`runners.openvino_stream_runner`), on its first use only."""
 
     def __init__(self, run, meta: dict, backend: str, precision: str = "fp32", run_labels=None,
-                 run_image=None):
+                 run_image=None, open_stream=None):
         self.run, self.meta, self.backend, self.precision = run, meta, backend, precision
         self.run_labels, self.run_image = run_labels, run_image
+        self.open_stream, self._stream = open_stream, None
         self.spec = check_spec(meta["preprocess"])
 
     def input(self, image_rgb: np.ndarray) -> np.ndarray:
@@ -55,6 +60,21 @@ class Predictor:
         if self.run_labels is not None:
             return np.asarray(self.run_labels(self.input(image_rgb)), dtype=np.uint8)[0]
         return self.logits(image_rgb).argmax(0).astype(np.uint8)
+
+    def predict_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """`predict` of each H x W x 3 uint8 RGB frame, as H x W uint8 class ids in input order;
+        with a stream runner, several frames are in flight at once. An error at frame k is raised
+        after the class ids of the frames before it. Without one: `predict`, one frame at a time."""
+        if self.open_stream is None or self.run_image is not None:
+            return map(self.predict, frames)
+        if self._stream is None:
+            self._stream = self.open_stream()
+        return self._stream(map(self.input, frames), finish=_class_ids)
+
+
+def _class_ids(logits: np.ndarray) -> np.ndarray:
+    """1 x C x H x W logits -> H x W uint8 class ids, as `Predictor.predict` takes them."""
+    return np.asarray(logits, dtype=np.float32)[0].argmax(0).astype(np.uint8)
 
 
 def load_exported(path: str | os.PathLike, precision: str | None = None) -> Predictor:
@@ -89,7 +109,8 @@ def _open_exported(path: Path, fmt: ExportFormat, precision: str | None) -> Pred
     with quiet_third_party():
         if meta.get("app_io"):
             return Predictor(_app_file_run(path), meta, label, chosen, run_image=fmt.load_app(path))
-        return Predictor(fmt.load(path, chosen), meta, label, chosen)
+        stream = (lambda: fmt.load_stream(path, chosen)) if fmt.load_stream is not None else None
+        return Predictor(fmt.load(path, chosen), meta, label, chosen, open_stream=stream)
 
 
 def _app_file_run(path: Path):

@@ -8,8 +8,11 @@ the bottom of `cgnet.deploy`: it imports only `simplify` of it (the formats tabl
 from __future__ import annotations
 
 import importlib
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -212,16 +215,88 @@ def openvino_runner(path: Path, precision: str = "fp32"):
     """An OpenVINO IR on the CPU at an inference precision (fp32, or bf16: OpenVINO casts where the
     CPU runs bf16 natively and emulates it elsewhere). int8 is refused: cgnet writes no quantised
     OpenVINO graph, and the precision hint alone would run the fp32 graph while calling it int8."""
+    compiled = _compiled_openvino(path, precision, {})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})[compiled.output(0)].copy()
+
+
+def _compiled_openvino(path: Path, precision: str, config: dict):
+    """The IR at `path` compiled for the CPU at `precision` with `config` added (OpenVINO properties)."""
     if precision not in OPENVINO_PRECISIONS:
         raise InputError(f"{path}: OpenVINO runs fp32 or bf16 here, not {precision} (cgnet writes no quantised "
                          "OpenVINO file)")
+    core = require("openvino").Core()
+    return core.compile_model(core.read_model(str(path)), "CPU",
+                              {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], **config})
+
+
+def in_order(submit: Callable[[np.ndarray], Future], inputs: Iterable, limit: int) -> Iterator:
+    """submit(x).result() for each x of `inputs`, in input order whatever order they finish in, with
+    at most `limit` submitted and not yet yielded. An error (taking the next input, submitting it, or
+    its result) is raised at its item's turn, after the results before it; nothing is submitted after
+    it. Leaving early (an error, `close`) waits for the submitted ones to finish."""
+    pending: deque[Future] = deque()
+    items = iter(inputs)
+    try:
+        while True:
+            try:
+                pending.append(submit(next(items)))
+            except StopIteration:
+                break
+            except Exception as error:  # noqa: BLE001 - raised at its turn, after the results before it
+                pending.append(_failed(error))
+                break
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:  # what is still running holds requests and buffers: let it finish
+            future.exception()
+
+
+def _failed(error: BaseException) -> Future:
+    failed: Future = Future()
+    failed.set_exception(error)
+    return failed
+
+
+STREAMS = 2  # OpenVINO CPU streams of `openvino_stream_runner`: two frames run at once, one per stream
+
+
+def openvino_stream_runner(path: Path, precision: str = "fp32", streams: int = STREAMS):
+    """OpenVINO for a stream of frames: the IR compiled with the THROUGHPUT hint and `streams`
+    streams, run by an `AsyncInferQueue` of the compiled model's OPTIMAL_NUMBER_OF_INFER_REQUESTS
+    requests (at least 2), so several frames are in flight. Returns
+    stream(inputs, finish=copy) -> iterator of finish(logits) in input order, where `inputs` are
+    float32 1 x 3 x H x W arrays and `logits` the request's 1 x C x H x W float32 output, valid only
+    during the call (finish runs in OpenVINO's callback thread as soon as a frame is done). The
+    synchronous `openvino_runner` (LATENCY) stays the one for single images."""
     openvino = require("openvino")
-    core = openvino.Core()
-    model = core.read_model(str(path))
-    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})[compiled.output(0)].copy()
+    compiled = _compiled_openvino(path, precision, {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(streams)})
+    jobs = max(2, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    requests = openvino.AsyncInferQueue(compiled, jobs)
+
+    def done(request, job: tuple[Future, Callable]) -> None:
+        future, finish = job
+        try:
+            future.set_result(finish(request.get_output_tensor(0).data))
+        except BaseException as error:  # noqa: BLE001 - raised in the consumer, at this frame's turn
+            future.set_exception(error)
+    requests.set_callback(done)
+
+    def stream(inputs: Iterable[np.ndarray], finish: Callable = np.copy) -> Iterator:
+        def submit(x: np.ndarray) -> Future:
+            future: Future = Future()
+            # share_inputs=True (no copy) gave wrong logits for cgnet's inputs: OpenVINO copies each frame
+            requests.start_async({0: x}, (future, finish))
+            return future
+        try:
+            yield from in_order(submit, inputs, jobs)
+        finally:
+            requests.wait_all()
+    stream.jobs, stream.compiled = jobs, compiled
+    return stream
 
 
 def exported_program_runner(path: Path):

@@ -1,0 +1,208 @@
+"""Frames in flight: `runners.in_order` (results in input order, bounded, errors at their turn),
+`Predictor.predict_stream` on OpenVINO (THROUGHPUT, async requests) against `predict`, and
+`cgnet predict` through it."""
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cgnet import load_model
+from cgnet.common import InputError
+from cgnet.deploy import export as exporter, runners
+from cgnet.deploy.formats import AGREEMENT
+from cgnet.deploy.predict import predict_images, predict_video
+from cgnet.deploy.predictor import Predictor, load_exported
+from cgnet.preprocess import make_spec
+from helpers.rounding import fp32_difference_bound, near_ties
+
+H, W = 40, 56
+
+
+def slow_square(pool, rng, running, limit_seen):
+    """submit(x) -> a Future of x * x that finishes after a random delay (so out of order)."""
+    lock = threading.Lock()
+
+    def work(x, delay):
+        time.sleep(delay)
+        with lock:
+            running[0] -= 1
+        return x * x
+
+    def submit(x):
+        with lock:
+            running[0] += 1
+            limit_seen[0] = max(limit_seen[0], running[0])
+        return pool.submit(work, x, rng.uniform(0, 0.01))
+    return submit
+
+
+def test_in_order_keeps_input_order_when_work_finishes_out_of_order():
+    rng, running, most = random.Random(0), [0], [0]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(runners.in_order(slow_square(pool, rng, running, most), range(40), limit=3))
+    assert got == [x * x for x in range(40)]
+    assert most[0] <= 3  # never more than `limit` in flight
+
+
+@pytest.mark.parametrize("where", ["input", "result"])
+def test_in_order_an_error_at_item_k_comes_after_the_items_before_it(where):
+    k, submitted = 7, []
+
+    def inputs():
+        for x in range(20):
+            if where == "input" and x == k:
+                raise InputError(f"frame {k} is broken")
+            yield x
+
+    with ThreadPoolExecutor(4) as pool:
+        rng = random.Random(1)
+
+        def submit(x):
+            submitted.append(x)
+            if where == "result" and x == k:
+                return runners._failed(InputError(f"frame {k} is broken"))
+            return pool.submit(lambda: (time.sleep(rng.uniform(0, 0.01)), x)[1])
+
+        got = []
+        with pytest.raises(InputError, match=f"frame {k} is broken"):
+            for x in runners.in_order(submit, inputs(), limit=3):
+                got.append(x)
+    assert got == list(range(k))
+    assert max(submitted) <= k + 2  # no more than `limit` submitted beyond the last result taken
+
+
+def fake_stream_predictor(fail_at=None):
+    """A Predictor whose stream runner is `in_order` over a thread pool with random delays (frames
+    finish out of order): frame i's class ids are all 2 * i; frame `fail_at` raises."""
+    rng, pool = random.Random(2), ThreadPoolExecutor(3)
+
+    def open_stream():
+        def stream(inputs, finish):
+            count = [0]
+
+            def submit(x):
+                index, count[0] = count[0], count[0] + 1
+
+                def work():
+                    time.sleep(rng.uniform(0, 0.01))
+                    if index == fail_at:
+                        raise InputError(f"the model failed on frame {index}")
+                    return np.full(x.shape[2:], 2 * index, np.uint8)
+                return pool.submit(work)
+            return runners.in_order(submit, inputs, limit=3)
+        return stream
+
+    return Predictor(None, {"preprocess": make_spec("standard")}, "fake", open_stream=open_stream)
+
+
+def test_predict_images_through_a_stream_keeps_order_and_stops_at_an_error(tmp_path):
+    paths = []
+    for i in range(9):
+        paths.append(tmp_path / "in" / f"{i}.png")
+        paths[-1].parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(paths[-1]), np.full((H, W, 3), 20 * i, np.uint8))
+    predict_images(fake_stream_predictor(), paths, tmp_path / "out", progress=False, overlay=False)
+    for i in range(9):  # each file holds its own frame's class ids, whatever order the frames finished in
+        mask = cv2.imread(str(tmp_path / "out" / "masks" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (H, W) and (mask == 2 * i).all()
+
+    with pytest.raises(InputError, match="the model failed on frame 4"):
+        predict_images(fake_stream_predictor(fail_at=4), paths, tmp_path / "failed", progress=False, overlay=False)
+    for sub in ("masks", "color"):
+        assert sorted(p.name for p in (tmp_path / "failed" / sub).iterdir()) == [f"{i}.png" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def openvino_file(randomized_ckpt, tmp_path_factory):
+    pytest.importorskip("openvino")
+    return exporter.export(load_model(randomized_ckpt), tmp_path_factory.mktemp("ov") / "m.xml", "openvino",
+                           log=lambda *a: None)
+
+
+def frames(count, seed=0, size=(H, W)):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_stream_equals_predict_on_the_same_compiled_model(openvino_file, precision):
+    predictor = load_exported(openvino_file, precision)
+    assert predictor._stream is None  # nothing compiled for streams until one is asked for
+    shots = frames(7)
+    streamed = list(predictor.predict_stream(shots))
+    stream = predictor._stream
+    assert stream.jobs >= 2
+    assert str(stream.compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
+    assert int(stream.compiled.get_property("NUM_STREAMS")) == runners.STREAMS
+    request = stream.compiled.create_infer_request()  # the same compiled model, one frame at a time
+    for shot, ids in zip(shots, streamed, strict=True):
+        logits = request.infer({0: predictor.input(shot)})[stream.compiled.output(0)]
+        np.testing.assert_array_equal(ids, logits[0].argmax(0).astype(np.uint8))
+
+
+def test_openvino_throughput_and_latency_models_agree(openvino_file, randomized_ckpt):
+    # The THROUGHPUT model runs each frame in one stream (its own threads), the LATENCY one across
+    # the cores: kernels may split their sums differently, so fp32 logits may differ by rounding
+    # alone (bounded as two fp32 computations, tests/helpers/rounding.py) and class ids only at near
+    # ties. bf16 rounds between layers, so a rounding difference can grow: it is held to the formats
+    # table's agreement. On the machine this was written on both were bitwise identical.
+    model = load_model(randomized_ckpt).eval()
+    shots = frames(5, seed=3)
+    for precision in ("fp32", "bf16"):
+        predictor = load_exported(openvino_file, precision)
+        latency = np.stack([predictor.logits(s) for s in shots])
+        throughput = np.concatenate(list(predictor.open_stream()(map(predictor.input, shots))))
+        same = (latency.argmax(1) == throughput.argmax(1))
+        if precision == "fp32":
+            reference = torch.from_numpy(latency)
+            bound = fp32_difference_bound(model, reference)
+            assert np.abs(latency - throughput).max() <= bound
+            assert not (~same & ~near_ties(reference, bound).numpy()).any()
+        else:
+            assert same.mean() >= AGREEMENT["bf16"]
+        streamed = np.stack(list(predictor.predict_stream(shots)))
+        np.testing.assert_array_equal(streamed, throughput.argmax(1).astype(np.uint8))
+
+
+def write_video(path, shots):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, shots[0].shape[1::-1])
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write mp4v")
+    for shot in shots:
+        writer.write(shot)
+    writer.release()
+
+
+def test_openvino_video_with_frames_in_flight_and_an_error_at_frame_k(openvino_file, tmp_path, monkeypatch):
+    write_video(tmp_path / "clip.mp4", frames(11, seed=4, size=(48, 64)))
+    predictor = load_exported(openvino_file)
+    assert predict_video(predictor, tmp_path / "clip.mp4", tmp_path / "a.mp4", progress=False) == 11
+    stream = predictor._stream
+    assert stream is not None  # the video ran through the THROUGHPUT model
+
+    calls = []
+
+    def failing(logits):  # in OpenVINO's callback threads: the sixth frame to finish fails
+        calls.append(1)
+        if len(calls) == 6:
+            raise InputError("the model failed on a frame")
+        return logits[0].argmax(0).astype(np.uint8)
+    monkeypatch.setattr("cgnet.deploy.predictor._class_ids", failing)
+    with pytest.raises(InputError, match="the model failed on a frame"):
+        predict_video(predictor, tmp_path / "clip.mp4", tmp_path / "b.mp4", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "clip.mp4"]  # no partial file, no b.mp4
+
+
+def test_one_image_does_not_compile_the_stream_model(openvino_file, tmp_path):
+    predictor = load_exported(openvino_file)
+    shot = frames(1, seed=5)[0]
+    cv2.imwrite(str(tmp_path / "one.png"), cv2.cvtColor(shot, cv2.COLOR_RGB2BGR))
+    predict_images(predictor, [tmp_path / "one.png"], tmp_path / "out", progress=False)
+    assert predictor._stream is None
+    mask = cv2.imread(str(tmp_path / "out" / "masks" / "one.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mask, predictor.predict(shot))
