@@ -68,13 +68,13 @@ class Predictor:
         if self.open_stream is None or self.run_image is not None:
             return map(self.predict, frames)
         if self._stream is None:
-            self._stream = self.open_stream()
-        return self._stream(map(self.input, frames), finish=_class_ids)
+            self._stream = self.open_stream(labels=True)  # the argmax inside the graph: 1 x H x W uint8
+        return self._stream(map(self.input, frames), finish=_first)
 
 
-def _class_ids(logits: np.ndarray) -> np.ndarray:
-    """1 x C x H x W logits -> H x W uint8 class ids, as `Predictor.predict` takes them."""
-    return np.asarray(logits, dtype=np.float32)[0].argmax(0).astype(np.uint8)
+def _first(ids: np.ndarray) -> np.ndarray:
+    """The class ids of a request's 1 x H x W output, copied (the output is reused by the next frame)."""
+    return ids[0].copy()
 
 
 def load_exported(path: str | os.PathLike, precision: str | None = None) -> Predictor:
@@ -109,7 +109,7 @@ def _open_exported(path: Path, fmt: ExportFormat, precision: str | None) -> Pred
     with quiet_third_party():
         if meta.get("app_io"):
             return Predictor(_app_file_run(path), meta, label, chosen, run_image=fmt.load_app(path))
-        stream = (lambda: fmt.load_stream(path, chosen)) if fmt.load_stream is not None else None
+        stream = (lambda **kw: fmt.load_stream(path, chosen, **kw)) if fmt.load_stream is not None else None
         return Predictor(fmt.load(path, chosen), meta, label, chosen, open_stream=stream)
 
 
