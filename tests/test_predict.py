@@ -20,6 +20,7 @@ from cgnet.pipeline import OrderedWorker, prefetch
 from cgnet.data.catalog import CAMVID
 from cgnet.preprocess import make_spec, to_tensor
 from cgnet.deploy.predictor import make_predictor
+from helpers.videos import write_video
 
 H, W = 40, 56
 
@@ -113,13 +114,8 @@ def test_duplicate_stems_do_not_overwrite_and_no_overlay(ckpt, tmp_path):
 
 def test_video(ckpt, tmp_path, capsys):
     clip = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
-    if not writer.isOpened():
-        pytest.skip("this OpenCV build cannot write mp4v")
     rng = np.random.default_rng(0)
-    for _ in range(5):
-        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
-    writer.release()
+    write_video(clip, [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(5)])
     out = tmp_path / "out"
     assert run(clip, "--checkpoint", ckpt, "--out", out) == 0
     cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
@@ -365,15 +361,6 @@ def test_folder_overlapped_gives_the_sequential_files_under_random_delays(ckpt, 
     for i, image in enumerate(sources):  # each file holds its own image's mask
         mask = cv2.imread(str(tmp_path / "overlapped" / "masks" / f"{i:02d}.png"), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(mask, predictor.predict(image))
-
-
-def write_video(path, frames):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, frames[0].shape[1::-1])
-    if not writer.isOpened():
-        pytest.skip("this OpenCV build cannot write mp4v")
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
 
 
 def read_video(path):

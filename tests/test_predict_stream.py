@@ -19,6 +19,7 @@ from cgnet.deploy.predict import predict_images, predict_video
 from cgnet.deploy.predictor import Predictor, load_exported
 from cgnet.preprocess import make_spec
 from helpers.rounding import fp32_difference_bound, near_ties
+from helpers.videos import write_video
 
 H, W = 40, 56
 
@@ -192,15 +193,6 @@ def test_openvino_throughput_and_latency_models_agree(openvino_file, randomized_
             assert same.mean() >= AGREEMENT["bf16"]
         streamed = np.stack(list(predictor.predict_stream(shots)))
         np.testing.assert_array_equal(streamed, throughput.argmax(1).astype(np.uint8))
-
-
-def write_video(path, shots):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, shots[0].shape[1::-1])
-    if not writer.isOpened():
-        pytest.skip("this OpenCV build cannot write mp4v")
-    for shot in shots:
-        writer.write(shot)
-    writer.release()
 
 
 def test_openvino_video_with_frames_in_flight_and_an_error_at_frame_k(openvino_file, tmp_path, monkeypatch):
