@@ -1,7 +1,10 @@
 """Frames in flight: `runners.in_order` (results in input order, bounded, errors at their turn),
 `Predictor.predict_stream` on OpenVINO (THROUGHPUT, async requests) against `predict`, and
 `cgnet predict` through it."""
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -223,3 +226,30 @@ def test_one_image_does_not_compile_the_stream_model(openvino_file, tmp_path):
     assert predictor._stream is None
     mask = cv2.imread(str(tmp_path / "out" / "masks" / "one.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(mask, predictor.predict(shot))
+
+
+FORK_AFTER_PREDICT = """
+import subprocess, sys, torch
+from cgnet.cli import main
+assert main(["predict", sys.argv[1], "--no-progress", "--out", sys.argv[2], "--backend", "openvino",
+             "--precision", "fp32", "--checkpoint", sys.argv[3]]) == 0
+loader = torch.utils.data.DataLoader(list(range(4)), batch_size=2, num_workers=1, multiprocessing_context="fork")
+assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+print(subprocess.run([sys.executable, "-c", "print('child')"], capture_output=True, text=True).stdout, end="")
+"""
+
+
+@pytest.mark.slow
+def test_forking_after_cgnet_predict_on_openvino_streams(tmp_path, randomized_ckpt):
+    """`cgnet predict` frees its stream model when done (`Predictor.close`). With OpenVINO's stream
+    threads left alive, a fork for a loader worker and then a subprocess crashed the process
+    (segmentation fault): the test suite did so, a predict test followed by the CLI's loader tests."""
+    pytest.importorskip("openvino")
+    for i in range(2):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), frames(1, seed=i)[0])
+    done = subprocess.run([sys.executable, "-c", FORK_AFTER_PREDICT, str(tmp_path / "in"), str(tmp_path / "out"),
+                           str(randomized_ckpt)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CGNET_NO_REEXEC": "1", "CGNET_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.endswith("child\n")

@@ -291,14 +291,17 @@ def run_local(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress,
-                   overlap=args.overlap)
-    image_s, start = time.perf_counter() - start, time.perf_counter()
-    frames = 0
-    for video, name in zip(videos, output_names(videos)):
-        frames += predict_video(predictor, video, out / f"{name}_overlay.mp4", alpha=args.alpha,
-                                progress=args.progress, overlap=args.overlap)
-    video_s = time.perf_counter() - start
+    try:
+        predict_images(predictor, images, out, alpha=args.alpha, overlay=args.overlay, progress=args.progress,
+                       overlap=args.overlap)
+        image_s, start = time.perf_counter() - start, time.perf_counter()
+        frames = 0
+        for video, name in zip(videos, output_names(videos)):
+            frames += predict_video(predictor, video, out / f"{name}_overlay.mp4", alpha=args.alpha,
+                                    progress=args.progress, overlap=args.overlap)
+        video_s = time.perf_counter() - start
+    finally:
+        predictor.close()
     write_legend(out / "legend.png", predictor.meta)  # once everything else is written: a run that failed leaves none
     parts = [f"{len(images)} image{'s' * (len(images) != 1)}"]
     paces = [pace(len(images), image_s, "images")] if images else []

@@ -72,6 +72,13 @@ class Predictor:
         return self._stream(map(self.input, frames), finish=_first)
 
 
+    def close(self) -> None:
+        """Free what `predict_stream` compiled (the stream model, its requests and OpenVINO's
+        stream threads); a later `predict_stream` compiles it again. Call it before the process
+        forks (a loader's workers, then a subprocess): with those threads alive that crashed it."""
+        self._stream = None
+
+
 def _first(ids: np.ndarray) -> np.ndarray:
     """The class ids of a request's 1 x H x W output, copied (the output is reused by the next frame)."""
     return ids[0].copy()
