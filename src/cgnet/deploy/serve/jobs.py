@@ -10,6 +10,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -67,6 +68,10 @@ class JobPredictor:
         self.job.frames += 1
         self.job.latency += seconds
         return mask
+
+    def predict_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """One frame at a time through the shared model (its lock serves the server's requests too)."""
+        return map(self.predict, frames)
 
 
 def webm_copy(mp4: Path, webm: Path) -> bool:
