@@ -71,7 +71,6 @@ class Predictor:
             self._stream = self.open_stream(labels=True)  # the argmax inside the graph: 1 x H x W uint8
         return self._stream(map(self.input, frames), finish=_first)
 
-
     def close(self) -> None:
         """Free what `predict_stream` compiled (the stream model, its requests and OpenVINO's
         stream threads); a later `predict_stream` compiles it again. Call it before the process

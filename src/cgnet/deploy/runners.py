@@ -236,12 +236,12 @@ def with_argmax(model):
     """An OpenVINO model of N x C x H x W logits made to output N x H x W uint8 class ids: TopK
     with k=1 over the classes, `stable` so that of equal maxima the lowest class index wins, as
     numpy's and torch's argmax take it."""
-    ops = require("openvino").opset13
+    openvino = require("openvino")
+    ops = openvino.opset13
     logits = model.get_results()[0].input_value(0)
-    best = require("openvino").opset11.topk(logits, 1, axis=1, mode="max", sort="value",
-                                            index_element_type="i32", stable=True)
+    best = openvino.opset11.topk(logits, 1, axis=1, mode="max", sort="value", index_element_type="i32", stable=True)
     ids = ops.convert(ops.squeeze(best.output(1), ops.constant(np.array([1], np.int64))), "u8")
-    return require("openvino").Model([ops.result(ids)], model.get_parameters(), "cgnet-class-ids")
+    return openvino.Model([ops.result(ids)], model.get_parameters(), "cgnet-class-ids")
 
 
 def in_order(submit: Callable[[np.ndarray], Future], inputs: Iterable, limit: int) -> Iterator:
