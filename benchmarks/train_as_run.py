@@ -45,7 +45,7 @@ import torch
 
 from cgnet import CGNet
 from cgnet.cli import ALLOCATOR_ENV
-from cgnet.common import inductor_cache_per_capability
+from cgnet.common import inductor_cache
 
 ISA_ENV = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 DEFAULT_VARIANTS = ["defaults=",
@@ -237,7 +237,7 @@ def main():
         os.execve(sys.executable, [sys.executable, "-m", "benchmarks.train_as_run", *sys.argv[1:]],
                   {**os.environ, **env})
     # before the baseline's Adam, whose import of inductor fixes TORCHINDUCTOR_CACHE_DIR for the runs below
-    inductor_cache_per_capability()
+    inductor_cache()
     args.train_args = [*args.train_args, "--blocks", *map(str, args.blocks)]
     variants = parse_variants(args.variant or DEFAULT_VARIANTS)
     figures = {"cpu": cpu_description(), "torch": torch.__version__, "batch": args.batch_size, "crop": args.crop,

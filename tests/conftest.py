@@ -3,11 +3,16 @@ import pytest
 import torch
 
 from cgnet import CGNet, make_meta, save_checkpoint
+from cgnet.common import inductor_cache
 from cgnet.data.catalog import CAMVID
 from cgnet.preprocess import make_spec
 from helpers.camvid_like import make_camvid_like
 from helpers.paths import real_camvid
 from helpers.randomize import randomized
+
+# the compile cache cgnet's commands use, fixed for the whole session: a test that runs `main` with
+# its own CGNET_CACHE must not move the kernels of the tests after it to an empty folder
+inductor_cache()
 
 
 def pytest_collection_modifyitems(config, items):

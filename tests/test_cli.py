@@ -1,11 +1,9 @@
 """The command line's error policy: one line for recognised errors, a traceback and a request to
 report it for bugs, Ctrl-C as exit 130, outputs checked for writability before any long work."""
 import argparse
-import getpass
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import torch
 from cgnet import CGNet, save_checkpoint
 import cgnet.cli
 from cgnet.cli import COMMAND, COMMANDS, Command, main, make_parser, subcommand_parsers
-from cgnet.common import CGNetError, InputError, inductor_cache_per_capability
+from cgnet.common import CGNetError, InputError, inductor_cache
 from cgnet.data import listset
 from cgnet.data.catalog import CAMVID
 from cgnet.options import add_checkpoint_arg
@@ -162,20 +160,21 @@ def test_the_commands_import_the_litert_converter_only_inside_the_export():
     assert done.stdout == "[]\n"
 
 
-def test_a_lowered_cpu_capability_gets_its_own_inductor_cache(monkeypatch, tmp_path, capsys):
-    """ATEN_CPU_CAPABILITY=avx2 without TORCHINDUCTOR_CACHE_DIR: cgnet's commands compile into a
-    cache folder of that capability (a shared cache gave a compiled AVX2 step NaN gradients)."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(getpass, "getuser", lambda: "someone")
+def test_compiled_kernels_are_kept_in_cgnets_cache_folder_per_lowered_capability(monkeypatch, tmp_path, capsys):
+    """Without TORCHINDUCTOR_CACHE_DIR, cgnet's commands compile into $CGNET_CACHE/inductor (not /tmp,
+    which a reboot may empty), and under ATEN_CPU_CAPABILITY=avx2 into a folder of that capability
+    (a shared cache gave a compiled AVX2 step NaN gradients); the user's own setting stays."""
+    monkeypatch.setenv("CGNET_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
-    assert inductor_cache_per_capability() is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    assert inductor_cache() == str(tmp_path / "cache" / "inductor") == os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
     assert main(["plot", str(tmp_path / "no-run")]) == 2  # any command goes through main's set-up first
     capsys.readouterr()
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torchinductor_someone_avx2")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "inductor_avx2")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice stays
-    assert inductor_cache_per_capability() is None and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    assert inductor_cache() is None and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
 SHARED_OPTIONS = ("--checkpoint", "--backend", "--precision", "--device", "--data-root")

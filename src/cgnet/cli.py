@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import __version__
-from .common import CGNetError, inductor_cache_per_capability
+from .common import CGNetError, inductor_cache
 from .complexity import add_info_args, cmd_info
 from .data.commands import add_data_args, cmd_data
 from .deploy.bench import add_bench_args, cmd_bench
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if argv is None and COMMAND[args.command].heavy:
         reexec_with_allocator_env(sys.argv[1:])
-    inductor_cache_per_capability()
+    inductor_cache()
     debug = getattr(args, "debug", False) or os.environ.get("CGNET_DEBUG") == "1"
     with debug_environment(debug):
         return run_command(args, debug)

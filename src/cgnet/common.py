@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import getpass
 import io
 import logging
 import math
 import os
 import sys
-import tempfile
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -84,23 +83,28 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
-def inductor_cache_per_capability() -> str | None:
-    """Give torch.compile a cache folder of its own when ATEN_CPU_CAPABILITY lowers the kernels (the
-    AVX2 kind emulated on an AVX-512 CPU) and TORCHINDUCTOR_CACHE_DIR is not set; returns the folder.
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """cgnet's cache folder (verified exports, downloaded weights, compiled kernels): path, else
+    $CGNET_CACHE, else ~/.cache/cgnet."""
+    return Path(path or os.environ.get("CGNET_CACHE") or Path.home() / ".cache" / "cgnet")
 
-    Inductor generates code for that capability, but torch 2.13's cache does not tell the two
-    apart: a training step compiled under ATEN_CPU_CAPABILITY=avx2 with the cache of AVX-512 runs
-    gave non-finite gradients at its first iteration (with a fresh cache: finite), and the tests
-    under avx2 crashed with a segmentation fault on a shared cache. Call it before anything imports
-    inductor (an optimiser's first step does): that import sets TORCHINDUCTOR_CACHE_DIR itself."""
-    capability = os.environ.get("ATEN_CPU_CAPABILITY")
-    if not capability or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+
+def inductor_cache() -> str | None:
+    """Keep torch.compile's cache (inductor's compiled kernels and FX graphs) in cgnet's cache folder,
+    unless TORCHINDUCTOR_CACHE_DIR is set; returns the folder it set.
+
+    Inductor's own default is under /tmp, which many systems empty at boot, so the first training
+    after a reboot compiled again for minutes. The folder is `cache_dir()/inductor`, or
+    `inductor_<capability>` when ATEN_CPU_CAPABILITY lowers the kernels (the AVX2 kind emulated on
+    an AVX-512 CPU): inductor generates code for that capability, but torch 2.13's cache does not
+    tell the two apart (a training step compiled under ATEN_CPU_CAPABILITY=avx2 with the cache of
+    AVX-512 runs gave non-finite gradients at its first iteration, and the tests under avx2 crashed
+    with a segmentation fault on a shared cache). Call it before anything imports inductor (an
+    optimiser's first step does): that import sets TORCHINDUCTOR_CACHE_DIR itself."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         return None
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (containers)
-        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
-    folder = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}_{capability.lower()}")
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    folder = str(cache_dir() / (f"inductor_{capability.lower()}" if capability else "inductor"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     return folder
 

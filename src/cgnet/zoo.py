@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import InputError, MissingFileError
+from .common import InputError, MissingFileError, cache_dir
 from .download import DownloadError, fetch, file_digest
 
 __all__ = ["WeightsEntry", "WEIGHTS", "weights_file", "weights_cache", "add_weights_args", "cmd_weights"]
@@ -95,7 +95,7 @@ def weights_cache(cache: str | os.PathLike | None = None) -> Path:
     """Where downloaded weights are kept: cache, else $CGNET_CACHE/weights, else ~/.cache/cgnet/weights."""
     if cache:
         return Path(cache)
-    return Path(os.environ.get("CGNET_CACHE") or Path.home() / ".cache" / "cgnet") / "weights"
+    return cache_dir() / "weights"
 
 
 def shipped_file(entry: WeightsEntry) -> Path:

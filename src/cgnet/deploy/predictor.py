@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model, resolve_weights
-from ..common import DEFAULT_WEIGHTS, InputError, MissingFileError, default_device, quiet_third_party
+from ..common import DEFAULT_WEIGHTS, InputError, MissingFileError, cache_dir, default_device, quiet_third_party
 from ..model import CGNet
 from ..options import add_backend_arg, add_checkpoint_arg, add_data_root_arg, add_device_arg, add_precision_arg
 from ..preprocess import check_spec, to_tensor
@@ -124,11 +124,6 @@ def _app_file_run(path: Path):
         raise InputError(f"{path}: an app-ready file (--app-io) gives class ids from images, not logits: use "
                          "predict, or export it without --app-io for eval and bench")
     return run
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where verified exports of checkpoints are kept: path, $CGNET_CACHE or ~/.cache/cgnet."""
-    return Path(path or os.environ.get("CGNET_CACHE") or Path.home() / ".cache" / "cgnet")
 
 
 # what an export from a given checkpoint holds beyond its bytes: "-flushed", the weights' subnormal

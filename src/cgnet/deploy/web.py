@@ -28,11 +28,11 @@ import shutil
 from pathlib import Path
 
 from ..checkpoint import load_model
-from ..common import DEFAULT_WEIGHTS, CGNetError, InputError, MissingFileError
+from ..common import DEFAULT_WEIGHTS, CGNetError, InputError, MissingFileError, cache_dir
 from ..download import DownloadError, fetch, file_digest
 from ..fileio import ArchiveError, check_writable, extract_archive, staged_folder
 from ..visualize import palette_of
-from .predictor import cache_dir, cached_export
+from .predictor import cached_export
 from .formats import FORMATS, format_of, read_exported_meta
 
 STATIC = Path(__file__).resolve().parent / "serve_static"
