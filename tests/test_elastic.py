@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cgnet.common import ConfigError
+from cgnet.engine.distributed import SHARED_STORE_REFUSED, elastic_store
 from cgnet.engine.resume import elastic_fresh_start, restart_line, write_progress
 from cgnet.fileio import FolderLock, FolderLocked
 from helpers.camvid_like import make_camvid_like
@@ -43,10 +45,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def env() -> dict:
+def env(shared_store: bool = False) -> dict:
+    """The agents' environment; the several-agent runs use a fresh store for each start of the
+    workers (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1), as docs/scaling.md tells users to."""
     src = str(Path(__file__).resolve().parents[1] / "src")
     return {**os.environ, "OMP_NUM_THREADS": "1", "CGNET_NO_REEXEC": "1", "GLOO_SOCKET_IFNAME": "lo",
-            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "0" if shared_store else "1"}
 
 
 def agent(data, out, port: int, *extra, nproc: int = 1, nnodes: int = 2) -> subprocess.Popen:
@@ -140,9 +145,6 @@ def wait_for_iteration(out: Path, at_least: int, deadline: float, agents) -> int
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("CGNET_ELASTIC_KILL") != "1",
-                    reason="hung once in 3 runs here (the restarted workers waited in futex for 17 min after the "
-                           "kill; cause not found yet): CGNET_ELASTIC_KILL=1 runs it")
 def test_a_worker_killed_mid_epoch_is_restarted_and_resumed_from_the_snapshot(data, tmp_path, reference):
     out, port = tmp_path / "run", free_port()
     deadline = time.monotonic() + RUN_LIMIT_S
@@ -170,7 +172,63 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_resumed_from_the_snapshot(da
     assert not (out / "progress.json").exists()
 
 
+@pytest.mark.slow
+def test_a_restarted_group_on_the_agents_shared_store_never_meets_the_failed_groups_keys():
+    """One agent keeps one store for every start of its workers. The worker (helpers/elastic_worker.py)
+    fails rank 1 on the first start, and on the restart holds rank 0 back 3 s, so that rank 1 looks
+    up rank 0's address first: without the per-start prefix it would find the dead rank 0's address
+    and wait on it (gloo's own timeout is 30 min)."""
+    worker = Path(__file__).resolve().parent / "helpers" / "elastic_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", "1", str(worker)]
+    agent_process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env(shared_store=True), start_new_session=True)
+    (text,) = finish([agent_process], time.monotonic() + RUN_LIMIT_S)
+    assert agent_process.returncode == 0, text[-3000:]
+    assert "start 0 rank 0: sum 2" in text and "start 1 rank 0: sum 2" in text and "start 1 rank 1: sum 2" in text
+
+
 # ---- the pieces that need no torchrun (fast) ---------------------------------------------------------
+
+AGENT_ENV = {"TORCHELASTIC_USE_AGENT_STORE": "True", "GROUP_WORLD_SIZE": "1", "TORCHELASTIC_MAX_RESTARTS": "3",
+             "TORCHELASTIC_RESTART_COUNT": "2"}
+
+
+def test_the_workers_keys_are_scoped_by_the_start_on_one_agents_store(monkeypatch):
+    server = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    for name, value in {**AGENT_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port)}.items():
+        monkeypatch.setenv(name, value)
+    store = elastic_store()
+    store.set("rank_0", "here")
+    assert server.check(["cgnet/attempt-2/rank_0"]) and not server.check(["rank_0"])
+    assert server.get("cgnet/attempt-2/rank_0") == b"here"
+
+
+def test_several_agents_sharing_their_store_with_restarts_are_refused(monkeypatch):
+    for name, value in {**AGENT_ENV, "GROUP_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        elastic_store()
+    assert str(caught.value) == SHARED_STORE_REFUSED
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    assert elastic_store() is None  # one start only: nothing stale to meet
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    assert elastic_store() is None  # init_process_group's env:// store, new for each start
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")
+    assert elastic_store() is None  # not under torchrun's agent
+
+
+def test_cgnet_train_under_several_agents_sharing_their_store_stops_with_one_line(data, tmp_path):
+    """As every worker of such a group would start: the line, exit 2, nothing written."""
+    out = tmp_path / "run"
+    worker_env = {**env(), **AGENT_ENV, "GROUP_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+                  "TORCHELASTIC_RESTART_COUNT": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    done = subprocess.run([sys.executable, "-m", "cgnet", "train", "--data-root", str(data), "--out", str(out),
+                           "--resume", *ARGS], capture_output=True, text=True, env=worker_env, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == f"cgnet train: error: {SHARED_STORE_REFUSED}"
+    assert not out.exists()
 
 def test_resume_starts_the_run_only_under_the_agent_and_without_last_pt(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
