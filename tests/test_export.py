@@ -1,5 +1,6 @@
 """Exports (every format of the formats table), the inference simplifications, backends in eval, bench."""
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from cgnet.deploy import formats, predictor as predictor_module, runners
 from cgnet.deploy.formats import FORMATS
 from cgnet.data.catalog import CAMVID
 from cgnet.common import InputError
+from cgnet.preprocess import to_tensor
 from cgnet.deploy.predictor import make_predictor
 from helpers.randomize import randomized
 
@@ -380,3 +382,76 @@ def test_shipped_weights_int8_onnx_agrees_with_fp32_on_real_test_frames(camvid_r
     agree = [np.mean(int8.predict(read_rgb(s.image)) == reference.predict(read_rgb(s.image)))
              for s in samples[::len(samples) // 20][:20]]
     assert np.mean(agree) >= 0.95, np.mean(agree)
+
+
+def _swapped_rgb(model: nn.Module) -> nn.Module:
+    """A broken export's model: the first convolution reads the channels in the wrong order (an app
+    that feeds BGR as RGB)."""
+    broken = copy.deepcopy(model)
+    first = next(m for m in broken.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        first.weight.copy_(first.weight.flip(1))
+    return broken
+
+
+@pytest.mark.slow
+def test_the_shipped_weights_openvino_bf16_export_passes_on_a_compressed_video_and_a_broken_one_fails(
+        camvid_root, tmp_path, monkeypatch):
+    """A fresh machine without CamVid (none found where cgnet looks): `cgnet predict street.mp4`'s
+    export is verified on 8 frames of the video, mp4v-compressed CamVid test frames. bf16 runs
+    natively on CPUs with avx512_bf16 / amx and is emulated or run in fp32 by OpenVINO elsewhere;
+    either way its own rounding, or less, flips pixels, and the export passes. An export whose first
+    convolution reads BGR as RGB fails, with the line that says by how much."""
+    pytest.importorskip("openvino")
+    from cgnet.data.listset import read_list
+    from cgnet.deploy.predict import input_frames
+    from cgnet.images import read_rgb
+    from helpers.videos import write_video
+    samples = read_list(camvid_root / "camvid_test_list.txt", camvid_root, labels=False)[:30]
+    video = tmp_path / "street.mp4"
+    bgr = [np.ascontiguousarray(read_rgb(s.image)[..., ::-1]) for s in samples]
+    write_video(video, [cv2.resize(f, (480, 360), interpolation=cv2.INTER_AREA) for f in bgr], fps=30.0)
+    monkeypatch.setattr(exporter, "_data_root", lambda meta, data_root: None)  # no CamVid found
+    model, lines = load_model("camvid"), []
+    out = exporter.export(model, tmp_path / "m.xml", "openvino", "bf16", inputs=input_frames([], [video]),
+                          log=lines.append)
+    assert out.is_file()
+    source = "8 frames of street.mp4, the video being predicted"
+    (line,) = [line for line in lines if line.startswith("verified on")]
+    assert line.startswith(f"verified on {source} against eager fp32: max |logit diff| ")
+    assert re.search(r"argmax agreement \d+\.\d{3}% \(needs >= \d+\.\d+%[:;] bf16 emulated in PyTorch on the same "
+                     r"frames[:,] \d+\.\d{3}%\)$", line), line
+
+    entry = FORMATS["openvino"]
+    kept = tmp_path / "broken_copy.xml"
+
+    def write_broken(simple, path, meta, precision, calibration):
+        for target in (path, kept):  # a copy the test runs itself once the export removed its file
+            formats.write_openvino(_swapped_rgb(simple), target, meta, precision, calibration)
+    monkeypatch.setitem(formats.FORMATS, "openvino", dataclasses.replace(entry, write=write_broken))
+    lines.clear()
+    with pytest.raises(exporter.ExportError) as refused:
+        exporter.export(model, tmp_path / "b.xml", "openvino", "bf16", inputs=input_frames([], [video]),
+                        log=lines.append)
+    assert not (tmp_path / "b.xml").exists() and not (tmp_path / "b.bin").exists()
+    # the line's numbers, computed here from the kept copy and eager PyTorch
+    frames = input_frames([], [video])(8)[0]
+    run, emulated = runners.openvino_runner(kept, "bf16"), exporter.emulated_runner(model, "bf16")
+    agree = emulated_agree = total = 0
+    max_abs = 0.0
+    for frame in frames:
+        x = to_tensor(frame, model.meta["preprocess"])[None]
+        with torch.no_grad():
+            exact = model(x)[0].numpy()
+        got = run(x.numpy())[0]
+        max_abs = max(max_abs, float(np.abs(exact - got).max()))
+        agree += int((exact.argmax(0) == got.argmax(0)).sum())
+        emulated_agree += int((exact.argmax(0) == emulated(x.numpy())[0].argmax(0)).sum())
+        total += exact[0].size
+    assert agree / total < 0.99  # broken beyond any bar the rule can give
+    needs = formats.agreement_bar("bf16", emulated_agree / total)[1]
+    assert [line for line in lines if line.startswith("verified on")] == [
+        f"verified on {source} against eager fp32: max |logit diff| {max_abs:.3g}, argmax agreement "
+        f"{100 * agree / total:.3f}% ({needs})"]
+    assert str(refused.value) == (f"the openvino bf16 export disagrees with PyTorch beyond the tolerance (argmax "
+                                  f"agreement {100 * agree / total:.2f}%, max |diff| {max_abs:.3g}); not kept")
