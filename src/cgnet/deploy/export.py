@@ -44,13 +44,13 @@ def emulated_runner(model: CGNet, precision: str):
 
     The model is the one the export sees, BN-folded (`simplify_for_inference`): a runtime rounds the
     folded weights, not the trained ones. Every convolution and linear layer gets its weights and
-    its input rounded to the precision and its output rounded again (runtimes keep activations in
-    it between layers), with the sums of products in fp32, as OpenVINO's bf16 kernels and ncnn's
-    fp16 storage compute. Rounding explicitly rather than under torch's CPU autocast: autocast
-    would leave the depthwise convolutions in fp32 (`cgnet.model.depthwise`, a training
-    workaround) and the final up-sampling in fp32 (on autocast's fp32 list), CPUs without native
-    bf16 would run its bf16 kernels slowly, and fp16 overflow (to inf) is kept where a runtime
-    overflows too. The rounding is the same on every CPU; only the fp32 sums' order differs."""
+    its input rounded to the precision and its output rounded again (a runtime at that inference
+    precision keeps activations in it between layers: OpenVINO's bf16, ncnn's fp16 storage), with
+    the sums of products in fp32. Rounding explicitly rather than under torch's CPU autocast:
+    autocast would leave the depthwise convolutions in fp32 (`cgnet.model.depthwise`, a training
+    workaround) and its result would depend on the CPU's bf16 kernels; explicit rounding is the
+    same on every CPU (only the fp32 sums' order differs), and fp16 overflow (to inf) shows as it
+    does in a runtime."""
     simple = rounded_like(simplify_for_inference(model), precision)
 
     @torch.no_grad()
