@@ -419,8 +419,8 @@ def test_the_shipped_weights_openvino_bf16_export_passes_on_a_compressed_video_a
     source = "8 frames of street.mp4, the video being predicted"
     (line,) = [line for line in lines if line.startswith("verified on")]
     assert line.startswith(f"verified on {source} against eager fp32: max |logit diff| ")
-    assert re.search(r"argmax agreement \d+\.\d{3}% \(needs >= \d+\.\d+%[:;] bf16 emulated in PyTorch on the same "
-                     r"frames[:,] \d+\.\d{3}%\)$", line), line
+    assert re.search(r"argmax agreement \d+\.\d{3}% \(needs >= \d+\.\d+%(: 2x the disagreement of|;) bf16 emulated "
+                     r"in PyTorch on the same frames[:,] \d+\.\d{3}%\)$", line), line  # passed: not the floor
 
     entry = FORMATS["openvino"]
     kept = tmp_path / "broken_copy.xml"
