@@ -186,7 +186,7 @@ class ExportFormat:
     @property
     def verified(self) -> str:
         """How an export is checked before it gets its name: `checked`, then each precision's
-        bar from `AGREEMENT` and `MAX_ABS_FP32` (the numbers `cgnet.deploy.export.verify` applies)."""
+        bar from `AGREEMENT`, `MAX_ABS_FP32` and `agreement_bar` (what `cgnet.deploy.export.verify` applies)."""
         if self.write is None:
             return self.checked
         notes = dict(self.precision_notes)
@@ -194,7 +194,11 @@ class ExportFormat:
         for precision in self.precisions:
             note = f" ({notes[precision]})" if precision in notes else ""
             diff = f"max |logit diff| <= {MAX_ABS_FP32:g} and " if precision == "fp32" else ""
-            bars.append(f"{precision}{note}: {diff}argmax agreement >= {100 * AGREEMENT[precision]:g}%")
+            bar = f"{100 * AGREEMENT[precision]:g}%"
+            if precision in EMULATED:
+                bar = (f"the lower of {bar} and 1 - 2x the disagreement of {precision} emulated in PyTorch on the "
+                       f"same frames, at least {100 * AGREEMENT_FLOOR:g}%")
+            bars.append(f"{precision}{note}: {diff}argmax agreement >= {bar}")
         return f"{VERIFIED}{self.checked}; " + "; ".join(bars)
 
     def files(self, path: Path) -> list[Path]:
@@ -229,11 +233,48 @@ def _importable(module: str) -> bool:
 
 # argmax agreement (fraction of pixels) an export must reach against eager fp32 PyTorch, per
 # precision, and the largest logit difference an fp32 export may have: `cgnet.deploy.export.verify`
-# applies them, `ExportFormat.verified` states them. bf16 is held to fp32's agreement: it is the
-# default path where the CPU runs bf16 natively, so it must not change what the model predicts.
-# fp16 (ncnn's default options, what an app gets) likewise.
+# applies them (through `agreement_bar`), `ExportFormat.verified` states them. bf16 (the default
+# path where the CPU runs bf16 natively) and fp16 (ncnn's default options, what an app gets) start
+# from fp32's agreement; `agreement_bar` relaxes it only as far as their own rounding flips pixels.
 AGREEMENT = {"fp32": 0.999, "bf16": 0.999, "fp16": 0.999, "int8": 0.97}
 MAX_ABS_FP32 = 1e-2
+# the reduced-precision float formats whose rounding `cgnet.deploy.export.emulated_runner` emulates
+EMULATED = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# the lowest bar `agreement_bar` relaxes to: rounding that flips more than 0.5% of the pixels means
+# frames (or weights) so full of near ties that they no longer tell a correct export from a subtly
+# wrong one, and a default path must not change more than 1 pixel in 100 of what the model predicts
+AGREEMENT_FLOOR = 0.99
+
+
+def agreement_bar(precision: str, emulated: float | None = None) -> tuple[float, str]:
+    """The argmax agreement an export at `precision` must reach on the verifying frames, and the
+    words that say why (for `cgnet.deploy.export.verification_line`).
+
+    fp32 and int8: `AGREEMENT`. bf16 and fp16, given `emulated` (the agreement with eager fp32 of
+    the same model with the precision's rounding emulated in PyTorch, on the same frames):
+    min(AGREEMENT, 1 - 2 * (1 - emulated)), never below `AGREEMENT_FLOOR`. Why 2: a rounding error
+    of size e moves a pixel's class only where its top-2 logit gap is below about e, and near 0
+    the fraction of pixels with a gap below g grows in proportion to g (a smooth density of gaps),
+    so the pixels flipped grow in proportion to the error. The export's error is the emulation's
+    plus the difference between its kernels and the emulation (other summation orders and rounding
+    points), itself a rounding of at most the same size: at most twice the error, so about twice
+    the flips. Where the frames have few near ties, the table's bar stays.
+
+    Args:
+        precision: the export's precision.
+        emulated: the emulation's agreement (0..1), or None where it was not measured.
+    """
+    table = AGREEMENT[precision]
+    if precision not in EMULATED or emulated is None:
+        return table, f"needs >= {100 * table:.1f}%"
+    what = f"{precision} emulated in PyTorch on the same frames"
+    derived = round(1 - 2 * (1 - emulated), 9)  # to 1e-9, far below one pixel: no float residue at the edge
+    if derived >= table:
+        return table, f"needs >= {100 * table:.1f}%; {what}: {100 * emulated:.3f}%"
+    if derived < AGREEMENT_FLOOR:
+        return AGREEMENT_FLOOR, (f"needs >= {100 * AGREEMENT_FLOOR:.1f}%, the floor: {what} only "
+                                 f"{100 * emulated:.3f}%")
+    return derived, f"needs >= {100 * derived:.3f}%: 2x the disagreement of {what}, {100 * emulated:.3f}%"
 
 VERIFIED = ("run through its own runtime on real frames of the checkpoint's dataset (synthetic frames when "
             "none are found) against eager fp32 PyTorch")
