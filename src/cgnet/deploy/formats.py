@@ -217,6 +217,10 @@ class ExportFormat:
     def installed(self) -> bool:
         return all(_importable(m) for m in self.modules)
 
+    def installed_for(self, precision: str) -> bool:
+        """`installed`, and what writing `precision` needs besides (`precision_extras`)."""
+        return self.installed() and all(_importable(m) for p, m, _ in self.precision_extras if p == precision)
+
     def require(self) -> None:
         """Fail with the one line that says how to install what this format needs."""
         for module in self.modules:
