@@ -91,6 +91,44 @@ def test_export_round_trip_with_metadata(randomized_ckpt, camvid, tmp_path, fmt,
         np.testing.assert_allclose(pred.logits(image), expected, rtol=1e-4, atol=1e-4)
 
 
+INT8 = [name for name, entry in FORMATS.items() if entry.write is not None and "int8" in entry.precisions
+        and not entry.fixed_size]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", INT8)
+def test_int8_export_round_trip(randomized_ckpt, camvid, tmp_path, fmt, capsys, monkeypatch):
+    """Every format that writes int8 at any size: written by cgnet export (calibrated on training
+    crops), opened at int8 with its metadata, its class ids agreeing with eager fp32 as its
+    verification line says (recomputed here through the opened file), and refused at fp32."""
+    needs_runtime(fmt)
+    if fmt == "openvino":
+        pytest.importorskip("nncf")
+    real = exporter.calibration_inputs
+    monkeypatch.setattr(exporter, "calibration_inputs", lambda m, root, count=200, crop=360: real(m, root, 16, 32))
+    monkeypatch.setitem(formats.AGREEMENT, "int8", 0.3)  # random weights quantise badly
+    out = tmp_path / f"q{FORMATS[fmt].suffix}"
+    assert main(["export", "--checkpoint", str(randomized_ckpt), "--format", fmt, "--precision", "int8",
+                 "--out", str(out), "--data-root", str(camvid)]) == 0
+    printed = re.search(r"verified on (\d+) real frames .* argmax agreement ([\d.]+)%", capsys.readouterr().out)
+    pred = make_predictor(out)
+    assert pred.precision == "int8" and pred.meta["export_precision"] == "int8"
+    model = load_model(randomized_ckpt)
+    frames, _ = exporter.verification_images(model.meta, str(camvid))
+    assert int(printed.group(1)) == len(frames)
+    agree = total = 0
+    for image in frames:
+        with torch.no_grad():
+            expected = model(torch.from_numpy(pred.input(image)))[0].argmax(0).numpy()
+        agree += int((pred.predict(image) == expected).sum())
+        total += expected.size
+    assert 100 * agree / total == pytest.approx(float(printed.group(2)), abs=5e-4)
+    with pytest.raises(InputError) as refused:
+        make_predictor(out, precision="fp32")
+    assert str(refused.value) == (f"{out} was exported as int8, not fp32: give --precision int8 (or auto), or "
+                                  "export it again with --precision fp32")
+
+
 def test_torchscript_files_of_earlier_versions_still_load(randomized_ckpt, tmp_path):
     # what cgnet export wrote before .pt2: a trace of the simplified model, metadata inside
     model = load_model(randomized_ckpt)
@@ -111,7 +149,7 @@ def test_torchscript_files_of_earlier_versions_still_load(randomized_ckpt, tmp_p
 
 @pytest.mark.parametrize("argv, message", [
     (["--format", "pt2", "--precision", "int8"],
-     "cgnet export: error: --format pt2 writes fp32, not int8: use --format onnx or executorch"),
+     "cgnet export: error: --format pt2 writes fp32, not int8: use --format onnx or openvino or executorch"),
     (["--format", "onnx", "--precision", "bf16"], "cgnet export: error: --format onnx writes fp32 or int8, not bf16: "
                                                   "use --format openvino"),
     (["--format", "pt2", "--out", "model.onnx"], "cgnet export: error: --out model.onnx: --format pt2 files end in .pt2"),
@@ -156,7 +194,8 @@ def test_the_verified_texts_state_the_thresholds_the_export_applies(monkeypatch)
     assert FORMATS["openvino"].verified.endswith(
         "; fp32: max |logit diff| <= 0.01 and argmax agreement >= 99.9%; bf16 (an inference precision): argmax "
         "agreement >= the lower of 99.9% and 1 - 2x the disagreement of bf16 emulated in PyTorch on the same "
-        "frames, at least 99%")
+        "frames, at least 99%; int8 (NNCF, calibrated on 200 training crops, with accuracy control: at most 0.3 val "
+        "mIoU lost, the costliest operations kept in float): argmax agreement >= 97%")
     monkeypatch.setitem(formats.AGREEMENT, "int8", 0.5)  # one number, read by both the text and the check
     assert FORMATS["executorch"].verified.endswith("min/max calibration on 200 training crops): argmax agreement >= 50%")
     # the export reads the same table: test_export_that_disagrees_is_refused_and_removed raises it
@@ -288,16 +327,19 @@ def test_predict_looks_up_the_files_format_and_plans_once(onnx_file, tmp_path, m
                                             + r": \d+\.\d\d images/s", lines[0])
 
 
-def test_openvino_refuses_int8_instead_of_running_fp32(randomized_ckpt, tmp_path):
+def test_openvino_refuses_int8_for_a_float_file_instead_of_running_fp32(randomized_ckpt, tmp_path):
     pytest.importorskip("openvino")
     path = exporter.export(load_model(randomized_ckpt), tmp_path / "m.xml", "openvino", log=lambda *a: None)
     with pytest.raises(InputError) as refused:
         runners.openvino_runner(path, "int8")
-    assert str(refused.value) == (f"{path}: OpenVINO runs fp32 or bf16 here, not int8 (cgnet writes no quantised "
-                                  "OpenVINO file)")
-    with pytest.raises(InputError) as refused:  # through the formats table, before the runtime is asked
+    assert str(refused.value) == f"{path}: an unquantised OpenVINO file runs at fp32 or bf16, not int8"
+    with pytest.raises(InputError) as refused:
+        runners.openvino_runner(path, "fp16")
+    assert str(refused.value) == f"{path}: OpenVINO runs fp32, bf16, int8 here, not fp16"
+    with pytest.raises(InputError) as refused:  # through the file's metadata, before the runtime is asked
         make_predictor(path, precision="int8")
-    assert str(refused.value) == f"--precision int8 does not fit {path} (OpenVINO runs fp32 or bf16)"
+    assert str(refused.value) == (f"{path} was exported as fp32, not int8: give --precision fp32 (or auto), or "
+                                  "export it again with --precision int8")
     assert make_predictor(path, precision="bf16").precision == "bf16"  # an inference precision, applied at load
 
 

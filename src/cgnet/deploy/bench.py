@@ -54,10 +54,17 @@ CUDA_ONLY = ("torch-compiled-cudagraph-fp32", "torch-compiled-cudagraph-bf16", "
 EAGER_AUTOCAST = ["torch-eager-bf16", "torch-eager-fp16"]
 
 
+def _writable(path: str) -> bool:
+    """Whether an exported path's precision can be written here (OpenVINO int8 needs NNCF too)."""
+    backend, precision = path.split("-")[0], path.split("-")[-1]
+    fmt = next((f for f in FORMATS.values() if f.backend == backend), None)
+    return fmt is None or fmt.installed_for(precision)
+
+
 def select_paths(requested: list[str] | None, device: torch.device, have: list[str]) -> tuple[list[str], list[str]]:
     """The paths to measure (requested, or all whose backend is installed) and one-line notes on
     those left out: CUDA runs only the torch paths; the CUDA graph paths need CUDA."""
-    paths = list(requested) if requested else [p for p in PATHS if p.split("-")[0] in have]
+    paths = list(requested) if requested else [p for p in PATHS if p.split("-")[0] in have and _writable(p)]
     notes = []
     if device.type == "cuda":
         paths = [p for p in paths if p.startswith("torch")]

@@ -9,6 +9,7 @@ they are found, else on deterministic synthetic frames.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +29,13 @@ from ..model import CGNet
 from ..preprocess import check_spec, to_tensor
 from . import mobile
 from .formats import EMULATED, FORMATS, MAX_ABS_FP32, ExportFormat, agreement_bar, writable_formats
+from .openvino_int8 import Validation
 from .runners import torch_runner
 from .simplify import MaxPReLU, simplify_for_inference
+
+# labelled val frames int8 accuracy control scores mIoU on (each reverted group is one run over them)
+VALIDATION_FRAMES = 24
+
 
 class ExportError(CGNetError, ValueError):
     """An export that cannot be made or that failed its verification."""
@@ -193,6 +199,29 @@ def calibration_inputs(model: CGNet, data_root: str | os.PathLike | None, count:
     return [ds[i % len(ds)][0][None].numpy() for i in range(count)]
 
 
+def validation_set(model: CGNet, data_root: str | os.PathLike | None, count: int = VALIDATION_FRAMES) -> Validation:
+    """Up to `count` labelled frames of the val list of the checkpoint's dataset, evenly spread, at
+    full size, for int8 accuracy control (`cgnet.deploy.openvino_int8`); without them this refuses,
+    since accuracy control needs the metric's ground truth."""
+    meta = model.meta
+    root = _data_root(meta, data_root)
+    info = None
+    try:
+        info = dataset_from_meta(meta)
+        list_file = info.split_path(root, "val") if root is not None else None
+    except ValueError:
+        list_file = None
+    if list_file is None or not list_file.is_file():
+        where = f"in {root}" if root is not None else "(none found in the default locations)"
+        raise ExportError(f"int8 accuracy control needs the labelled val images of the checkpoint's dataset "
+                          f"({meta.get('dataset') or 'unknown'}) {where}: give --data-root with its list files")
+    ds = SegDataset(root, list_file, info, meta["preprocess"])
+    picks = np.linspace(0, len(ds) - 1, min(count, len(ds))).round().astype(int)
+    items = [(ds[i][0][None].numpy(), ds[i][1].numpy()) for i in picks]
+    return Validation(items, info.num_classes, info.ignore_index,
+                      f"{len(items)} of the {len(ds)} frames of {list_file.name} in {root}")
+
+
 def check_request(fmt: str, precision: str, out: str | os.PathLike | None = None) -> ExportFormat:
     """The format entry for `fmt`, once it is known to write `precision` (to `out`, when given,
     with the format's suffix) and to be installed: the request's own mistakes are named first, so
@@ -206,7 +235,7 @@ def check_request(fmt: str, precision: str, out: str | os.PathLike | None = None
                          + (f": use --format {' or '.join(others)}" if others else ""))
     if out is not None and Path(out).suffix != entry.suffix:
         raise InputError(f"--out {out}: --format {fmt} files end in {entry.suffix}")
-    entry.require()
+    entry.require_writer(precision)
     return entry
 
 
@@ -237,6 +266,18 @@ def verification_line(report: dict, source: str, precision: str) -> str:
     return (f"verified on {source} against eager fp32: max |logit diff| {report['max_abs_diff']:.3g}, argmax "
             f"agreement {100 * report['argmax_agreement']:.3f}% ({needs}"
             + (f", diff <= {MAX_ABS_FP32}" if precision == "fp32" else "") + ")")
+
+
+def int8_line(meta_text: str) -> str:
+    """The line `export` prints about an accuracy-controlled int8 file, from its metadata."""
+    int8 = json.loads(meta_text)["int8"]
+    control = int8["accuracy_control"]
+    reverted = ", ".join(control["reverted_to_float"]) or "none"
+    return (f"int8 ({int8['tool']}): {int8['int8_ops']} convolutions and matrix products in int8, "
+            f"{len(int8['float_ops'])} in float, of which accuracy control reverted {len(control['reverted_to_float'])} "
+            f"({reverted}); val mIoU on {control['frames']}: fp32 {100 * control['miou_fp32']:.2f}, plain "
+            f"quantisation {100 * control['miou_plain_int8']:.2f}, kept int8 {100 * control['miou_int8']:.2f} (at most "
+            f"{100 * control['max_drop']:g} lost: {'held' if control['held'] else 'NOT held'})")
 
 
 def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_root: str | None = None,
@@ -286,6 +327,8 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
         frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames]
         source += f", resized to the file's {height}x{width}"
     calibration = calibration_inputs(model, data_root) if precision in entry.calibrated else None
+    if precision in entry.validated:
+        options["validation"] = validation_set(model, data_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     simple = simplify_for_inference(model, prelu_as_max)
     uses_max = any(isinstance(m, MaxPReLU) for m in simple.modules())
@@ -295,7 +338,8 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
     # export never leaves a file that looks finished (cached exports rely on this)
     tmp = partial_name(out)
     if calibration is not None:  # the calibration's progress bar is inside the quiet block
-        log(f"{precision}: calibrating on {len(calibration)} training crops")
+        log(f"{precision}: calibrating on {len(calibration)} training crops"
+            + (f"; accuracy control on {options['validation'].source}" if "validation" in options else ""))
     try:
         with quiet_third_party():  # converters and runtimes print their own logs; --debug shows them
             entry.write(simple, tmp, meta, precision, calibration, **options)
@@ -306,6 +350,8 @@ def export(model: CGNet, out: Path, fmt: str, precision: str = "fp32", *, data_r
                            for p in (precision, *(p for p in entry.verified_at if p != precision))}
         for checked, report in reports.items():
             log(verification_line(report, source, checked) + (f" [{checked}]" if len(reports) > 1 else ""))
+        if "validation" in options:
+            log(int8_line(entry.read_meta(tmp)))
         for checked, report in reports.items():
             if not report["ok"]:
                 diff = f", max |diff| {report['max_abs_diff']:.3g}" if report["max_abs_diff"] is not None else ""

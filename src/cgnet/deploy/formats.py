@@ -24,8 +24,9 @@ import torch
 import torch.nn as nn
 
 from ..common import InputError
-from . import mobile
+from . import mobile, openvino_int8
 from .ncnn_format import ncnn_runner, read_ncnn_meta, write_ncnn
+from .openvino_int8 import Validation
 from .runners import (exported_program_runner, onnxruntime_runner, openvino_runner, openvino_stream_runner, require,
                       torchscript_runner)
 
@@ -103,9 +104,12 @@ def _quantize_onnx_int8(fp32_path: Path, path: Path, calibration: list[np.ndarra
 
 
 def write_openvino(model: nn.Module, path: Path, meta: dict, precision: str = "fp32",
-                   calibration: list[np.ndarray] | None = None) -> None:
+                   calibration: list[np.ndarray] | None = None, validation: Validation | None = None) -> None:
     """OpenVINO IR (.xml and its weights in the .bin beside it), converted from the ONNX export, fp32
-    weights; bf16 is an inference precision the loader applies, stored in the metadata."""
+    weights; bf16 is an inference precision the loader applies, stored in the metadata. int8: NNCF's
+    post-training quantisation calibrated on `calibration`, with accuracy control on `validation`
+    (labelled val frames; None: plain post-training quantisation); the metadata's "int8" entry says
+    what was quantised and what was kept in float (`cgnet.deploy.openvino_int8`)."""
     openvino = require("openvino")
     onnx_path = path.with_name(path.name + ".onnx")
     try:
@@ -113,6 +117,9 @@ def write_openvino(model: nn.Module, path: Path, meta: dict, precision: str = "f
         converted = openvino.convert_model(str(onnx_path))
     finally:
         onnx_path.unlink(missing_ok=True)
+    if precision == "int8":
+        converted, int8 = openvino_int8.quantize(converted, calibration, validation)
+        meta = dict(meta, int8=int8)
     converted.set_rt_info(json.dumps(meta), ["cgnet"])
     openvino.save_model(converted, str(path), compress_to_fp16=False)
 
@@ -182,6 +189,12 @@ class ExportFormat:
     #                                      order, several frames in flight (Predictor.predict_stream)
     verified_at: tuple[str, ...] = ()  # precisions every export is verified at, whichever was asked (the
     #                                    file is the same; apps choose at load time)
+    in_file: tuple[str, ...] = ()  # with precision_at_load: the precisions written into the file, which no
+    #                                load changes (the others are applied at load time to a float file)
+    validated: tuple[str, ...] = ()  # precisions whose writer takes `validation=` (labelled val frames:
+    #                                  accuracy control, `cgnet.deploy.openvino_int8.Validation`)
+    precision_extras: tuple[tuple[str, str, str], ...] = ()  # (precision, module, extra): what writing that
+    #                                                          precision needs beyond `modules`
 
     @property
     def verified(self) -> str:
@@ -208,10 +221,21 @@ class ExportFormat:
     def installed(self) -> bool:
         return all(_importable(m) for m in self.modules)
 
+    def installed_for(self, precision: str) -> bool:
+        """`installed`, and what writing `precision` needs besides (`precision_extras`)."""
+        return self.installed() and all(_importable(m) for p, m, _ in self.precision_extras if p == precision)
+
     def require(self) -> None:
         """Fail with the one line that says how to install what this format needs."""
         for module in self.modules:
             require(module, self.extra)
+
+    def require_writer(self, precision: str) -> None:
+        """`require`, and what writing `precision` needs besides (`precision_extras`)."""
+        self.require()
+        for needed, module, extra in self.precision_extras:
+            if needed == precision:
+                require(module, extra)
 
     def writer_options(self, size: tuple[int, int] | None, app_io: bool) -> dict:
         """The keyword arguments of this format's writer for --size and --app-io."""
@@ -284,10 +308,15 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  write_onnx, lambda path, precision: onnxruntime_runner(path), _onnx_meta, "",
                  backend="onnxruntime", calibrated=("int8",),
                  precision_notes=(("int8", "static QDQ, calibrated on 200 training crops"),)),
-    ExportFormat("openvino", ".xml", "OpenVINO", ("fp32", "bf16"), "openvino", ("openvino", "onnx"),
+    ExportFormat("openvino", ".xml", "OpenVINO", ("fp32", "bf16", "int8"), "openvino", ("openvino", "onnx"),
                  write_openvino, openvino_runner, _openvino_meta, "",
                  backend="openvino", companions=(".bin",), precision_at_load=True, load_stream=openvino_stream_runner,
-                 precision_notes=(("bf16", "an inference precision"),)),
+                 calibrated=("int8",), in_file=("int8",), validated=("int8",),
+                 precision_extras=(("int8", "nncf", "openvino-int8"),),
+                 precision_notes=(("bf16", "an inference precision"),
+                                  ("int8", "NNCF, calibrated on 200 training crops, with accuracy control: at most "
+                                           f"{100 * openvino_int8.MAX_DROP:g} val mIoU lost, the costliest "
+                                           "operations kept in float"))),
     ExportFormat("pt2", ".pt2", "PyTorch (torch.export)", ("fp32",), None, (),
                  write_pt2, lambda path, precision: exported_program_runner(path), _pt2_meta, ""),
     ExportFormat("executorch", ".pte", "ExecuTorch (XNNPACK delegate; Android, iOS, Linux)", ("fp32", "int8"),

@@ -107,7 +107,7 @@ def _open_exported(path: Path, fmt: ExportFormat, precision: str | None) -> Pred
         meta = read_exported_meta(path, fmt)
     chosen = meta.get("export_precision", "fp32")
     if precision and precision != chosen:
-        if not fmt.precision_at_load:
+        if not fmt.precision_at_load or {precision, chosen} & set(fmt.in_file):
             raise InputError(f"{path} was exported as {chosen}, not {precision}: give --precision {chosen} (or "
                              f"auto), or export it again with --precision {precision}")
         chosen = precision

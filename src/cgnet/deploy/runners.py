@@ -208,13 +208,16 @@ def onnxruntime_runner(path: Path, settings: OrtSettings | None = None):
     return lambda x: session.run(None, {name: x})[0]
 
 
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # cgnet's name -> OpenVINO's inference precision
+# cgnet's name -> OpenVINO's inference precision; an int8 file (FakeQuantize operations, written by NNCF)
+# runs its int8 parts in int8 and what accuracy control kept in float in fp32
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def openvino_runner(path: Path, precision: str = "fp32"):
     """An OpenVINO IR on the CPU at an inference precision (fp32, or bf16: OpenVINO casts where the
-    CPU runs bf16 natively and emulates it elsewhere). int8 is refused: cgnet writes no quantised
-    OpenVINO graph, and the precision hint alone would run the fp32 graph while calling it int8."""
+    CPU runs bf16 natively and emulates it elsewhere), or an int8 IR at int8. int8 is refused for a
+    float IR (the precision hint alone would run the fp32 graph while calling it int8), and fp32 and
+    bf16 for an int8 one."""
     compiled = _compiled_openvino(path, precision, {})
     request = compiled.create_infer_request()
     return lambda x: request.infer({0: x})[compiled.output(0)].copy()
@@ -224,10 +227,13 @@ def _compiled_openvino(path: Path, precision: str, config: dict, change: Callabl
     """The IR at `path` (changed by change(model) when given) compiled for the CPU at `precision`
     with `config` added (OpenVINO properties)."""
     if precision not in OPENVINO_PRECISIONS:
-        raise InputError(f"{path}: OpenVINO runs fp32 or bf16 here, not {precision} (cgnet writes no quantised "
-                         "OpenVINO file)")
+        raise InputError(f"{path}: OpenVINO runs {', '.join(OPENVINO_PRECISIONS)} here, not {precision}")
     core = require("openvino").Core()
     model = core.read_model(str(path))
+    quantised = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    if quantised != (precision == "int8"):
+        raise InputError(f"{path}: an {'int8' if quantised else 'unquantised'} OpenVINO file runs at "
+                         f"{'int8' if quantised else 'fp32 or bf16'}, not {precision}")
     return core.compile_model(change(model) if change else model, "CPU",
                               {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], **config})
 
