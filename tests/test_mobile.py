@@ -293,7 +293,7 @@ def test_cgnet_export_app_io_file_predicts_the_eager_class_ids(randomized_ckpt, 
     (["--format", "onnx", "--size", "64x64"], "--size: --format onnx keeps height and width dynamic; --size is for "
                                               "executorch, litert"),
     (["--format", "litert", "--precision", "int8"], "--format litert writes fp32, not int8: use --format onnx or "
-                                                    "executorch"),
+                                                    "openvino or executorch"),
 ])
 def test_export_refuses_phone_options_where_they_do_not_apply(argv, message, randomized_ckpt, capsys):
     assert main(["export", "--checkpoint", str(randomized_ckpt), *argv]) == 2
