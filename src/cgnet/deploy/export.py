@@ -274,8 +274,8 @@ def int8_line(meta_text: str) -> str:
     control = int8["accuracy_control"]
     reverted = ", ".join(control["reverted_to_float"]) or "none"
     return (f"int8 ({int8['tool']}): {int8['int8_ops']} convolutions and matrix products in int8, "
-            f"{len(int8['float_ops'])} in float, of which accuracy control reverted {len(control['reverted_to_float'])} "
-            f"({reverted}); val mIoU on {control['frames']}: fp32 {100 * control['miou_fp32']:.2f}, plain "
+            f"{len(int8['float_ops'])} in float; accuracy control returned {len(control['reverted_to_float'])} "
+            f"quantised activations to float ({reverted}); val mIoU on {control['frames']}: fp32 {100 * control['miou_fp32']:.2f}, plain "
             f"quantisation {100 * control['miou_plain_int8']:.2f}, kept int8 {100 * control['miou_int8']:.2f} (at most "
             f"{100 * control['max_drop']:g} lost: {'held' if control['held'] else 'NOT held'})")
 

@@ -95,7 +95,7 @@ def quantize(model, calibration: list[np.ndarray], validation: Validation | None
     scores = {name: validate(openvino.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}),
                              validation.items)[0]
               for name, m in (("fp32", model), ("plain_int8", plain), ("int8", quantized))}
-    reverted = [name for name in _split(plain)[0] if name not in _split(quantized)[0]]
+    reverted = sorted(_quantized_inputs(plain) - _quantized_inputs(quantized))
     control = {"metric": "mIoU (0-1)", "frames": validation.source, "max_drop": MAX_DROP,
                "ranking_frames": advanced.ranking_subset_size, "max_reverts": MAX_REVERTS,
                **{f"miou_{name}": value for name, value in scores.items()},
@@ -112,6 +112,18 @@ def _split(model) -> tuple[list[str], list[str]]:
             source = op.input_value(0).get_node()
             (int8 if source.get_type_name() == "FakeQuantize" else kept).append(op.get_friendly_name())
     return int8, kept
+
+
+def _quantized_inputs(model) -> set[str]:
+    """Every operation input of `model` fed by an activation's FakeQuantize, as 'name:input' (any
+    operation: accuracy control also reverts the quantisers in front of PReLU's maximum and
+    multiplication, additions and concatenations, which `_split` does not list). The weights'
+    quantisers are left out: NNCF's intermediate file keeps them as FakeQuantize, the final file
+    may hold them compressed, so comparing them would list every weight."""
+    return {f"{op.get_friendly_name()}:{i}" for op in model.get_ordered_ops()
+            for i, value in enumerate(op.input_values())
+            if value.get_node().get_type_name() == "FakeQuantize"
+            and value.get_node().input_value(0).get_node().get_type_name() != "Constant"}
 
 
 def _report(quantized, control: dict) -> dict:
