@@ -178,24 +178,31 @@ def verification_images(meta: dict, data_root: str | os.PathLike | None = None, 
     return synthetic_frames(count), f"{count} synthetic frames (no {meta.get('dataset') or 'dataset'} data found)"
 
 
+def _split_list(meta: dict, data_root: str | os.PathLike | None, split: str, needs: str):
+    """(root, list file, dataset info) of `split` of the checkpoint's dataset; refused with one line
+    starting with `needs` when the list is not there."""
+    root = _data_root(meta, data_root)
+    info = list_file = None
+    try:
+        info = dataset_from_meta(meta)
+        list_file = info.split_path(root, split) if root is not None else None
+    except ValueError:
+        pass
+    if list_file is None or not list_file.is_file():
+        where = f"in {root}" if root is not None else "(none found in the default locations)"
+        raise ExportError(f"{needs} of the checkpoint's dataset ({meta.get('dataset') or 'unknown'}) {where}: "
+                          "give --data-root with its list files")
+    return root, list_file, info
+
+
 def calibration_inputs(model: CGNet, data_root: str | os.PathLike | None, count: int = 200,
                        crop: int = 360) -> list[np.ndarray]:
     """Normalised training crops (the training augmentation) of the checkpoint's own dataset, for
     int8 calibration; without training data this refuses, since synthetic frames would
     calibrate the wrong value ranges."""
-    meta = model.meta
-    root = _data_root(meta, data_root)
-    info = None
-    try:
-        info = dataset_from_meta(meta)
-        list_file = info.split_path(root, "train") if root is not None else None
-    except ValueError:
-        list_file = None
-    if list_file is None or not list_file.is_file():
-        where = f"in {root}" if root is not None else "(none found in the default locations)"
-        raise ExportError(f"int8 calibration needs the training images of the checkpoint's dataset "
-                         f"({meta.get('dataset') or 'unknown'}) {where}: give --data-root with its list files")
-    ds = SegDataset(root, list_file, info, meta["preprocess"], train=True, crop=(crop, crop), seed=1234)
+    root, list_file, info = _split_list(model.meta, data_root, "train",
+                                        "int8 calibration needs the training images")
+    ds = SegDataset(root, list_file, info, model.meta["preprocess"], train=True, crop=(crop, crop), seed=1234)
     return [ds[i % len(ds)][0][None].numpy() for i in range(count)]
 
 
@@ -203,19 +210,9 @@ def validation_set(model: CGNet, data_root: str | os.PathLike | None, count: int
     """Up to `count` labelled frames of the val list of the checkpoint's dataset, evenly spread, at
     full size, for int8 accuracy control (`cgnet.deploy.openvino_int8`); without them this refuses,
     since accuracy control needs the metric's ground truth."""
-    meta = model.meta
-    root = _data_root(meta, data_root)
-    info = None
-    try:
-        info = dataset_from_meta(meta)
-        list_file = info.split_path(root, "val") if root is not None else None
-    except ValueError:
-        list_file = None
-    if list_file is None or not list_file.is_file():
-        where = f"in {root}" if root is not None else "(none found in the default locations)"
-        raise ExportError(f"int8 accuracy control needs the labelled val images of the checkpoint's dataset "
-                          f"({meta.get('dataset') or 'unknown'}) {where}: give --data-root with its list files")
-    ds = SegDataset(root, list_file, info, meta["preprocess"])
+    root, list_file, info = _split_list(model.meta, data_root, "val",
+                                        "int8 accuracy control needs the labelled val images")
+    ds = SegDataset(root, list_file, info, model.meta["preprocess"])
     picks = np.linspace(0, len(ds) - 1, min(count, len(ds))).round().astype(int)
     items = [(ds[i][0][None].numpy(), ds[i][1].numpy()) for i in picks]
     return Validation(items, info.num_classes, info.ignore_index,
@@ -275,7 +272,8 @@ def int8_line(meta_text: str) -> str:
     reverted = ", ".join(control["reverted_to_float"]) or "none"
     return (f"int8 ({int8['tool']}): {int8['int8_ops']} convolutions and matrix products in int8, "
             f"{len(int8['float_ops'])} in float; accuracy control returned {len(control['reverted_to_float'])} "
-            f"quantised activations to float ({reverted}); val mIoU on {control['frames']}: fp32 {100 * control['miou_fp32']:.2f}, plain "
+            f"quantised activations to float ({reverted}); val mIoU on {control['frames']}: "
+            f"fp32 {100 * control['miou_fp32']:.2f}, plain "
             f"quantisation {100 * control['miou_plain_int8']:.2f}, kept int8 {100 * control['miou_int8']:.2f} (at most "
             f"{100 * control['max_drop']:g} lost: {'held' if control['held'] else 'NOT held'})")
 
