@@ -213,21 +213,27 @@ def test_a_disagreement_with_eager_is_refused_and_the_weights_left_as_they_were(
     assert torch.equal(before, flat(model))
 
 
-@pytest.mark.parametrize("settings, chosen", [
-    (dict(compile=False), "eager"),
-    (dict(compile=True), "compile"),  # the whole step refused (a stand-in check): the compiled model
+@pytest.mark.parametrize("settings, verdict, chosen", [
+    (dict(compile=False), None, "eager"),
+    (dict(compile=True), None, "compile"),  # the compiled model agrees with eager: it trains
+    (dict(compile=True), "forced disagreement", "eager"),  # it disagrees: one warning, then eager
 ])
-def test_the_fallback_chain_ends_in_an_eager_step(monkeypatch, capsys, settings, chosen):
+def test_the_fallback_chain_ends_in_an_eager_step(monkeypatch, capsys, settings, verdict, chosen):
     from types import SimpleNamespace
 
     import cgnet.engine.train as train
-    monkeypatch.setattr(steps, "check_against_eager", lambda *a, **k: "forced disagreement")
+    checked = []
+    monkeypatch.setattr(steps, "check_against_eager", lambda *a, **k: checked.append(a) or verdict)
     monkeypatch.setattr(steps.torch, "compile", lambda fn, **kw: copy.copy(fn) if isinstance(fn, nn.Module) else fn)
     model, criterion, optimizer = build()
     parts = SimpleNamespace(model=model, bare=model, criterion=criterion, optimizer=optimizer, scaler=no_scaler())
     data = SimpleNamespace(per_rank=BATCH, info=SimpleNamespace(num_classes=CLASSES))
     step = train.choose_step(parts, TrainConfig(crop=(32, 32), amp="off", batch_size=2, **settings), data, CPU)
     assert step.kind == chosen
+    assert len(checked) == (1 if settings["compile"] else 0)  # the compiled model is checked once, before use
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
+    assert warnings == ([] if verdict is None else
+                        ["warning: the compiled model disagrees with eager: forced disagreement; training eagerly"])
     assert not torch.is_tensor(optimizer.param_groups[0]["lr"])  # the eager steps take a float lr
     (x, y), = batches(1)
     before = flat(model).clone()
@@ -399,3 +405,25 @@ def test_a_failed_cuda_graph_capture_leaves_model_and_optimizer_as_they_were(mon
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert torch.equal(optimizer_moments(optimizer), moments)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.compile
+def test_the_compiled_model_trains_in_bf16_on_the_cpu(capsys):
+    """The model compiled under CPU bf16 autocast, with the CPU's training kernels and at the batch
+    and crop where torch 2.13's compiled whole step once lost every gradient, passes the check
+    against an eager bf16 step and gives every parameter a gradient."""
+    from cgnet.engine.config import CPU_TRAINING_DEFAULTS
+    from cgnet.engine.grads import use_training_kernels
+    model, criterion, optimizer = build()
+    use_training_kernels(model, depthwise=CPU_TRAINING_DEFAULTS["depthwise_backward"],
+                         prelu=CPU_TRAINING_DEFAULTS["prelu_backward"],
+                         upsample=CPU_TRAINING_DEFAULTS["upsample_backward"])
+    spec = TrainConfig(crop=(64, 64), amp="bf16", channels_last=True, batch_size=8)
+    run = steps.compile_or_eager(model, spec, CPU, 8, criterion, optimizer, CLASSES)
+    assert "warning" not in capsys.readouterr().out
+    assert run is not model  # compiled, and kept
+    (x, y), = batches(1)
+    step = make_eager_step(run, criterion, optimizer, no_scaler(), CPU, spec)
+    assert torch.isfinite(step(x.repeat(4, 1, 2, 2), y.repeat(4, 2, 2)))
+    # the step leaves the loss's gradient in .grad (Adam adds the weight decay to a copy)
+    assert [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []

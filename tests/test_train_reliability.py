@@ -86,8 +86,6 @@ def lock_holder(out) -> subprocess.Popen:
     (["--std", "0.2,0.2,0.2,0.2"], "--std 0.2,0.2,0.2,0.2: needs 3 values (one per channel), got 4"),
     (["--std", "0.2,0,0.2"], "--std 0.2,0,0.2: must be positive"),
     (["--seed", "-1"], "--seed -1: must be at least 0"),
-    (["--compile", "--amp", "bf16"], "--compile with --amp bf16 on the CPU trains nothing (inductor's CPU bf16 kernels "
-                                     "give CGNet zero gradients); use --amp off with --compile, or --no-compile with bf16"),
     (["--blocks", "1", "5"], "--blocks 1 5: each stage needs at least 2 blocks (one down-sampling block plus "
                              "M-1 or N-1 CG blocks)"),
     (["--batch-size", "16"], "--batch-size 16: the training list {root}/camvid_train_list.txt has 8 images, "

@@ -324,12 +324,10 @@ def cpu_speed_defaults(capability: str, amp: str) -> tuple[bool, bool, str]:
     Args:
         capability: the kernels ATen picked for this CPU (torch.backends.cpu.get_cpu_capability():
             DEFAULT, AVX2, AVX512, ...; ATEN_CPU_CAPABILITY can lower it).
-        amp: the run's autocast ('off' or 'bf16'): --compile with bf16 trains nothing on the CPU.
+        amp: the run's autocast ('off' or 'bf16'); the compiled model is checked against eager
+            before use in either (`steps.compile_or_eager`).
     """
     if capability in MEASURED_COMPILED:
-        if amp == "bf16":
-            return True, False, (f"{capability} CPU with --amp bf16: channels_last, the model not compiled "
-                                 "(compiled bf16 trains nothing on the CPU)")
         return True, True, f"{capability} CPU: channels_last + compiled model (measured {MEASURED_COMPILED[capability]})"
     return False, False, f"{capability} CPU: eager, NCHW (the compiled model was measured only with AVX2 or AVX-512)"
 
@@ -408,10 +406,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 or off on the CPU")
     if cfg.sync_bn and not on_cuda:
         raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
-    if cfg.compile and cfg.amp == "bf16" and not on_cuda:
-        # seen with torch 2.13: inductor's CPU bf16 kernels give CGNet zero gradients everywhere
-        raise ConfigError("--compile with --amp bf16 on the CPU trains nothing (inductor's CPU bf16 kernels give "
-                          "CGNet zero gradients); use --amp off with --compile, or --no-compile with bf16")
     # every field's own check (`option(check=...)`), in the order of the fields
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)

@@ -139,21 +139,32 @@ def make_graphed_step(model, criterion, optimizer, device, spec: StepSpec, per_r
     return step
 
 
-def compile_or_eager(model, spec: StepSpec, device, per_rank: int):
-    """torch.compile, tried on one dummy step first; eager (with a warning) if it fails."""
+def compile_or_eager(model, spec: StepSpec, device, per_rank: int, criterion=None, optimizer=None,
+                     num_classes: int = 0):
+    """torch.compile, tried on one dummy step first and, given the criterion and optimiser, checked
+    against an eager step (`check_against_eager`: loss, gradient, update); eager (with a warning)
+    if it fails or disagrees."""
     compiled = torch.compile(model)
     try:
         x = torch.zeros(per_rank, 3, *spec.crop, device=device)
         with autocast(device, spec.amp):
             compiled(x).float().mean().backward()
         model.zero_grad(set_to_none=True)
-        return compiled
+        why = None
+        if criterion is not None:
+            step = make_eager_step(compiled, criterion, optimizer, torch.amp.GradScaler(torch.device(device).type,
+                                   enabled=False), torch.device(device), spec)
+            why = check_against_eager(step, model, criterion, optimizer, torch.device(device), spec, per_rank,
+                                      num_classes)
     except Exception as e:  # compilers fail in many ways; training must not
-        if is_main_process():
-            print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                  "training eagerly")
-        model.zero_grad(set_to_none=True)
-        return model
+        why = f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    model.zero_grad(set_to_none=True)
+    if why is None:
+        return compiled
+    if is_main_process():
+        print(f"warning: {why if why.startswith('torch.compile') else 'the compiled model disagrees with eager: ' + why}; "
+              "training eagerly")
+    return model
 
 
 # ---- the whole step compiled -----------------------------------------------------------------

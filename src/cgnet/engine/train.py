@@ -447,7 +447,8 @@ def choose_step(parts: TrainParts, cfg: TrainConfig, data: TrainData, device: to
             return step
     # a resumed optimiser (or a failed capture) may carry a tensor lr: the eager steps want a float
     configure_optimizer(parts.optimizer, device, tensor_lr=False)
-    model = compile_or_eager(parts.model, cfg, device, data.per_rank) if cfg.compile else parts.model
+    model = compile_or_eager(parts.model, cfg, device, data.per_rank, parts.criterion, parts.optimizer,
+                             data.info.num_classes) if cfg.compile else parts.model
     step = make_eager_step(model.train(), parts.criterion, parts.optimizer, parts.scaler, device, cfg)
     step.kind = "compile" if model is not parts.model else "eager"
     return step
