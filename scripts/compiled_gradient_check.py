@@ -33,6 +33,17 @@ The peak-memory reordering runs after fusion, so without it the same kernels run
 fusion left them: that pass puts the scatter after its reader. At full size (M3N21, crop 360,
 batch 8, --compiled step) both switches give 1.005e-03, the size of fp32 rounding for this
 network: eager fp32 against eager fp64 differs by 9.3e-04 there.
+--amp bf16 runs the forward under autocast in both (eager bf16 against compiled bf16) and also
+prints how far eager bf16 is from eager fp32, the size of bf16's own rounding;
+--training-kernels puts in the CPU's training backward passes (`cgnet train`'s defaults,
+engine.config.CPU_TRAINING_DEFAULTS). With torch 2.13.0 on a 2-core AMD EPYC (AVX-512, avx512_bf16),
+crop 64, batch 8, --amp bf16 (eager bf16 is 1.7e-01 from eager fp32 in each):
+  --compiled model --training-kernels   1.294e-01  (agrees, to bf16's rounding)
+  --compiled model                      1.441e-01  (agrees)
+  --compiled step                       1.000e+00  (zero gradients: the reordering above)
+  --compiled step --cpu-options         1.441e-01  (agrees)
+so the CPU bf16 "zero gradients" once blamed on inductor's bf16 kernels came from the compiled
+whole step's reordering; `cgnet train --compile` on the CPU compiles the model only.
 --option KEY=VALUE (repeatable) compiles with such inductor options; --cpu-options uses
 cgnet.engine.steps.CPU_INDUCTOR_OPTIONS, what `make_compiled_step` uses on the CPU.
 """
@@ -44,6 +55,9 @@ import torch
 import torch.nn as nn
 
 from cgnet import CGNet
+from cgnet.common import autocast
+from cgnet.engine.config import CPU_TRAINING_DEFAULTS
+from cgnet.engine.grads import use_training_kernels
 from cgnet.engine.steps import CPU_INDUCTOR_OPTIONS
 
 
@@ -57,6 +71,9 @@ def main():
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="an inductor option for torch.compile, e.g. cpp.max_horizontal_fusion_size=1")
     p.add_argument("--cpu-options", action="store_true", help="compile with steps.CPU_INDUCTOR_OPTIONS")
+    p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast of the forward, eager and compiled")
+    p.add_argument("--training-kernels", action="store_true",
+                   help="the CPU's training backward passes (engine.config.CPU_TRAINING_DEFAULTS)")
     args = p.parse_args()
     options = dict(CPU_INDUCTOR_OPTIONS) if args.cpu_options else {}
     for item in args.option:
@@ -67,21 +84,34 @@ def main():
     compile_kwargs = {"options": options} if options else {}
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = CGNet(11, m=args.blocks[0], n=args.blocks[1]).to(device).train().to(memory_format=torch.channels_last)
+    model = CGNet(11, m=args.blocks[0], n=args.blocks[1])
+    if args.training_kernels:
+        use_training_kernels(model, depthwise=CPU_TRAINING_DEFAULTS["depthwise_backward"],
+                             prelu=CPU_TRAINING_DEFAULTS["prelu_backward"],
+                             upsample=CPU_TRAINING_DEFAULTS["upsample_backward"])
+    model = model.to(device).train().to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss(weight=torch.linspace(1, 2, 11, device=device), ignore_index=11)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(args.batch, 3, args.crop, args.crop, generator=gen, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 11, (args.batch, args.crop, args.crop), generator=gen, device=device)
 
-    def loss_of(net):
-        return criterion(net(x).float(), y)
+    def loss_of(net, amp=args.amp):
+        with autocast(device, amp):
+            logits = net(x)
+        return criterion(logits.float(), y)
 
     saved = {k: v.clone() for k, v in model.state_dict().items()}  # BN running statistics
-    loss_of(model).backward()
-    eager = {name: p.grad.clone() for name, p in model.named_parameters()}
-    model.load_state_dict(saved)
-    model.zero_grad(set_to_none=True)
+
+    def eager_gradients(amp):
+        loss_of(model, amp).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
+        return grads
+
+    eager = eager_gradients(args.amp)
+    fp32 = eager_gradients("off") if args.amp != "off" else None
 
     t0 = time.perf_counter()
     if args.compiled == "model":
@@ -100,8 +130,12 @@ def main():
     diff = torch.cat([(eager[k] - compiled[k]).flatten() for k in eager]).norm()
     total = torch.cat([g.flatten() for g in eager.values()]).norm()
     print(f"torch {torch.__version__}, {device}, CGNet M{args.blocks[0]}N{args.blocks[1]}, crop {args.crop}, "
-          f"batch {args.batch}, compiled: {args.compiled}, options {options} ({seconds:.0f} s to compile and run)")
+          f"batch {args.batch}, compiled: {args.compiled}, amp {args.amp}, training kernels {args.training_kernels}, "
+          f"options {options} ({seconds:.0f} s to compile and run)")
     print(f"gradients, all together: |compiled - eager| / |eager| = {float(diff / total):.3e}")
+    if fp32 is not None:
+        off = torch.cat([(eager[k] - fp32[k]).flatten() for k in eager]).norm()
+        print(f"  for scale, eager {args.amp} against eager fp32: {float(off / torch.cat([g.flatten() for g in fp32.values()]).norm()):.3e}")
     worst = sorted(((float((eager[k] - compiled[k]).norm() / eager[k].norm().clamp_min(1e-12)), k) for k in eager),
                    reverse=True)[:5]
     for rel, name in worst:
