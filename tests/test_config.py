@@ -155,31 +155,52 @@ def test_fresh_settings_are_not_taken_from_a_config_file(camvid, tmp_path):
     assert all(next(f for f in fields(TrainConfig) if f.name == n).metadata["resume"] == FRESH for n in NOT_INHERITED)
 
 
-@pytest.mark.parametrize("capability, amp, expected", [
-    ("AVX512", "off", (True, True)),    # measured 1.88-2.31x a plain eager loop there
-    ("AVX512", "bf16", (True, True)),   # checked against eager before use (steps.compile_or_eager)
-    ("AVX2", "off", (True, True)),      # 1.48x, against 1.10x eager NCHW
-    ("AVX2", "bf16", (True, True)),
-    ("DEFAULT", "off", (False, False)),
-    ("ZVECTOR", "off", (False, False)),
+@pytest.mark.parametrize("capability, expected", [
+    ("AVX512", (True, True)),    # measured 1.88-2.31x a plain eager loop there
+    ("AVX2", (True, True)),      # 1.48x, against 1.10x eager NCHW
+    ("DEFAULT", (False, False)),
+    ("ZVECTOR", (False, False)),
 ])
-def test_cpu_speed_defaults_follow_the_cpus_vector_instructions(capability, amp, expected):
-    channels_last, compile, why = cpu_speed_defaults(capability, amp)
+def test_cpu_speed_defaults_follow_the_cpus_vector_instructions(capability, expected):
+    channels_last, compile, why = cpu_speed_defaults(capability)
     assert (channels_last, compile) == expected
     assert why.startswith(f"{capability} CPU")
 
 
+@pytest.mark.parametrize("native_bf16, given, amp, flags", [
+    (True, [], "bf16", "--channels-last --compile --amp bf16"),
+    (False, [], "off", "--channels-last --compile --amp off"),
+    (True, ["--amp", "off"], "off", "--channels-last --compile"),  # what the user gives is kept, and not listed
+    (False, ["--amp", "bf16"], "bf16", "--channels-last --compile"),
+])
+def test_the_cpus_bf16_decides_the_default_precision_and_the_speed_line_says_so(monkeypatch, camvid, native_bf16,
+                                                                                  given, amp, flags):
+    import cgnet.engine.config as config
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(config.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", *given))
+    assert cfg.amp == amp
+    assert cfg.speed_choice.endswith(f"; by default here: {flags}")
+    # the bf16 reason is given only where the default chose bf16
+    assert (config.MEASURED_CPU_BF16 in cfg.speed_choice) == (native_bf16 and not given)
+
+
 def test_a_cpu_run_without_speed_options_gets_this_cpus_defaults_and_says_why(camvid, monkeypatch):
+    import cgnet.engine.config as config
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "AVX512")
     cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", "--preset", "camvid-cpu"))
-    assert (cfg.channels_last, cfg.compile) == (True, True)
+    assert (cfg.channels_last, cfg.compile, cfg.amp) == (True, True, "off")  # the preset's amp
     assert cfg.speed_choice == ("AVX512 CPU: channels_last + compiled model (measured 1.88-2.31x a plain eager loop as "
                                 "run on an AVX-512 Xeon); by default here: --channels-last --compile")
     monkeypatch.setattr("torch.backends.cpu.get_cpu_capability", lambda: "DEFAULT")
     cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", "--compile"))
     assert (cfg.channels_last, cfg.compile) == (False, True)  # what the command line says is kept
-    assert cfg.speed_choice.endswith("; by default here: --no-channels-last")
+    assert cfg.speed_choice.endswith("; by default here: --no-channels-last --amp off")
     cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", "--channels-last", "--no-compile"))
+    assert cfg.speed_choice.endswith("; by default here: --amp off")
+    cfg = resolve_config(parse("--data-root", str(camvid), "--device", "cpu", "--channels-last", "--no-compile",
+                               "--amp", "off"))
     assert (cfg.channels_last, cfg.compile, cfg.speed_choice) == (True, False, None)
 
 

@@ -7,7 +7,9 @@ from cgnet.cli import main
 
 TINY = ["--dataset", "camvid", "--train-split", "train", "--val-split", "val", "--blocks", "2", "2",
         "--crop", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress",
-        "--val-every", "1", "--no-compile"]  # not left to the CPU: compiling every run would take minutes
+        "--val-every", "1", "--no-compile", "--amp", "off"]
+# compile and precision not left to the CPU: compiling every run would take minutes, and bf16 (the
+# default where the CPU computes in it) would make the runs' numbers depend on the machine
 
 
 def train(camvid, out, *extra):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import resolve_weights
-from ..common import ConfigError, default_device, parse_floats
+from ..common import ConfigError, cpu_has_native_bf16, default_device, parse_floats
 from ..data.catalog import DATASETS, known_names, read_class_names, resolve_dataset
 from .config_file import read_config_file
 
@@ -190,7 +190,8 @@ class TrainConfig:
                                            DEFINES, check=three_values, type=parse_floats)
     # how it runs
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)", "speed", SAME_KIND)
-    amp: str | None = option(None, "mixed precision (default: bf16 on CUDA, off on CPU)", "speed", MAY_CHANGE,
+    amp: str | None = option(None, "mixed precision (default: bf16 on CUDA and on CPUs that compute in bf16 "
+                                         "natively, AVX512-BF16 or AMX; else off)", "speed", MAY_CHANGE,
                              choices=["off", "bf16", "fp16"])
     channels_last: bool | None = option(None, "NHWC memory format (default: on with CUDA; on a CPU, chosen by its "
                                               "vector instructions and printed)", "speed", MAY_CHANGE,
@@ -318,18 +319,29 @@ MEASURED_COMPILED = {"AVX512": "1.88-2.31x a plain eager loop as run on an AVX-5
                      "AVX2": "1.48x a plain eager loop as run with AVX2 kernels, against 1.10x eager NCHW"}
 
 
-def cpu_speed_defaults(capability: str, amp: str) -> tuple[bool, bool, str]:
+# Where bf16 autocast is the CPU's default: CPUs that compute in bf16 natively (common.cpu_has_native_bf16).
+# The value is what the run's speed line says; the measurements are in docs/speed.md (keep them in step).
+MEASURED_CPU_BF16 = ("bf16 autocast where the CPU computes in bf16 natively (measured 2.78x a plain eager loop as run "
+                     "against fp32's 2.13x on a 2-core AVX-512 EPYC, with fp32's loss and val mIoU)")
+
+
+def cpu_speed_defaults(capability: str) -> tuple[bool, bool, str]:
     """(channels_last, compile, why) for a CPU run whose options leave them open.
 
     Args:
         capability: the kernels ATen picked for this CPU (torch.backends.cpu.get_cpu_capability():
-            DEFAULT, AVX2, AVX512, ...; ATEN_CPU_CAPABILITY can lower it).
-        amp: the run's autocast ('off' or 'bf16'); the compiled model is checked against eager
-            before use in either (`steps.compile_or_eager`).
+            DEFAULT, AVX2, AVX512, ...; ATEN_CPU_CAPABILITY can lower it). The compiled model is
+            checked against eager before use, in either precision (`steps.compile_or_eager`).
     """
     if capability in MEASURED_COMPILED:
         return True, True, f"{capability} CPU: channels_last + compiled model (measured {MEASURED_COMPILED[capability]})"
     return False, False, f"{capability} CPU: eager, NCHW (the compiled model was measured only with AVX2 or AVX-512)"
+
+
+def cpu_amp_default(native_bf16: bool) -> tuple[str, str | None]:
+    """(amp, why) for a CPU run that leaves --amp open: bf16 where the CPU computes in bf16
+    natively (`common.cpu_has_native_bf16`), else off (why None)."""
+    return ("bf16", MEASURED_CPU_BF16) if native_bf16 else ("off", None)
 
 
 def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> TrainConfig:
@@ -365,7 +377,7 @@ def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> Tra
     device = cfg.device or default_device()
     on_cuda = device.startswith("cuda")
     cfg = replace(cfg, device=device,
-                  amp=cfg.amp or ("bf16" if on_cuda else "off"),
+                  amp=cfg.amp or ("bf16" if on_cuda else None),
                   workers=cfg.workers if cfg.workers is not None else (min(8, os.cpu_count() or 1) if on_cuda else 1),
                   loader=cfg.loader if cfg.loader != "auto" else
                   ("memory" if on_cuda else CPU_TRAINING_DEFAULTS["loader"]),
@@ -376,11 +388,15 @@ def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> Tra
                   ("compiler" if on_cuda else CPU_TRAINING_DEFAULTS["upsample_backward"]))
     if on_cuda:
         cfg = replace(cfg, channels_last=cfg.channels_last is not False, compile=cfg.compile is True)
-    elif cfg.channels_last is None or cfg.compile is None:
-        channels_last, compile, why = cpu_speed_defaults(torch.backends.cpu.get_cpu_capability(), cfg.amp)
-        chosen = {"channels_last": channels_last, "compile": compile}
+    elif cfg.channels_last is None or cfg.compile is None or cfg.amp is None:
+        channels_last, compile, why = cpu_speed_defaults(torch.backends.cpu.get_cpu_capability())
+        amp, why_amp = cpu_amp_default(cpu_has_native_bf16())
+        chosen = {"channels_last": channels_last, "compile": compile, "amp": amp}
         chosen = {name: value for name, value in chosen.items() if getattr(cfg, name) is None}
-        flags = " ".join(("--" if value else "--no-") + name.replace("_", "-") for name, value in chosen.items())
+        if "amp" in chosen and why_amp:
+            why = f"{why}; {why_amp}"
+        flags = " ".join(f"--amp {value}" if name == "amp" else ("--" if value else "--no-") + name.replace("_", "-")
+                         for name, value in chosen.items())
         cfg = replace(cfg, **chosen, speed_choice=f"{why}; by default here: {flags}")
     check_config(cfg)
     return cfg
