@@ -185,6 +185,18 @@ def test_the_cpus_bf16_decides_the_default_precision_and_the_speed_line_says_so(
     assert (config.MEASURED_CPU_BF16 in cfg.speed_choice) == (native_bf16 and not given)
 
 
+@pytest.mark.parametrize("native_bf16, capability, amp", [
+    (True, "AVX512", "bf16"),
+    (True, "AVX2", "off"),     # ATEN_CPU_CAPABILITY=avx2 on a bf16 CPU (the AVX2 emulation): no bf16 kernels
+    (False, "AVX512", "off"),
+    (False, "AVX2", "off"),
+    (True, "DEFAULT", "off"),
+])
+def test_bf16_is_the_default_only_with_native_bf16_and_avx512_kernels(native_bf16, capability, amp):
+    from cgnet.engine.config import MEASURED_CPU_BF16, cpu_amp_default
+    assert cpu_amp_default(native_bf16, capability) == (amp, MEASURED_CPU_BF16 if amp == "bf16" else None)
+
+
 def test_a_cpu_run_without_speed_options_gets_this_cpus_defaults_and_says_why(camvid, monkeypatch):
     import cgnet.engine.config as config
     monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)

@@ -338,10 +338,12 @@ def cpu_speed_defaults(capability: str) -> tuple[bool, bool, str]:
     return False, False, f"{capability} CPU: eager, NCHW (the compiled model was measured only with AVX2 or AVX-512)"
 
 
-def cpu_amp_default(native_bf16: bool) -> tuple[str, str | None]:
+def cpu_amp_default(native_bf16: bool, capability: str) -> tuple[str, str | None]:
     """(amp, why) for a CPU run that leaves --amp open: bf16 where the CPU computes in bf16
-    natively (`common.cpu_has_native_bf16`), else off (why None)."""
-    return ("bf16", MEASURED_CPU_BF16) if native_bf16 else ("off", None)
+    natively (`common.cpu_has_native_bf16`) and ATen's kernels are AVX-512 (ATEN_CPU_CAPABILITY
+    lowered to AVX2, as in the AVX2 emulation, leaves no bf16 instructions to ATen), else off
+    (why None)."""
+    return ("bf16", MEASURED_CPU_BF16) if native_bf16 and capability == "AVX512" else ("off", None)
 
 
 def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> TrainConfig:
@@ -389,8 +391,9 @@ def resolve_config(args: argparse.Namespace, resumed: dict | None = None) -> Tra
     if on_cuda:
         cfg = replace(cfg, channels_last=cfg.channels_last is not False, compile=cfg.compile is True)
     elif cfg.channels_last is None or cfg.compile is None or cfg.amp is None:
-        channels_last, compile, why = cpu_speed_defaults(torch.backends.cpu.get_cpu_capability())
-        amp, why_amp = cpu_amp_default(cpu_has_native_bf16())
+        capability = torch.backends.cpu.get_cpu_capability()
+        channels_last, compile, why = cpu_speed_defaults(capability)
+        amp, why_amp = cpu_amp_default(cpu_has_native_bf16(), capability)
         chosen = {"channels_last": channels_last, "compile": compile, "amp": amp}
         chosen = {name: value for name, value in chosen.items() if getattr(cfg, name) is None}
         if "amp" in chosen and why_amp:
