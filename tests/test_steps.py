@@ -213,6 +213,17 @@ def test_a_disagreement_with_eager_is_refused_and_the_weights_left_as_they_were(
     assert torch.equal(before, flat(model))
 
 
+def test_a_compiled_model_that_fails_to_run_trains_eagerly_with_one_warning(monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("no compiler here\nsecond line")
+    monkeypatch.setattr(steps.torch, "compile", lambda module: broken)
+    model, criterion, optimizer = build()
+    assert steps.compile_or_eager(model, CFG, CPU, BATCH, criterion, optimizer, CLASSES) is model
+    assert capsys.readouterr().out.splitlines() == [
+        "warning: torch.compile failed (RuntimeError: no compiler here); training eagerly"]
+    assert all(p.grad is None for p in model.parameters())
+
+
 @pytest.mark.parametrize("settings, verdict, chosen", [
     (dict(compile=False), None, "eager"),
     (dict(compile=True), None, "compile"),  # the compiled model agrees with eager: it trains

@@ -150,20 +150,21 @@ def compile_or_eager(model, spec: StepSpec, device, per_rank: int, criterion=Non
         with autocast(device, spec.amp):
             compiled(x).float().mean().backward()
         model.zero_grad(set_to_none=True)
-        why = None
+        problem = None
         if criterion is not None:
-            step = make_eager_step(compiled, criterion, optimizer, torch.amp.GradScaler(torch.device(device).type,
-                                   enabled=False), torch.device(device), spec)
-            why = check_against_eager(step, model, criterion, optimizer, torch.device(device), spec, per_rank,
-                                      num_classes)
+            device = torch.device(device)
+            step = make_eager_step(compiled, criterion, optimizer, torch.amp.GradScaler(device.type, enabled=False),
+                                   device, spec)
+            disagreement = check_against_eager(step, model, criterion, optimizer, device, spec, per_rank, num_classes)
+            if disagreement:
+                problem = f"the compiled model disagrees with eager: {disagreement}"
     except Exception as e:  # compilers fail in many ways; training must not
-        why = f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        problem = f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
     model.zero_grad(set_to_none=True)
-    if why is None:
+    if problem is None:
         return compiled
     if is_main_process():
-        print(f"warning: {why if why.startswith('torch.compile') else 'the compiled model disagrees with eager: ' + why}; "
-              "training eagerly")
+        print(f"warning: {problem}; training eagerly")
     return model
 
 
