@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from cgnet import CGNet, make_meta, save_checkpoint
+from cgnet.common import cpu_has_native_bf16
+from cgnet.engine.config import cpu_amp_default
 from cgnet.preprocess import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,10 +172,13 @@ def test_train_as_run_on_a_generated_dataset(tmp_path):
     assert figures["baseline"]["images_per_s_median"] == pytest.approx(base, rel=1e-12)
     plain, fast = figures["variants"]
     assert (plain["name"], fast["name"]) == ("plain", "fast") and "error" not in plain and "error" not in fast
+    # amp is not given: the run takes this CPU's default (bf16 where it computes in bf16 with AVX-512 kernels)
+    amp = cpu_amp_default(cpu_has_native_bf16(), figures["cpu"]["capability"])[0]
     assert plain["settings"] == {"loader": "workers", "workers": 0, "depthwise_backward": "aten",
                                  "prelu_backward": "aten", "upsample_backward": "compiler",
                                  "channels_last": plain["settings"]["channels_last"],
-                                 "compile": False, "amp": "off"}
+                                 "compile": False, "amp": amp}
+    assert fast["settings"]["amp"] == amp
     assert (fast["settings"]["loader"], fast["settings"]["workers"], fast["settings"]["depthwise_backward"],
             fast["settings"]["prelu_backward"], fast["settings"]["upsample_backward"]) == ("memory", 1, "taps", "fused",
                                                                                        "aten")
