@@ -341,28 +341,32 @@ def test_a_second_ctrl_c_stops_at_once_from_the_last_checkpoint(camvid, tmp_path
 
 
 @pytest.mark.slow
-def test_ctrl_c_with_loader_workers_saves_where_the_run_is(camvid, tmp_path):
-    """A real Ctrl-C: SIGINT to the whole process group, loader workers included."""
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_a_signal_to_the_process_group_saves_where_the_run_is(camvid, tmp_path, signum, code, said):
+    """A real Ctrl-C, or SIGTERM as `pkill -f`, systemd or a scheduler send it: the signal goes to the
+    whole process group, the persistent validation worker included (it used to die of SIGTERM, and
+    the run stopped with a traceback instead of saving)."""
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "cgnet", "train", "--data-root", str(camvid), "--out", str(out), *TINY,
-               "--workers", "1", "--epochs", "200", "--val-every", "1000"]
+               "--workers", "1", "--epochs", "200", "--val-every", "1"]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                              start_new_session=True)
     try:
         for line in child.stdout:
             if line.startswith("epoch 2:"):
                 break
-        os.killpg(child.pid, signal.SIGINT)
+        os.killpg(child.pid, signum)
         _, err = child.communicate(timeout=120)
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
-    assert child.returncode == 130, err
+    assert child.returncode == code, err
     saved = torch.load(out / "last.pt", weights_only=True)["train_state"]
     holds = f"epoch {saved['epoch']}" + (f" and {saved['partial_batches']} batches of epoch {saved['epoch'] + 1}"
                                          if saved.get("partial_batches") else "")
-    assert err.endswith(f"cgnet train: interrupted; {out}/last.pt holds {holds}; continue with: "
+    assert err.endswith(f"cgnet train: {said}; {out}/last.pt holds {holds}; continue with: "
                         f"cgnet train --out {out} --resume\n"), err
     assert saved["epoch"] >= 2 and "Traceback" not in err
     assert len(read_log(out)) == saved["epoch"]

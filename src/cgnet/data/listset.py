@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,8 +226,19 @@ def worker_context(workers: int):
     return context
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """Loader workers leave Ctrl-C and SIGTERM to the main process, which saves the run and then
+    shuts them down (and they exit by themselves when it dies). A signal to the whole process group
+    (`pkill -f`, systemd, a scheduler's preemption) killed a persistent validation worker first, and
+    the training stopped with a traceback instead of saving where it stood."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def seed_worker(worker_id: int) -> None:
-    """Loader workers: per-worker torch/numpy seeds from the loader's base seed."""
+    """Loader workers: per-worker torch/numpy seeds from the loader's base seed; stop signals are
+    the main process's (`ignore_stop_signals`)."""
+    ignore_stop_signals(worker_id)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

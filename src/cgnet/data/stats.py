@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ..fileio import write_atomic
 from .info import DatasetInfo
-from .listset import SegDataset, worker_context
+from .listset import SegDataset, ignore_stop_signals, worker_context
 
 
 class _StatsItems(Dataset):
@@ -49,7 +49,7 @@ def dataset_stats(ds: SegDataset, *, cache_dir: str | os.PathLike | None = None,
     # an own generator: starting the loader draws a seed from it, and a draw from the global one
     # would make a training run depend on whether its statistics were cached
     loader = torch.utils.data.DataLoader(_StatsItems(ds), batch_size=None, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(0),
+                                         generator=torch.Generator().manual_seed(0), worker_init_fn=ignore_stop_signals,
                                          multiprocessing_context=worker_context(workers))
     means, stds, counts = [], [], np.zeros(ds.info.num_classes, dtype=np.int64)
     for m, s, c in tqdm(loader, total=len(ds), desc="dataset stats", disable=not progress):

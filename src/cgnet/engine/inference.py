@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..common import autocast
 from ..data.info import DatasetInfo
-from ..data.listset import worker_context
+from ..data.listset import ignore_stop_signals, worker_context
 from ..confusion import ConfusionMatrix
 from ..images import read_rgb, write_image
 from ..visualize import blend, colorize
@@ -26,7 +26,8 @@ def make_eval_loader(ds, rank: int = 0, world: int = 1, workers: int = 1, persis
     DistributedSampler adds. `persistent` keeps the workers between passes (validation during
     training: no new worker processes every --val-every epochs)."""
     return DataLoader(ds, batch_size=1, sampler=list(range(rank, len(ds), world)), num_workers=workers,
-                      persistent_workers=persistent and workers > 0, multiprocessing_context=worker_context(workers))
+                      persistent_workers=persistent and workers > 0, worker_init_fn=ignore_stop_signals,
+                      multiprocessing_context=worker_context(workers))
 
 
 @torch.no_grad()
