@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -288,3 +289,47 @@ def test_resolving_a_list_file_twice_names_it_once(tmp_path, monkeypatch):
     (tmp_path / "e" / "e" / "x.txt").write_text("")
     # a root-relative path that exists under the root wins over keeping it as given
     assert resolve_list_file(tmp_path / "e", Path("e") / "x.txt") == tmp_path / "e" / "e" / "x.txt"
+
+
+def test_a_loader_worker_ignores_others_stop_signals_and_ends_on_its_parents_sigterm():
+    """A group signal (`pkill -f`, systemd) must leave the workers to the main process; SIGTERM from
+    the main process itself (how multiprocessing stops workers still alive at exit) must end them."""
+    import signal
+    import subprocess
+    loader = torch.utils.data.DataLoader(range(8), batch_size=2, num_workers=1, persistent_workers=True,
+                                         worker_init_fn=listset.ignore_stop_signals)
+    running = iter(loader)
+    assert next(running).tolist() == [0, 1]
+    worker = running._workers[0]
+    for name in ("TERM", "INT"):
+        subprocess.run(["kill", f"-{name}", str(worker.pid)], check=True)  # sent by another process
+    worker.join(timeout=2)  # an unprotected worker dies of either within milliseconds
+    assert worker.is_alive() and next(running).tolist() == [2, 3]
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(timeout=60)
+    assert worker.exitcode == 0
+    del running
+
+
+LEAKED_LOADER = """
+import sys
+from torch.utils.data import DataLoader
+from cgnet.data.listset import ignore_stop_signals
+if __name__ == "__main__":
+    loader = DataLoader(range(8), batch_size=2, num_workers=1, persistent_workers=True,
+                        worker_init_fn=ignore_stop_signals, multiprocessing_context=sys.argv[1])
+    running = iter(loader)  # still alive at exit, as a stored traceback or a cycle keeps one
+    print(next(running).tolist(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("context", ["fork", pytest.param("forkserver", marks=pytest.mark.slow)])
+def test_python_exits_with_a_loaders_workers_still_running(tmp_path, context):
+    """At exit multiprocessing stops the workers of a loader still alive with SIGTERM and waits for
+    them: workers that ignored every SIGTERM kept the exit (and CI's test run) waiting forever."""
+    import subprocess
+    import sys
+    script = tmp_path / "leaked.py"
+    script.write_text(LEAKED_LOADER)
+    done = subprocess.run([sys.executable, str(script), context], capture_output=True, text=True, timeout=600)
+    assert (done.returncode, done.stdout) == (0, "[0, 1]\n"), done.stderr

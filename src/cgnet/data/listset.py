@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,12 +228,28 @@ def worker_context(workers: int):
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """Loader workers leave Ctrl-C and SIGTERM to the main process, which saves the run and then
-    shuts them down (and they exit by themselves when it dies). A signal to the whole process group
-    (`pkill -f`, systemd, a scheduler's preemption) killed a persistent validation worker first, and
-    the training stopped with a traceback instead of saving where it stood."""
+    """Loader workers leave Ctrl-C and others' SIGTERM to the main process, which saves the run and
+    then shuts them down (and they exit by themselves when it dies). A signal to the whole process
+    group (`pkill -f`, systemd, a scheduler's preemption) killed a persistent validation worker
+    first, and the training stopped with a traceback instead of saving where it stood.
+
+    SIGTERM from the process that started the worker still ends it (exit status 0, as PyTorch's own
+    worker handler does): that is how multiprocessing stops the workers of a loader still alive at
+    interpreter exit, and a worker ignoring it kept the exit waiting forever. SIGTERM is blocked and
+    a thread reads the sender of each one (`sigwaitinfo`), which a Python signal handler cannot."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is None:  # called in the main process (num_workers=0): nothing to do
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the thread below inherits the mask
+    threading.Thread(target=_exit_on_sigterm_from, args=(parent.pid,), daemon=True,
+                     name="cgnet-sigterm").start()
+
+
+def _exit_on_sigterm_from(pid: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != pid:
+        pass
+    os._exit(0)
 
 
 def seed_worker(worker_id: int) -> None:
