@@ -48,6 +48,70 @@ def test_eval_table_matches_an_independent_count(camvid, tmp_path, capsys):
     iou = tp[union > 0] / union[union > 0]
     assert scores["miou"] == pytest.approx(iou.mean(), abs=1e-12)
     assert len(list((save / "overlay").glob("*.jpg"))) == 3 and len(list((save / "color").glob("*.png"))) == 3
+    # the score recomputed from the saved PNGs alone, with no model
+    again = tmp_path / "again.json"
+    assert main(["eval", "--predictions", str(save), "--dataset", "camvid", "--data-root", str(camvid),
+                 "--split", "val", "--json", str(again)]) == 0
+    assert f"camvid val: 3 images, saved predictions in {save / 'trainids'}" in capsys.readouterr().out
+    recomputed = json.loads(again.read_text())
+    assert {k: recomputed[k] for k in ("miou", "iou", "pixel_acc", "pixels")} == \
+        {k: scores[k] for k in ("miou", "iou", "pixel_acc", "pixels")}
+
+
+def saved_predictions(camvid, folder, split="test", seed=0):
+    """Random class-id PNGs named after the split's frames, and the confusion counted with numpy."""
+    rng = np.random.default_rng(seed)
+    conf = np.zeros((11, 11), np.int64)
+    folder.mkdir(parents=True)
+    for line in (camvid / f"camvid_{split}_list.txt").read_text().splitlines():
+        image, label = (camvid / p for p in line.split())
+        gt = cv2.imread(str(label), cv2.IMREAD_UNCHANGED)
+        pred = rng.integers(0, 11, gt.shape, dtype=np.uint8)
+        cv2.imwrite(str(folder / f"{image.stem}.png"), pred)
+        keep = gt != 11
+        np.add.at(conf, (gt[keep], pred[keep]), 1)
+    return conf
+
+
+def test_saved_predictions_are_scored_without_a_model(camvid, tmp_path, capsys):
+    conf = saved_predictions(camvid, tmp_path / "pred")
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--predictions", str(tmp_path / "pred"), "--dataset", "camvid", "--data-root", str(camvid),
+                 "--split", "test", "--json", str(out)]) == 0
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    scores = json.loads(out.read_text())
+    assert scores["miou"] == pytest.approx((tp[union > 0] / union[union > 0]).mean(), abs=1e-12)
+    assert scores["pixels"] == conf.sum() and scores["predictions"] == str(tmp_path / "pred")
+    assert "Bicyclist" in capsys.readouterr().out
+
+
+def test_saved_predictions_errors_name_the_file_and_the_line(camvid, tmp_path, capsys):
+    pred = tmp_path / "pred"
+    saved_predictions(camvid, pred)
+    lines = (camvid / "camvid_test_list.txt").read_text().splitlines()
+    where = f"{camvid / 'camvid_test_list.txt'}:2"
+    second = pred / f"{(camvid / lines[1].split()[0]).stem}.png"
+    shape = cv2.imread(str(second), cv2.IMREAD_UNCHANGED).shape
+    run = ["eval", "--predictions", str(pred), "--dataset", "camvid", "--data-root", str(camvid), "--split", "test"]
+
+    def error(*extra):
+        assert main(run + list(extra)) == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    cv2.imwrite(str(second), np.full(shape, 11, np.uint8))  # the void id is not a prediction
+    assert error() == f"cgnet eval: error: {where}: {second} has class ids [11] outside [0, 11)"
+    cv2.imwrite(str(second), np.zeros((shape[0], shape[1] + 1), np.uint8))
+    assert error() == (f"cgnet eval: error: {where}: {second} is {shape[0]}x{shape[1] + 1} but its label "
+                       f"{camvid / lines[1].split()[1]} is {shape[0]}x{shape[1]}")
+    cv2.imwrite(str(second), np.zeros((*shape, 3), np.uint8))
+    assert error() == (f"cgnet eval: error: {where}: {second} must be a single-channel 8-bit PNG of class ids, "
+                       f"got shape {(*shape, 3)} uint8")
+    second.unlink()
+    assert error() == f"cgnet eval: error: {where}: no saved prediction {second}"
+    assert error("--flip") == "cgnet eval: error: --predictions scores saved pictures: --flip does not apply"
+    assert error("--predictions", str(tmp_path / "none")) == \
+        f"cgnet eval: error: --predictions: {tmp_path / 'none'} is not a folder"
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from ..common import DEFAULT_WEIGHTS, InputError, default_device, number_type, p
 from ..data import camvid
 from ..data.catalog import (DATASETS, DatasetInfo, data_root_candidates, dataset_from_meta, default_data_root,
                             find_data_root, known_names)
-from ..data.listset import SegDataset
+from ..data.listset import SegDataset, read_label, read_list
 from ..download import file_digest
 from ..fileio import check_writable
 from ..images import read_rgb, write_image
@@ -26,7 +26,7 @@ from ..options import add_backend_arg, add_checkpoint_arg, add_data_root_arg, ad
 from ..deploy.formats import backends
 from ..deploy.predictor import PredictorModule, all_precisions, make_predictor, resolve_backend
 from ..deploy.runners import compile_for_inference
-from ..confusion import scores_table
+from ..confusion import ConfusionMatrix, scores_table
 from ..preprocess import check_spec, make_spec
 from ..visualize import colorize, titled_with_legend
 from .inference import evaluate, make_eval_loader, predict_logits, save_prediction
@@ -61,6 +61,10 @@ def add_eval_args(p: argparse.ArgumentParser, *, test: bool = False) -> None:
     p.add_argument("--workers", type=number_type(int, minimum=0), default=2)
     p.add_argument("--save-dir", help="write train-id PNGs, colour PNGs and overlays here")
     p.add_argument("--json", dest="json_out", help="also write the scores to this JSON file")
+    if not test:
+        p.add_argument("--predictions", metavar="DIR",
+                       help="score saved predictions instead of a model: the train-id PNGs of a run with "
+                            "--save-dir (DIR/trainids/<frame>.png, or DIR/<frame>.png) against the split's labels")
     if test:
         p.add_argument("--out", default="submission", help="folder for the Cityscapes submission")
 
@@ -115,7 +119,53 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     check_outputs(args)
+    if args.predictions:
+        return score_saved(args)
     return score(args, *setup_eval(args, args.split))
+
+
+# what a model-free scoring of saved PNGs leaves out, and the value that means "not given"
+MODEL_OPTIONS = {"save_dir": None, "scales": [1.0], "flip": False, "backend": "torch", "compile": False,
+                 "num_classes": None, "preprocess": None}
+
+
+def read_prediction(path: Path, num_classes: int, where: str) -> np.ndarray:
+    """H x W uint8 class ids of a saved prediction, each in [0, num_classes)."""
+    if not path.is_file():
+        raise InputError(f"{where}: no saved prediction {path}")
+    pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pred is None or pred.ndim != 2 or pred.dtype != np.uint8:
+        got = "not an image" if pred is None else f"shape {pred.shape} {pred.dtype}"
+        raise InputError(f"{where}: {path} must be a single-channel 8-bit PNG of class ids, got {got}")
+    bad = [int(i) for i in np.unique(pred) if i >= num_classes]
+    if bad:
+        raise InputError(f"{where}: {path} has class ids {bad} outside [0, {num_classes})")
+    return pred
+
+
+def score_saved(args: argparse.Namespace) -> int:
+    """`cgnet eval --predictions DIR`: the scores of saved train-id PNGs against the split's labels,
+    with no model run (a reported score recomputed from the pictures that gave it)."""
+    for name, unset in MODEL_OPTIONS.items():
+        if getattr(args, name) != unset:
+            raise InputError(f"--predictions scores saved pictures: --{name.replace('_', '-')} does not apply")
+    folder = Path(args.predictions)
+    if not folder.is_dir():
+        raise InputError(f"--predictions: {folder} is not a folder")
+    pngs = folder / "trainids" if (folder / "trainids").is_dir() else folder
+    meta = {} if args.dataset else load_model(args.checkpoint or DEFAULT_WEIGHTS).meta
+    info = dataset_from_meta(meta, args.dataset)
+    root = Path(args.data_root) if args.data_root else default_data_root(info.name)
+    samples = read_list(info.split_path(root, args.split), root)
+    cm = ConfusionMatrix(info.num_classes, info.ignore_index)
+    for sample in tqdm(samples, desc="score", leave=False, dynamic_ncols=True):
+        pred = read_prediction(pngs / f"{sample.image.stem}.png", info.num_classes, sample.where)
+        label = read_label(sample.label, info.num_classes, info.ignore_index, sample.where)
+        if pred.shape != label.shape:
+            raise InputError(f"{sample.where}: {pngs / (sample.image.stem + '.png')} is {pred.shape[0]}x"
+                             f"{pred.shape[1]} but its label {sample.label} is {label.shape[0]}x{label.shape[1]}")
+        cm.update(torch.from_numpy(pred), torch.from_numpy(label))
+    return report(args, info, len(samples), f"saved predictions in {pngs}", cm.scores())
 
 
 def score(args: argparse.Namespace, model, info: DatasetInfo, ds: SegDataset, device) -> int:
@@ -127,13 +177,21 @@ def score(args: argparse.Namespace, model, info: DatasetInfo, ds: SegDataset, de
     scores = evaluate(model, loader, info, device, precision=torch_precision(args), scales=args.scales,
                       flip=args.flip, save_dir=save_dir)
     views = f"scales {','.join(map(str, args.scales))}" + (" + flip" if args.flip else "")
-    print(f"{info.name} {args.split}: {len(ds)} images, {views}")
-    print(scores_table(scores, info.classes))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"dataset": info.name, "split": args.split,
-                                                   "scales": args.scales, "flip": args.flip, **scores}, indent=1))
+    report(args, info, len(ds), views, scores)
     if save_dir is not None:
         print(f"predictions in {save_dir}/trainids, color, overlay")
+    return 0
+
+
+def report(args: argparse.Namespace, info: DatasetInfo, images: int, views: str, scores: dict) -> int:
+    """The per-class table of a scoring, and its --json file."""
+    print(f"{info.name} {args.split}: {images} images, {views}")
+    print(scores_table(scores, info.classes))
+    if args.json_out:
+        saved = {"predictions": str(args.predictions)} if getattr(args, "predictions", None) else \
+            {"scales": args.scales, "flip": args.flip}
+        Path(args.json_out).write_text(json.dumps({"dataset": info.name, "split": args.split, **saved, **scores},
+                                                  indent=1))
     return 0
 
 
