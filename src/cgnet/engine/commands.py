@@ -159,11 +159,12 @@ def score_saved(args: argparse.Namespace) -> int:
     samples = read_list(info.split_path(root, args.split), root)
     cm = ConfusionMatrix(info.num_classes, info.ignore_index)
     for sample in tqdm(samples, desc="score", leave=False, dynamic_ncols=True):
-        pred = read_prediction(pngs / f"{sample.image.stem}.png", info.num_classes, sample.where)
+        path = pngs / f"{sample.image.stem}.png"
+        pred = read_prediction(path, info.num_classes, sample.where)
         label = read_label(sample.label, info.num_classes, info.ignore_index, sample.where)
         if pred.shape != label.shape:
-            raise InputError(f"{sample.where}: {pngs / (sample.image.stem + '.png')} is {pred.shape[0]}x"
-                             f"{pred.shape[1]} but its label {sample.label} is {label.shape[0]}x{label.shape[1]}")
+            raise InputError(f"{sample.where}: {path} is {pred.shape[0]}x{pred.shape[1]} but its label "
+                             f"{sample.label} is {label.shape[0]}x{label.shape[1]}")
         cm.update(torch.from_numpy(pred), torch.from_numpy(label))
     return report(args, info, len(samples), f"saved predictions in {pngs}", cm.scores())
 
