@@ -153,6 +153,11 @@ def test_a_ray_worker_killed_mid_job_costs_no_output(cluster, s3, tmp_path, rand
     (inputs / "bad.png").unlink()
     env = run_env(s3)
     out = tmp_path / "out"
+    # what a writer killed mid-write leaves (the kill below lands inside one only by chance)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = out / "masks" / f".img2.png.{int(gone.stdout)}.0badc0de.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half")
     args = [str(inputs), str(inputs / "clip.mp4"), "--engine", "ray", "--address", cluster.address, "--out", str(out),
             "--checkpoint", str(randomized_ckpt), "--backend", "torch", "--precision", "fp32", "--chunk-frames", "3",
             "--batch-size", "1", "--actors", "2", "--no-progress"]
@@ -178,6 +183,8 @@ def test_a_ray_worker_killed_mid_job_costs_no_output(cluster, s3, tmp_path, rand
         again = cgnet(*args, env=env)
         assert again.returncode == 0, again.stdout + again.stderr
         assert f"{complete} complete output" in again.stdout
+        text += again.stdout
+    assert "note: removed" in text and f"masks/{leftover.name}" in text
     local_reference([str(inputs), str(inputs / "clip.mp4")], tmp_path / "local", randomized_ckpt, env)
     assert files(out) == files(tmp_path / "local")  # every output, byte for byte; no part or temporary file left
     shutil.rmtree(out)

@@ -1,17 +1,21 @@
-"""The shared file helpers of the downloads and imports: `fileio.staged_folder` (build beside, rename
-into place, leave nothing on error) and `download.fetch` (the one downloader)."""
+"""The shared file helpers of the downloads, imports and outputs: `fileio.staged_folder` (build
+beside, rename into place, leave nothing on error), `fileio.remove_leftover_temp_files` (what
+killed writers leave) and `download.fetch` (the one downloader)."""
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from cgnet.common import CGNetError
 from cgnet.download import DownloadError, fetch, file_digest
-from cgnet.fileio import FolderExists, staged_folder
+from cgnet.fileio import FolderExists, partial_name, remove_leftover_temp_files, staged_folder
 
 
 def listing(folder):
@@ -83,6 +87,58 @@ def test_replace_swaps_a_folder_with_content(tmp_path):
         (staging / "fresh.js").write_text("new")
     assert listing(target) == ["fresh.js"]
     assert listing(tmp_path) == ["cache", "cache/runtime", "cache/runtime/fresh.js"]
+
+
+# ---- remove_leftover_temp_files -------------------------------------------------------------------
+
+WRITER = """
+import sys, time
+from cgnet.fileio import atomic_open
+writing = atomic_open(sys.argv[1])
+f = writing.__enter__()
+f.write(b"half a file")
+f.flush()
+print("writing", flush=True)
+time.sleep(120)
+"""
+
+
+def killed_mid_write(target):
+    """A process SIGKILLed inside `atomic_open` (no cleanup runs), and the pid it had."""
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "writing\n"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    return child.pid
+
+
+def test_the_temporary_files_of_killed_writers_go_in_every_subfolder_and_live_writers_keep_theirs(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    (out / ".parts" / "clip").mkdir(parents=True)
+    outside.mkdir()
+    dead = killed_mid_write(out / "masks" / "img1.png")
+    left = [p.name for p in (out / "masks").iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".img1.png.{dead}.") and left[0].endswith(".tmp")
+    video = out / ".parts" / "clip" / f".clip_overlay.{dead}.0123abcd.partial.mp4"  # partial_name's form
+    assert partial_name(out / "clip_overlay.mp4").name.endswith(".partial.mp4")
+    video.write_bytes(b"")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        kept = [out / f".color.png.{live.pid}.89abcdef.tmp",   # a writer that still runs
+                out / f".legend.png.{os.getpid()}.01234567.tmp",  # this process's own
+                out / ".notes.tmp", out / f".x.{dead}.0123.tmp",  # not the helpers' names
+                outside / f".y.png.{dead}.01234567.tmp"]        # behind a link to another folder
+        for path in kept:
+            path.write_bytes(b"")
+        (out / "linked").symlink_to(outside, target_is_directory=True)
+        assert remove_leftover_temp_files(out) == []  # not recursive: nothing at the top is a leftover
+        removed = remove_leftover_temp_files(out, recursive=True)
+        assert sorted(removed) == sorted([out / ".parts" / "clip" / video.name, out / "masks" / left[0]])
+        assert not any(p.exists() for p in removed) and all(p.exists() for p in kept)
+        assert remove_leftover_temp_files(out, recursive=True) == []
+    finally:
+        live.kill()
+        live.wait(timeout=30)
 
 
 # ---- fetch ----------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ import filelock
 
 from .common import CGNetError
 
-# `.<name>.<pid>.<8 hex>.tmp`, as `atomic_open` names its temporary files
-TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.tmp$")
+# `.<name>.<pid>.<8 hex>.tmp`, as `atomic_open` names its temporary files, and
+# `.<stem>.<pid>.<8 hex>.partial<suffix>`, as `partial_name` names a file a writer builds in place
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.(tmp|partial(\.\w+)?)$")
 
 
 def hidden_sibling(path: Path, ending: str) -> Path:
@@ -77,15 +78,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_leftover_temp_files(folder: str | os.PathLike, *, any_pid: bool = False) -> list[Path]:
-    """Delete the temporary files of `atomic_open` writes that were killed (SIGKILL, power loss):
-    those of processes that no longer run on this host, or all of them with `any_pid` (for a
-    caller that holds the folder's lock, so no other job writes there). Returns what was removed."""
+def remove_leftover_temp_files(folder: str | os.PathLike, *, any_pid: bool = False,
+                               recursive: bool = False) -> list[Path]:
+    """Delete the temporary files of `atomic_open` and `partial_name` writes that were killed
+    (SIGKILL, power loss, a lost Ray worker): those of processes that no longer run on this host,
+    or all of them with `any_pid` (for a caller that holds the folder's lock, so no other job writes there); in the folders below it
+    too with `recursive`. Returns what was removed."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
-    for path in sorted(folder.iterdir()):
+    paths = ([Path(root, name) for root, _, names in os.walk(folder) for name in names] if recursive
+             else folder.iterdir())  # os.walk: symbolic links to folders are not followed
+    for path in sorted(paths):
         found = TEMP_NAME.match(path.name)
         if found is None or not path.is_file():
             continue

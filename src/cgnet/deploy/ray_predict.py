@@ -38,7 +38,7 @@ from PIL import Image
 
 from ..checkpoint import load_model
 from ..common import CGNetError, InputError, number_type
-from ..fileio import check_writable, partial_name
+from ..fileio import check_writable, partial_name, remove_leftover_temp_files
 from ..images import VideoStreams, decode_rgb, encode_image, video_fps
 from ..pipeline import PIPELINE_DEPTH, prefetch
 from ..visualize import blend, colorize, legend, palette_of
@@ -447,6 +447,11 @@ def run_ray(args: argparse.Namespace) -> int:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     finally:
         ray.shutdown()
+    if not is_uri(args.out):  # a worker killed mid-write leaves its temporary file (a live writer's is kept)
+        removed = remove_leftover_temp_files(args.out, recursive=True)
+        if removed:
+            print(f"note: removed {len(removed)} temporary file{'s' * (len(removed) != 1)} left by writes of "
+                  f"workers that were lost: {', '.join(os.path.relpath(p, args.out) for p in removed)}")
     remove_empty_parts(args.out)
     write_reports(args.out, meta, failed)
     segmented = sum(r["frames"] for r in results)
