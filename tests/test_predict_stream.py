@@ -1,12 +1,14 @@
 """Frames in flight: `runners.in_order` (results in input order, bounded, errors at their turn),
 `Predictor.predict_stream` on OpenVINO (THROUGHPUT, async requests) against `predict`, and
 `cgnet predict` through it."""
+import gc
 import os
 import random
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -216,6 +218,14 @@ def test_openvino_video_with_frames_in_flight_and_an_error_at_frame_k(openvino_f
     with pytest.raises(InputError, match="the model failed on a frame"):
         predict_video(predictor, tmp_path / "clip.mp4", tmp_path / "b.mp4", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "clip.mp4"]  # no partial file, no b.mp4
+
+    # Nothing keeps the stream model once the predictor is dropped, not even the frame's error
+    # (through its traceback, it holds the frames that held the predictor): left alive, OpenVINO's
+    # stream threads made a later fork and subprocess crash the test process.
+    gone = weakref.ref(predictor), weakref.ref(stream)
+    del predictor, stream
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]
 
 
 def test_one_image_does_not_compile_the_stream_model(openvino_file, tmp_path):

@@ -8,6 +8,7 @@ the bottom of `cgnet.deploy`: it imports only `simplify` of it (the formats tabl
 from __future__ import annotations
 
 import importlib
+import itertools
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -300,9 +301,16 @@ def openvino_stream_runner(path: Path, precision: str = "fp32", streams: int = S
     compiled = _compiled_openvino(path, precision, config, with_argmax if labels else None)
     jobs = max(2, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
     requests = openvino.AsyncInferQueue(compiled, jobs)
+    # A request's userdata stays in the queue (C++, out of reach of Python's garbage collector) until
+    # the request is reused, so it is only a key into `in_flight`, which `done` empties: a future
+    # there, once it held a frame's error, held through the error's traceback the frames that called
+    # the stream, the Predictor among them, and so this queue, its model and OpenVINO's stream threads,
+    # which then lived as long as the process (a later fork and subprocess crashed it).
+    in_flight: dict[int, tuple[Future, Callable]] = {}
+    keys = itertools.count()
 
-    def done(request, job: tuple[Future, Callable]) -> None:
-        future, finish = job
+    def done(request, key: int) -> None:
+        future, finish = in_flight.pop(key)
         try:
             future.set_result(finish(request.get_output_tensor(0).data))
         except BaseException as error:  # noqa: BLE001 - raised in the consumer, at this frame's turn
@@ -312,8 +320,14 @@ def openvino_stream_runner(path: Path, precision: str = "fp32", streams: int = S
     def stream(inputs: Iterable[np.ndarray], finish: Callable = np.copy) -> Iterator:
         def submit(x: np.ndarray) -> Future:
             future: Future = Future()
-            # share_inputs=True (no copy) gave wrong logits for cgnet's inputs: OpenVINO copies each frame
-            requests.start_async({0: x}, (future, finish))
+            key = next(keys)
+            in_flight[key] = (future, finish)
+            try:
+                # share_inputs=True (no copy) gave wrong logits for cgnet's inputs: OpenVINO copies each frame
+                requests.start_async({0: x}, key)
+            except BaseException:
+                in_flight.pop(key, None)
+                raise
             return future
         try:
             yield from in_order(submit, inputs, jobs)
