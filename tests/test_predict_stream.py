@@ -263,3 +263,32 @@ def test_forking_after_cgnet_predict_on_openvino_streams(tmp_path, randomized_ck
                           env={**os.environ, "CGNET_NO_REEXEC": "1", "CGNET_CACHE": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.endswith("child\n")
+
+
+SIGNAL_AFTER_MODELS_FREED_OUT_OF_ORDER = """
+import gc, os, signal, sys
+import numpy as np
+from cgnet.deploy.predictor import load_exported
+shot = np.zeros((48, 64, 3), np.uint8)
+first, second = load_exported(sys.argv[1]), load_exported(sys.argv[1])
+first.predict(shot), second.predict(shot)
+list(second.predict_stream([shot] * 3))
+del first  # freed in the order they were made, not the reverse
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGUSR1, lambda *args: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive")
+"""
+
+
+def test_a_signal_after_openvino_models_are_freed_out_of_order_is_handled(openvino_file):
+    """OpenVINO gives a thread that runs inference an alternate signal stack of its own, and a
+    compiled model puts back the one it found when it is destroyed: freed in creation order, the
+    thread was left with a freed stack, and the next signal with a Python handler killed the process
+    (SIGSEGV from the kernel, no traceback; the test suite died so in a SIGTERM test). The runners
+    give the thread its own stack back after each call (`runners.signal_stack_kept`)."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_MODELS_FREED_OUT_OF_ORDER, str(openvino_file)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "CGNET_NO_REEXEC": "1"})
+    assert (done.returncode, done.stdout) == (0, "handled\nalive\n"), done.stderr[-2000:]

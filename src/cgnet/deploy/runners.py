@@ -7,8 +7,11 @@ the bottom of `cgnet.deploy`: it imports only `simplify` of it (the formats tabl
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib
 import itertools
+import os
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -214,14 +217,48 @@ def onnxruntime_runner(path: Path, settings: OrtSettings | None = None):
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
+
+
+@contextlib.contextmanager
+def signal_stack_kept():
+    """Give the calling thread its alternate signal stack back after an OpenVINO call.
+
+    OpenVINO's CPU plugin (2025-2026 releases) gives a thread that runs inference an alternate
+    signal stack of its own, and a compiled model put back the one it found when it is destroyed.
+    Destroyed in another order than created, the thread is left with a freed stack, and the next
+    signal delivered to it with a Python handler (Python installs them all with SA_ONSTACK) ended the
+    process with a segmentation fault the kernel raises (si_code SI_KERNEL), no faulthandler output:
+    found in the test suite (an OpenVINO test file, then a SIGTERM test). With the thread's own stack
+    put back after every call, whatever a compiled model restores later is a stack that lives."""
+    if _LIBC is None:
+        yield
+        return
+    before = _SignalStack()
+    _LIBC.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        _LIBC.sigaltstack(ctypes.byref(before), None)
+
+
 def openvino_runner(path: Path, precision: str = "fp32"):
     """An OpenVINO IR on the CPU at an inference precision (fp32, or bf16: OpenVINO casts where the
     CPU runs bf16 natively and emulates it elsewhere), or an int8 IR at int8. int8 is refused for a
     float IR (the precision hint alone would run the fp32 graph while calling it int8), and fp32 and
     bf16 for an int8 one."""
     compiled = _compiled_openvino(path, precision, {})
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})[compiled.output(0)].copy()
+    with signal_stack_kept():
+        request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with signal_stack_kept():
+            return request.infer({0: x})[compiled.output(0)].copy()
+    return run
 
 
 def _compiled_openvino(path: Path, precision: str, config: dict, change: Callable | None = None):
@@ -235,8 +272,9 @@ def _compiled_openvino(path: Path, precision: str, config: dict, change: Callabl
     if quantised != (precision == "int8"):
         raise InputError(f"{path}: an {'int8' if quantised else 'unquantised'} OpenVINO file runs at "
                          f"{'int8' if quantised else 'fp32 or bf16'}, not {precision}")
-    return core.compile_model(change(model) if change else model, "CPU",
-                              {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], **config})
+    with signal_stack_kept():
+        return core.compile_model(change(model) if change else model, "CPU",
+                                  {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], **config})
 
 
 def with_argmax(model):
@@ -300,7 +338,8 @@ def openvino_stream_runner(path: Path, precision: str = "fp32", streams: int = S
     config = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(streams)}
     compiled = _compiled_openvino(path, precision, config, with_argmax if labels else None)
     jobs = max(2, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-    requests = openvino.AsyncInferQueue(compiled, jobs)
+    with signal_stack_kept():
+        requests = openvino.AsyncInferQueue(compiled, jobs)
     # A request's userdata stays in the queue (C++, out of reach of Python's garbage collector) until
     # the request is reused, so it is only a key into `in_flight`, which `done` empties: a future
     # there, once it held a frame's error, held through the error's traceback the frames that called
@@ -324,7 +363,8 @@ def openvino_stream_runner(path: Path, precision: str = "fp32", streams: int = S
             in_flight[key] = (future, finish)
             try:
                 # share_inputs=True (no copy) gave wrong logits for cgnet's inputs: OpenVINO copies each frame
-                requests.start_async({0: x}, key)
+                with signal_stack_kept():
+                    requests.start_async({0: x}, key)
             except BaseException:
                 in_flight.pop(key, None)
                 raise
@@ -332,7 +372,8 @@ def openvino_stream_runner(path: Path, precision: str = "fp32", streams: int = S
         try:
             yield from in_order(submit, inputs, jobs)
         finally:
-            requests.wait_all()
+            with signal_stack_kept():
+                requests.wait_all()
     stream.jobs, stream.compiled = jobs, compiled
     return stream
 
