@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..confusion import ConfusionMatrix
-from .runners import require
+from .runners import require, signal_stack_kept
 
 # the largest mIoU accuracy control lets int8 lose, absolute, as a fraction (cgnet.confusion's
 # mIoU is in 0..1): 0.003 is 0.3 mIoU points
@@ -53,7 +53,9 @@ def miou_function(num_classes: int, ignore_index: int):
         total = ConfusionMatrix(num_classes, ignore_index)
         each = []
         for x, label in items:
-            pred = torch.from_numpy(np.asarray(compiled(x)[0]).argmax(1)[0])
+            with signal_stack_kept():  # NNCF's compiled models and ours: see runners.signal_stack_kept
+                logits = np.asarray(compiled(x)[0])
+            pred = torch.from_numpy(logits.argmax(1)[0])
             one = ConfusionMatrix(num_classes, ignore_index)
             one.update(pred, torch.from_numpy(np.asarray(label)))
             total.mat += one.mat
@@ -92,9 +94,11 @@ def quantize(model, calibration: list[np.ndarray], validation: Validation | None
             model, calib, valid, validate, max_drop=MAX_DROP, drop_type=nncf.DropType.ABSOLUTE,
             advanced_accuracy_restorer_parameters=advanced, **common)
         plain = openvino.Core().read_model(str(Path(plain_dir) / "intermediate_model.xml"))
-    scores = {name: validate(openvino.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}),
-                             validation.items)[0]
-              for name, m in (("fp32", model), ("plain_int8", plain), ("int8", quantized))}
+    scores = {}
+    for name, m in (("fp32", model), ("plain_int8", plain), ("int8", quantized)):
+        with signal_stack_kept():
+            compiled = openvino.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        scores[name] = validate(compiled, validation.items)[0]
     reverted = sorted(_quantized_inputs(plain) - _quantized_inputs(quantized))
     control = {"metric": "mIoU (0-1)", "frames": validation.source, "max_drop": MAX_DROP,
                "ranking_frames": advanced.ranking_subset_size, "max_reverts": MAX_REVERTS,
